@@ -1,0 +1,37 @@
+"""Routes that exist only when ``INNERA_ENV=test``: the shutdown tests need a request that is
+slow on purpose. Never registered in development or production."""
+
+from __future__ import annotations
+
+import trio
+from quart import Blueprint, Response, request
+
+from innera.errors import ValidationFailed
+
+blueprint = Blueprint("debug", __name__, url_prefix="/_test")
+
+
+@blueprint.get("/sleep")
+async def sleep() -> Response:
+    from innera.app import json_response
+
+    try:
+        seconds = float(request.args.get("seconds", "1"))
+    except ValueError:
+        raise ValidationFailed("seconds must be a number") from None
+    if not 0 <= seconds <= 60:
+        raise ValidationFailed("seconds must be between 0 and 60")
+    await trio.sleep(seconds)
+    return json_response({"slept": seconds})
+
+
+@blueprint.post("/echo")
+async def echo() -> Response:
+    from innera.app import json_response
+
+    return json_response({"json": await request.get_json(force=True)})
+
+
+@blueprint.get("/boom")
+async def boom() -> Response:
+    raise RuntimeError("secret internals: password=hunter2")

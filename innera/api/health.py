@@ -1,0 +1,83 @@
+"""``GET /health`` (liveness) and ``GET /health/ready`` (readiness).
+
+Readiness follows the IETF health-check draft (``application/health+json``): every dependency
+gets a ``<component>:responseTime`` entry. The checks run concurrently, each under its own
+deadline, so readiness answers within about a second even when a dependency hangs. While the
+process drains, readiness answers 503 at once so load balancers stop sending traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+from quart import Blueprint, Response
+
+from innera.db.health import check_db_health
+from innera.redis import check_redis_health
+
+blueprint = Blueprint("health", __name__)
+log = logging.getLogger("innera.health")
+
+CHECK_TIMEOUT_S = 1.0
+HEALTH_JSON = "application/health+json"
+
+
+@blueprint.get("/health")
+async def liveness() -> Response:
+    from innera.app import json_response
+
+    return json_response({"status": "pass"}, content_type=HEALTH_JSON)
+
+
+@blueprint.get("/health/ready")
+async def readiness() -> Response:
+    from innera.app import json_response, services
+
+    svc = services()
+    if svc.lifecycle.draining.is_set():
+        body = {"status": "fail", "output": "draining: the server is shutting down", "checks": {}}
+        return json_response(body, 503, content_type=HEALTH_JSON)
+
+    async def storage_ok() -> bool:
+        try:
+            await svc.storage.check_health()
+        except Exception as exc:
+            log.warning("storage health check failed: %s", exc)
+            return False
+        return True
+
+    probes: dict[str, tuple[str, Callable[[], Awaitable[bool]]]] = {
+        "postgres:responseTime": ("datastore", lambda: check_db_health(svc.db, CHECK_TIMEOUT_S)),
+        "redis:responseTime": ("datastore", lambda: check_redis_health(svc.redis, CHECK_TIMEOUT_S)),
+        "storage:responseTime": ("component", storage_ok),
+    }
+    checks: dict[str, list[dict[str, Any]]] = {}
+
+    async def run(name: str, component: str, probe: Callable[[], Awaitable[bool]]) -> None:
+        started = trio.current_time()
+        ok = False
+        with trio.move_on_after(CHECK_TIMEOUT_S):
+            ok = await probe()
+        elapsed_ms = (trio.current_time() - started) * 1000
+        entry: dict[str, Any] = {
+            "componentType": component,
+            "observedValue": round(elapsed_ms, 2),
+            "observedUnit": "ms",
+            "status": "pass" if ok else "fail",
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        if not ok:
+            entry["output"] = "unreachable or timed out"
+        checks[name] = [entry]
+
+    async with trio.open_nursery() as nursery:
+        for name, (component, probe) in probes.items():
+            nursery.start_soon(run, name, component, probe)
+
+    passed = all(entry[0]["status"] == "pass" for entry in checks.values())
+    body = {"status": "pass" if passed else "fail", "checks": dict(sorted(checks.items()))}
+    return json_response(body, 200 if passed else 503, content_type=HEALTH_JSON)

@@ -1,0 +1,138 @@
+"""The Quart (Trio) application: blueprints, error handlers and per-request middleware.
+
+Order of what wraps a request:
+1. a fresh request id (UUID4), bound for the whole request and echoed as ``X-Request-Id``;
+2. the route (blueprints under ``innera/api/``);
+3. errors → the contract in ``innera/errors.py``: AppError subclasses keep their status and
+   code, werkzeug's HTTP errors are mapped to codes, anything else is a 500
+   ``internal_error`` that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any, NoReturn
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
+from werkzeug.exceptions import HTTPException
+
+from innera.api import health
+from innera.errors import AppError, InvalidJson, error_body
+from innera.services import Services
+
+log = logging.getLogger("innera.app")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    409: "conflict",
+    411: "length_required",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    429: "rate_limited",
+}
+_HTTP_MESSAGES = {
+    404: "No route matches this URL",
+    405: "This method is not allowed on this URL",
+    413: "The request body is too large",
+}
+
+
+class InneraRequest(TrioRequest):
+    def on_json_loading_failed(self, error: Exception | None) -> NoReturn:
+        raise InvalidJson()
+
+
+def json_response(body: Any, status: int = 200, *, content_type: str = "application/json",
+                  headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type=content_type,
+        headers=headers,
+    )
+
+
+def services() -> Services:
+    """The services of the app serving the current request."""
+    from quart import current_app
+
+    return current_app.extensions["innera"]
+
+
+def create_app(svc: Services) -> QuartTrio:
+    app = QuartTrio("innera")
+    app.request_class = InneraRequest
+    app.extensions["innera"] = svc
+    app.config.update(
+        MAX_CONTENT_LENGTH=svc.settings.max_body_bytes,
+        PROVIDE_AUTOMATIC_OPTIONS=True,
+        # The request/response timeouts are the server's business (and the shutdown deadline's).
+        BODY_TIMEOUT=60,
+        RESPONSE_TIMEOUT=None,
+    )
+    app.url_map.strict_slashes = False
+
+    @app.before_request
+    async def assign_request_id() -> None:
+        g.request_id = str(uuid.uuid4())
+
+    @app.after_request
+    async def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = _request_id()
+        return response
+
+    @app.errorhandler(AppError)
+    async def app_error(error: AppError) -> Response:
+        if error.status >= 500:
+            log.warning("request failed: %s %s", error.code, error.message)
+        return _error_response(error.status, error.body(_request_id()), error.headers)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = _HTTP_MESSAGES.get(status) or error.description or error.name
+        headers = {}
+        if status == 405 and getattr(error, "valid_methods", None):
+            headers["Allow"] = ", ".join(sorted(error.valid_methods))  # type: ignore[attr-defined]
+        return _error_response(status, error_body(code, message, _request_id()), headers)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.error("unhandled error in %s %s", request.method, request.path, exc_info=error)
+        body = error_body("internal_error", "Internal server error", _request_id())
+        return _error_response(500, body)
+
+    app.register_blueprint(health.blueprint)
+    if svc.settings.env == "test":
+        from innera.api import debug
+
+        app.register_blueprint(debug.blueprint)
+    return app
+
+
+def _request_id() -> str:
+    rid = g.get("request_id") if g else None
+    if rid is None:
+        rid = str(uuid.uuid4())
+        g.request_id = rid
+    return rid
+
+
+def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+                    ) -> Response:
+    response = json_response(body, status, headers=headers)
+    response.headers["X-Request-Id"] = body["requestId"]
+    return response

@@ -1,0 +1,130 @@
+"""The Hypercorn implementation of :func:`innera.http.serve_http`.
+
+``hypercorn.trio.serve`` cannot drain the way a rolling restart needs: on its shutdown
+trigger it closes idle keep-alive connections at once, so a request a load balancer sends
+on such a connection at that moment is reset. innera therefore runs its own accept loop and
+uses Hypercorn only per connection (``TCPServer``): when draining starts the listeners close,
+but open connections live on until their next response (sent with ``Connection: close``) or
+until Hypercorn's keep-alive timeout closes them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+
+log = logging.getLogger("innera.http")
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[..., Any], Callable[..., Any]], Awaitable[None]
+]
+
+KEEP_ALIVE_TIMEOUT_S = 5.0
+FINAL_SEND_TIMEOUT_S = 10.0
+# accept() errors that mean "out of resources right now": wait and accept again.
+_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def _hypercorn_config() -> Config:
+    config = Config()
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    config.read_timeout = 60  # a client that sends nothing for a minute is dropped
+    config.include_server_header = False
+    config.accesslog = None  # innera logs one completion line per request itself
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.websocket_max_message_size = 64 * 1024
+    return config
+
+
+class _ServerMiddleware:
+    """ASGI middleware for two server-side duties:
+
+    - once draining, every response says ``Connection: close``;
+    - the final ``http.response.body`` send is shielded (bounded). Quart-trio cancels its
+      request nursery when it receives ``http.disconnect``, and Hypercorn delivers that
+      disconnect from *inside* the final send, while it is restarting the connection's
+      keep-alive timer; the cancellation aborted that restart, so idle keep-alive connections
+      never timed out (measured: still open after 8 s, against 5.0 s for a bare ASGI app).
+    """
+
+    def __init__(self, app: ASGIApp, draining: trio.Event) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def server_send(message: MutableMapping[str, Any]) -> None:
+            kind = message["type"]
+            if kind == "http.response.start" and self.draining.is_set():
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True) as scope_:
+                    scope_.deadline = trio.current_time() + FINAL_SEND_TIMEOUT_S
+                    await send(message)
+                return
+            await send(message)
+
+        await self.app(scope, receive, server_send)
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    connections: trio.Nursery,
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                raise
+            log.error("accept() failed: %s; pausing accepts for 100 ms", exc)
+            await trio.sleep(0.1)
+            continue
+        connections.start_soon(handle, stream)
+
+
+async def serve_http(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    stop_accepting: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = _hypercorn_config()
+    context = WorkerContext(None)
+    wrapped = wrap_app(_ServerMiddleware(app, stop_accepting), config.wsgi_max_body_size, "asgi")
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await TCPServer(wrapped, config, context, ConnectionState({}), stream).run()
+
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    addresses = [listener.socket.getsockname()[:2] for listener in listeners]
+    async with trio.open_nursery() as connections:
+        try:
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    acceptors.start_soon(_accept_loop, listener, handle, connections)
+                task_status.started(addresses)
+                await stop_accepting.wait()
+                acceptors.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+        if connections.child_tasks:
+            log.info("draining %d open connection(s)", len(connections.child_tasks))

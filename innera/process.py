@@ -1,0 +1,217 @@
+"""The whole innera process on one page.
+
+::
+
+    trio.run(run_process)
+      root nursery
+      ├── signal watcher: 1st SIGTERM/SIGINT → graceful shutdown (deadline armed);
+      │                   2nd signal or deadline passed → exit 1 at once
+      └── services, started in order, each supervised by a nursery of its own, and
+          stopped in the reverse order (an exit stack):
+            1. embedded PostgreSQL / Valkey     (only when DATABASE_URL / REDIS_URL are unset)
+            2. PostgreSQL pool                  (+ migrations, max_connections sizing check)
+            3. Redis client
+            4. pub/sub listener, WebSocket hub  (realtime issue)
+            5. job workers                      (jobs issue)
+            6. HTTP server                      (innera/http: Hypercorn now)
+
+Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
+  readiness turns 503 and the listeners close at once → WebSockets are closed with 4000
+  "Server restarting" → in-flight requests finish (requests on open keep-alive connections are
+  still answered, with ``Connection: close``) → job workers finish their current job → Redis
+  and the DB pool close → embedded servers stop → exit 0.
+
+A failed start of any service is fatal: the exception propagates, the services already
+started are stopped in reverse order, and the CLI exits non-zero with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from innera.config import Settings
+from innera.db.health import max_connections
+from innera.db.migrate import migrate
+from innera.db.pool import Pool
+from innera.redis import Redis, RedisSettings, run_redis
+from innera.services import Lifecycle, Services
+from innera.storage import LocalStorage, S3Storage, Storage
+
+log = logging.getLogger("innera.process")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@dataclass
+class Started:
+    """What a running process exposes (the HTTP addresses, for tests and logs)."""
+
+    services: Services
+    addresses: list[tuple[str, int]]
+
+
+@asynccontextmanager
+async def supervised(fn: Callable[..., Awaitable[Any]], *args: Any) -> AsyncIterator[Any]:
+    """Start ``fn`` in a nursery of its own and yield what it passed to ``task_status.started``.
+    Leaving the block cancels it; ``fn`` does its own bounded clean-up on cancellation."""
+    async with trio.open_nursery() as nursery:
+        value = await nursery.start(fn, *args)
+        yield value
+        nursery.cancel_scope.cancel()
+
+
+async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations: bool
+                        ) -> Pool:
+    """Embedded PostgreSQL when DATABASE_URL is unset, then the pool (sizing check and,
+    when asked, migrations under an advisory lock)."""
+    database_url = settings.database_url
+    if database_url is None:
+        from innera import embedded
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database_url = await stack.enter_async_context(
+            supervised(embedded.run_embedded_postgres, settings.data_dir))
+    pool = Pool(
+        database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        idle_timeout_s=settings.db_idle_timeout_s,
+        acquire_timeout_s=settings.db_connection_timeout_s,
+        connect_kwargs=db_connect_kwargs(settings, database_url),
+    )
+    await stack.enter_async_context(supervised(pool.run))
+    await check_pool_sizing(pool, settings)
+    if migrations:
+        applied = await migrate(pool)
+        log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+    return pool
+
+
+async def open_redis(stack: AsyncExitStack, settings: Settings) -> Redis:
+    """Embedded Valkey when neither REDIS_URL nor REDIS_SENTINELS is set, then the client."""
+    redis_url = settings.redis_url
+    if settings.embedded_redis:
+        from innera import embedded
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = await stack.enter_async_context(
+            supervised(embedded.run_embedded_valkey, settings.data_dir))
+    return await stack.enter_async_context(supervised(
+        run_redis,
+        RedisSettings(url=redis_url, sentinels=list(settings.redis_sentinels),
+                      sentinel_master=settings.redis_sentinel_master),
+    ))
+
+
+async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecycle
+                        ) -> Services:
+    """Steps 1–3: embedded servers (when configured), the DB pool, Redis, storage."""
+    pool = await open_database(stack, settings, migrations=settings.migrate_on_start)
+    redis = await open_redis(stack, settings)
+    return Services(settings=settings, db=pool, redis=redis, storage=open_storage(settings),
+                    lifecycle=lifecycle)
+
+
+async def run_process(
+    settings: Settings,
+    *,
+    on_started: Callable[[Started], None] | None = None,
+) -> int:
+    """Run innera until a signal (or a fatal error). Returns the exit code."""
+    from innera.app import create_app
+    from innera.http import serve_http
+
+    lifecycle = Lifecycle()
+    async with trio.open_nursery() as root:
+        root.start_soon(watch_signals, lifecycle, settings.shutdown_timeout_s)
+        async with AsyncExitStack() as stack:
+            svc = await open_services(stack, settings, lifecycle)
+            # 4–5. pub/sub listener, WebSocket hub and job workers join here, in that order.
+            app = create_app(svc)
+            async with trio.open_nursery() as http:
+                addresses = await http.start(
+                    serve_http, app, settings.host, settings.port, lifecycle.draining)
+                log.info("innera listening on %s",
+                         ", ".join(f"http://{h}:{p}" for h, p in addresses))
+                if on_started is not None:
+                    on_started(Started(svc, addresses))
+                await lifecycle.shutdown_requested.wait()
+                log.info("shutting down: readiness 503, listeners closed, draining requests")
+                lifecycle.draining.set()
+                # WebSockets get 4000 "Server restarting" here (the hub's close_all).
+            log.info("HTTP drained; stopping workers, Redis, the DB pool and embedded servers")
+        root.cancel_scope.cancel()
+    log.info("shutdown complete")
+    return EXIT_OK
+
+
+async def watch_signals(lifecycle: Lifecycle, shutdown_timeout_s: float) -> None:
+    """1st SIGTERM/SIGINT starts the graceful shutdown and arms its hard deadline; a 2nd
+    signal, or the deadline passing, ends the process with exit code 1 at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not lifecycle.shutdown_requested.is_set():
+                log.info("received %s: graceful shutdown (deadline %gs)",
+                         signal.Signals(signum).name, shutdown_timeout_s)
+                lifecycle.shutdown_requested.set()
+                trio.lowlevel.spawn_system_task(
+                    _deadline, shutdown_timeout_s, name="innera.shutdown-deadline")
+            else:
+                force_exit(f"second {signal.Signals(signum).name} during shutdown")
+
+
+async def _deadline(seconds: float) -> None:
+    await trio.sleep(seconds)
+    force_exit(f"graceful shutdown exceeded SHUTDOWN_TIMEOUT_S={seconds:g}")
+
+
+def force_exit(reason: str) -> None:
+    """Exit 1 now. Embedded servers run in sessions of their own: ask them to stop."""
+    log.error("forced exit: %s", reason)
+    from innera.embedded import signal_children
+
+    signal_children()
+    logging.shutdown()
+    os._exit(EXIT_FAILED)
+
+
+def db_connect_kwargs(settings: Settings, database_url: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connection_timeout_s)),
+                              "application_name": "innera"}
+    if settings.db_sslmode and "sslmode=" not in database_url:
+        kwargs["sslmode"] = settings.db_sslmode
+    return kwargs
+
+
+async def check_pool_sizing(pool: Pool, settings: Settings) -> None:
+    """The spec's sizing rule: pool max × instances ≤ max_connections − 10."""
+    limit = await max_connections(pool)
+    wanted = settings.db_pool_max * settings.instances
+    if wanted > limit - 10:
+        log.warning(
+            "DB_POOL_MAX=%d × INNERA_INSTANCES=%d = %d exceeds PostgreSQL max_connections=%d "
+            "minus 10 reserved; lower DB_POOL_MAX to at most %d",
+            settings.db_pool_max, settings.instances, wanted, limit,
+            max(1, (limit - 10) // settings.instances),
+        )
+
+
+def open_storage(settings: Settings) -> Storage:
+    if settings.local_storage:
+        return LocalStorage(settings.data_dir / "attachments")
+    return S3Storage(
+        bucket=settings.s3_bucket,
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+    )

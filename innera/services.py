@@ -1,0 +1,35 @@
+"""The object that carries innera's long-lived dependencies into the app and the workers.
+
+The process (``innera/process.py``) builds it from what the service nursery started; nothing
+in innera imports a global client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from innera.config import Settings
+from innera.db.pool import Pool
+from innera.redis import Redis
+from innera.storage import Storage
+
+
+@dataclass
+class Lifecycle:
+    """Process-wide state the routes need to know about."""
+
+    # set by the first SIGTERM/SIGINT
+    shutdown_requested: trio.Event = field(default_factory=trio.Event)
+    # set when the drain starts: readiness answers 503, listeners close
+    draining: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Pool
+    redis: Redis
+    storage: Storage
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)

@@ -1,0 +1,13 @@
+"""Shared test set-up. Every test gets real services of its own:
+
+- ``tests/fixtures/postgres.py``: a fresh, migrated PostgreSQL database per test;
+- ``tests/fixtures/redis.py``: a private, flushed Redis keyspace per test;
+- ``tests/fixtures/server.py``: the real server on a real socket (in-process or subprocess).
+"""
+
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.redis",
+    "tests.fixtures.server",
+    "tests.fixtures.proxy",
+]

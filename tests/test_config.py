@@ -1,0 +1,114 @@
+"""Configuration: typed, validated, documented in one place."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from innera.config import VARIABLES, ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PROD = {
+    "INNERA_ENV": "production",
+    "DATABASE_URL": "postgresql://innera:pw@db:5432/innera",
+    "REDIS_URL": "redis://:pw@redis:6379/0",
+    "JWT_SECRET": "x" * 40,
+    "INNERA_MEK": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+}
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    s = load_settings({})
+    assert (s.env, s.host, s.port) == ("development", "0.0.0.0", 3000)
+    assert (s.db_pool_max, s.db_pool_min) == (20, 5)
+    assert (s.db_idle_timeout_s, s.db_connection_timeout_s) == (30.0, 5.0)
+    assert s.s3_bucket == "innera-attachments"
+    assert s.shutdown_timeout_s == 30.0
+    assert s.max_body_bytes == 1024 * 1024
+    assert s.embedded_postgres and s.embedded_redis and s.local_storage
+    assert s.db_sslmode is None
+
+
+def test_node_env_is_the_fallback_for_innera_env() -> None:
+    assert load_settings({"NODE_ENV": "test"}).env == "test"
+    assert load_settings({"NODE_ENV": "test", "INNERA_ENV": "development"}).env == "development"
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"PORT": "eighty"}, "PORT='eighty' is not an integer"),
+        ({"PORT": "70000"}, "PORT=70000 must be at least 0 and at most 65535"),
+        ({"DB_POOL_MAX": "0"}, "DB_POOL_MAX=0 must be at least 1"),
+        ({"DB_POOL_MIN": "9", "DB_POOL_MAX": "4"}, "DB_POOL_MIN=9 is above DB_POOL_MAX=4"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL must be a URL starting with postgresql://"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL must be a URL starting with redis://"),
+        ({"INNERA_ENV": "staging"}, "INNERA_ENV='staging' must be one of"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' must be one of"),
+        ({"DB_SSL": "maybe"}, "DB_SSL='maybe' is not a boolean"),
+        ({"SHUTDOWN_TIMEOUT_S": "-1"}, "SHUTDOWN_TIMEOUT_S='-1' must be a number above 0"),
+        ({"REDIS_SENTINELS": "a:1"}, "REDIS_SENTINEL_MASTER is required"),
+        ({"REDIS_SENTINELS": "nope", "REDIS_SENTINEL_MASTER": "m"}, "'nope' is not host:port"),
+    ],
+)
+def test_an_invalid_value_names_the_variable(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ)
+    assert fragment in str(info.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"PORT": "x", "DB_POOL_MAX": "0"})
+    problems = info.value.problems
+    assert any(p.startswith("PORT=") for p in problems)
+    assert any(p.startswith("DB_POOL_MAX=") for p in problems)
+
+
+def test_production_refuses_the_embedded_default_and_generated_secrets() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"INNERA_ENV": "production"})
+    text = str(info.value)
+    for name in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "INNERA_MEK"):
+        assert f"{name}" in text and "required when INNERA_ENV=production" in text
+    # NODE_ENV=production is production too
+    with pytest.raises(ConfigError):
+        load_settings({"NODE_ENV": "production"})
+
+
+def test_production_with_everything_set_is_valid_and_verifies_tls() -> None:
+    s = load_settings(PROD)
+    assert s.production and not s.embedded_postgres and not s.embedded_redis
+    assert s.db_sslmode == "verify-full"
+    assert load_settings({**PROD, "DB_SSL_REJECT_UNAUTHORIZED": "false"}).db_sslmode == "require"
+    assert load_settings({**PROD, "DB_SSL": "false"}).db_sslmode == "disable"
+    sentinel = {**PROD, "REDIS_URL": "", "REDIS_SENTINELS": "s1:26379,s2:26379",
+                "REDIS_SENTINEL_MASTER": "mymaster"}
+    assert load_settings(sentinel).redis_sentinels == (("s1", 26379), ("s2", 26379))
+
+
+def test_masked_output_hides_secrets() -> None:
+    shown = load_settings({**PROD, "S3_SECRET_ACCESS_KEY": "s3cr3t"}).masked()
+    assert shown["DATABASE_URL"] == "postgresql://innera:********@db:5432/innera"
+    assert shown["REDIS_URL"] == "redis://:********@redis:6379/0"
+    assert shown["JWT_SECRET"] == shown["INNERA_MEK"] == shown["S3_SECRET_ACCESS_KEY"] == "********"
+    assert "s3cr3t" not in repr(shown) and "x" * 40 not in repr(shown)
+    assert set(shown) == {v.name for v in VARIABLES}
+
+
+def test_env_example_lists_exactly_the_settings() -> None:
+    text = (ROOT / "conf" / ".env.example").read_text()
+    names = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.M))
+    assert names == {v.name for v in VARIABLES}
+    for v in VARIABLES:
+        if v.default is not None:
+            assert f"\n{v.name}={v.default}\n" in text
+
+
+def test_readme_configuration_table_lists_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    for v in VARIABLES:
+        assert f"`{v.name}`" in section, f"{v.name} missing from the README's Configuration table"

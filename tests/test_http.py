@@ -1,0 +1,151 @@
+"""The HTTP surface of the foundation, over a real socket: the error contract, request ids,
+liveness and readiness."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+import trio
+
+from tests.fixtures.server import RunningServer
+
+
+def assert_error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "requestId"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["requestId"] == response.headers["x-request-id"]
+    uuid.UUID(body["requestId"], version=4)
+    return body
+
+
+async def test_liveness(server: RunningServer) -> None:
+    r = await server.client.get("/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "pass"}
+    uuid.UUID(r.headers["x-request-id"], version=4)
+
+
+async def test_every_response_has_a_fresh_request_id(server: RunningServer) -> None:
+    ids = {(await server.client.get("/health")).headers["x-request-id"] for _ in range(5)}
+    assert len(ids) == 5
+
+
+async def test_unknown_route_is_404_not_found(server: RunningServer) -> None:
+    assert_error(await server.client.get("/v1/nope"), 404, "not_found")
+
+
+async def test_wrong_method_is_405(server: RunningServer) -> None:
+    r = await server.client.delete("/health")
+    assert_error(r, 405, "method_not_allowed")
+    assert "GET" in r.headers["allow"]
+
+
+async def test_malformed_json_is_400_invalid_json(server: RunningServer) -> None:
+    r = await server.client.post("/_test/echo", content=b'{"a": ',
+                                 headers={"content-type": "application/json"})
+    assert_error(r, 400, "invalid_json")
+    ok = await server.client.post("/_test/echo", json={"a": 1})
+    assert ok.json() == {"json": {"a": 1}}
+
+
+async def test_body_over_the_limit_is_413(server: RunningServer) -> None:
+    big = json.dumps({"x": "a" * (1024 * 1024 + 10)}).encode()
+    assert_error(await server.client.post("/_test/echo", content=big,
+                                          headers={"content-type": "application/json"}),
+                 413, "payload_too_large")
+
+
+async def test_unexpected_exception_is_500_without_internals(server: RunningServer) -> None:
+    r = await server.client.get("/_test/boom")
+    body = assert_error(r, 500, "internal_error")
+    assert "hunter2" not in r.text and "RuntimeError" not in r.text
+    assert body["error"]["message"] == "Internal server error"
+
+
+async def test_validation_error_keeps_its_status_and_code(server: RunningServer) -> None:
+    assert_error(await server.client.get("/_test/sleep", params={"seconds": "x"}),
+                 422, "validation_failed")
+
+
+async def test_readiness_passes_with_every_dependency_up(server: RunningServer) -> None:
+    r = await server.client.get("/health/ready")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/health+json")
+    body = r.json()
+    assert body["status"] == "pass"
+    assert set(body["checks"]) == {"postgres:responseTime", "redis:responseTime",
+                                   "storage:responseTime"}
+    for entries in body["checks"].values():
+        assert entries[0]["status"] == "pass"
+        assert entries[0]["observedUnit"] == "ms" and entries[0]["observedValue"] >= 0
+
+
+async def test_readiness_fails_fast_when_a_dependency_hangs(
+    nursery: trio.Nursery, tcp_proxy, database_url: str, redis_url: str, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    from urllib.parse import urlsplit
+
+    from innera.config import load_settings
+    from tests.fixtures.server import server_environ, start_server
+
+    db, rd = urlsplit(database_url), urlsplit(redis_url)
+    pg_proxy = await tcp_proxy.start(db.hostname, db.port)
+    redis_proxy = await tcp_proxy.start(rd.hostname, rd.port)
+    env = server_environ(
+        database_url.replace(f":{db.port}/", f":{pg_proxy.port}/"),
+        redis_url.replace(f":{rd.port}/", f":{redis_proxy.port}/"),
+        tmp_path / "data",
+    )
+    srv = await start_server(nursery, load_settings(env))
+    async with srv.client:
+        assert (await srv.client.get("/health/ready")).status_code == 200
+
+        pg_proxy.set_mode("hang")
+        redis_proxy.set_mode("hang")
+        started = trio.current_time()
+        r = await srv.client.get("/health/ready")
+        elapsed = trio.current_time() - started
+        assert r.status_code == 503
+        assert elapsed < 1.5, f"readiness took {elapsed:.2f}s with dependencies hung"
+        checks = r.json()["checks"]
+        assert checks["postgres:responseTime"][0]["status"] == "fail"
+        assert checks["redis:responseTime"][0]["status"] == "fail"
+        assert checks["storage:responseTime"][0]["status"] == "pass"
+        assert (await srv.client.get("/health")).status_code == 200  # liveness is unaffected
+
+        pg_proxy.set_mode("pass")
+        redis_proxy.set_mode("pass")
+        with trio.fail_after(10):
+            while (await srv.client.get("/health/ready")).status_code != 200:
+                await trio.sleep(0.2)
+    await srv.stop()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_5s(server: RunningServer) -> None:
+    host, port = server.started.addresses[0]
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while b'"pass"}' not in received:
+            received += await stream.receive_some(4096)
+        started = trio.current_time()
+        with trio.fail_after(8):
+            while await stream.receive_some(4096):
+                pass
+        assert 4.5 < trio.current_time() - started < 6.5
+
+
+async def test_garbage_on_the_socket_gets_an_http_error_not_a_crash(server: RunningServer
+                                                                   ) -> None:
+    host, port = server.started.addresses[0]
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        data = await trio.to_thread.run_sync(lambda: s.recv(4096))
+    assert data.startswith(b"HTTP/1.1 400")
+    assert (await server.client.get("/health")).status_code == 200

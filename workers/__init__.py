@@ -1,0 +1,1 @@
+"""Job handlers, one module per queue (they arrive with the jobs issue)."""
