@@ -1,17 +1,20 @@
 """The Quart (Trio) application: blueprints, error handlers and per-request middleware.
 
 Order of what wraps a request:
-1. a fresh request id (UUID4), bound for the whole request and echoed as ``X-Request-Id``;
+1. a fresh request id (UUID4), bound to every log line of the request and echoed as
+   ``X-Request-Id``; the start time for the route metrics;
 2. the route (blueprints under ``innera/api/``);
 3. errors → the contract in ``innera/errors.py``: AppError subclasses keep their status and
    code, werkzeug's HTTP errors are mapped to codes, anything else is a 500
-   ``internal_error`` that reveals nothing.
+   ``internal_error`` that reveals nothing (and goes to Sentry);
+4. one completion log line and the route metrics (``/metrics`` itself is not counted).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from typing import Any, NoReturn
 
@@ -22,9 +25,13 @@ from werkzeug.exceptions import HTTPException
 
 from innera.api import health
 from innera.errors import AppError, InvalidJson, error_body
+from innera.observability import sentry
+from innera.observability.logging import bind_request
+from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from innera.services import Services
 
 log = logging.getLogger("innera.app")
+access_log = logging.getLogger("innera.request")
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -85,13 +92,35 @@ def create_app(svc: Services) -> QuartTrio:
     app.url_map.strict_slashes = False
 
     @app.before_request
-    async def assign_request_id() -> None:
+    async def start_request() -> None:
+        g.started = time.perf_counter()
         g.request_id = str(uuid.uuid4())
+        bind_request(g.request_id)
+        if access_log.isEnabledFor(logging.DEBUG):
+            body = await request.get_json(silent=True) if request.is_json else None
+            access_log.debug("request received", extra={"req": {
+                "method": request.method, "url": request.full_path.rstrip("?"),
+                "requestId": g.request_id, "headers": dict(request.headers), "body": body}})
 
     @app.after_request
-    async def echo_request_id(response: Response) -> Response:
+    async def finish_request(response: Response) -> Response:
         response.headers["X-Request-Id"] = _request_id()
+        route = request.url_rule.rule if request.url_rule is not None else None
+        if route == "/metrics":
+            return response
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        svc.metrics.observe_request(request.method, route, response.status_code, elapsed)
+        access_log.info("request completed", extra={
+            "req": {"method": request.method, "url": request.full_path.rstrip("?"),
+                    "requestId": _request_id(), "userId": g.get("user_id")},
+            "res": {"statusCode": response.status_code},
+            "responseTime": round(elapsed * 1000, 2),
+        })
         return response
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(svc.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     @app.errorhandler(AppError)
     async def app_error(error: AppError) -> Response:
@@ -112,6 +141,9 @@ def create_app(svc: Services) -> QuartTrio:
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.error("unhandled error in %s %s", request.method, request.path, exc_info=error)
+        sentry.capture_request_exception(
+            error, request_id=_request_id(), user_id=g.get("user_id"),
+            url=request.url, method=request.method, headers=dict(request.headers))
         body = error_body("internal_error", "Internal server error", _request_id())
         return _error_response(500, body)
 

@@ -82,6 +82,7 @@ VARIABLES: tuple[Variable, ...] = (
              "INNERA_MEK_FILE)", True),
     Variable("INNERA_MEK_FILE", None, "file holding the master encryption key (base64)"),
     Variable("SENTRY_DSN", None, "Sentry DSN; unset disables error reporting", True),
+    Variable("SENTRY_TRACES_SAMPLE_RATE", "0.1", "share of transactions traced by Sentry (0..1)"),
     Variable("SHUTDOWN_TIMEOUT_S", "30",
              "hard deadline of the graceful shutdown; past it the process exits 1"),
     Variable("MAX_BODY_BYTES", "1048576", "largest request body; larger answers 413"),
@@ -118,6 +119,7 @@ class Settings:
     mek: str | None = field(repr=False)
     mek_file: Path | None
     sentry_dsn: str | None = field(repr=False)
+    sentry_traces_sample_rate: float
     shutdown_timeout_s: float
     max_body_bytes: int
 
@@ -194,6 +196,7 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "INNERA_MEK": s.mek,
         "INNERA_MEK_FILE": str(s.mek_file) if s.mek_file else None,
         "SENTRY_DSN": s.sentry_dsn,
+        "SENTRY_TRACES_SAMPLE_RATE": f"{s.sentry_traces_sample_rate:g}",
         "SHUTDOWN_TIMEOUT_S": f"{s.shutdown_timeout_s:g}",
         "MAX_BODY_BYTES": str(s.max_body_bytes),
     }
@@ -291,6 +294,16 @@ def _sentinels(reader: _Reader) -> tuple[tuple[str, int], ...]:
     return tuple(result)
 
 
+def _sample_rate(reader: _Reader) -> float:
+    value = reader.convert("SENTRY_TRACES_SAMPLE_RATE", float, "a number")
+    if value is None or not 0.0 <= value <= 1.0:
+        reader.problems.append(
+            f"SENTRY_TRACES_SAMPLE_RATE={reader.raw('SENTRY_TRACES_SAMPLE_RATE')!r} must be "
+            "between 0 and 1")
+        return 0.1
+    return float(value)
+
+
 def _sslmode(reader: _Reader, env: str) -> str | None:
     """The spec's rule: DB_SSL=false → off; production → verify unless
     DB_SSL_REJECT_UNAUTHORIZED=false (encrypt without verifying); otherwise off.
@@ -340,6 +353,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         mek=r.raw("INNERA_MEK"),
         mek_file=Path(mek_file).expanduser() if mek_file else None,
         sentry_dsn=r.raw("SENTRY_DSN"),
+        sentry_traces_sample_rate=_sample_rate(r),
         shutdown_timeout_s=r.number("SHUTDOWN_TIMEOUT_S", minimum=0),
         max_body_bytes=r.integer("MAX_BODY_BYTES", minimum=1),
     )

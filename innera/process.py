@@ -37,10 +37,14 @@ from typing import Any
 
 import trio
 
+from innera import __version__
 from innera.config import Settings
 from innera.db.health import max_connections
 from innera.db.migrate import migrate
 from innera.db.pool import Pool
+from innera.observability import sentry
+from innera.observability.metrics import Metrics
+from innera.realtime.hub import SERVER_RESTARTING, Hub
 from innera.redis import Redis, RedisSettings, run_redis
 from innera.services import Lifecycle, Services
 from innera.storage import LocalStorage, S3Storage, Storage
@@ -69,8 +73,8 @@ async def supervised(fn: Callable[..., Awaitable[Any]], *args: Any) -> AsyncIter
         nursery.cancel_scope.cancel()
 
 
-async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations: bool
-                        ) -> Pool:
+async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations: bool,
+                        metrics: Metrics | None = None) -> Pool:
     """Embedded PostgreSQL when DATABASE_URL is unset, then the pool (sizing check and,
     when asked, migrations under an advisory lock)."""
     database_url = settings.database_url
@@ -89,6 +93,8 @@ async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations
         connect_kwargs=db_connect_kwargs(settings, database_url),
     )
     await stack.enter_async_context(supervised(pool.run))
+    if metrics is not None:
+        metrics.watch_pool(pool)
     await check_pool_sizing(pool, settings)
     if migrations:
         applied = await migrate(pool)
@@ -96,7 +102,7 @@ async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations
     return pool
 
 
-async def open_redis(stack: AsyncExitStack, settings: Settings) -> Redis:
+async def open_redis(stack: AsyncExitStack, settings: Settings, metrics: Metrics) -> Redis:
     """Embedded Valkey when neither REDIS_URL nor REDIS_SENTINELS is set, then the client."""
     redis_url = settings.redis_url
     if settings.embedded_redis:
@@ -109,16 +115,19 @@ async def open_redis(stack: AsyncExitStack, settings: Settings) -> Redis:
         run_redis,
         RedisSettings(url=redis_url, sentinels=list(settings.redis_sentinels),
                       sentinel_master=settings.redis_sentinel_master),
+        metrics.record_redis_error,
     ))
 
 
 async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecycle
                         ) -> Services:
     """Steps 1–3: embedded servers (when configured), the DB pool, Redis, storage."""
-    pool = await open_database(stack, settings, migrations=settings.migrate_on_start)
-    redis = await open_redis(stack, settings)
+    metrics = Metrics()
+    pool = await open_database(stack, settings, migrations=settings.migrate_on_start,
+                               metrics=metrics)
+    redis = await open_redis(stack, settings, metrics)
     return Services(settings=settings, db=pool, redis=redis, storage=open_storage(settings),
-                    lifecycle=lifecycle)
+                    metrics=metrics, hub=Hub(metrics), lifecycle=lifecycle)
 
 
 async def run_process(
@@ -131,6 +140,8 @@ async def run_process(
     from innera.http import serve_http
 
     lifecycle = Lifecycle()
+    sentry.init_sentry(settings.sentry_dsn, environment=settings.env, release=__version__,
+                       traces_sample_rate=settings.sentry_traces_sample_rate)
     async with trio.open_nursery() as root:
         root.start_soon(watch_signals, lifecycle, settings.shutdown_timeout_s)
         async with AsyncExitStack() as stack:
@@ -147,8 +158,10 @@ async def run_process(
                 await lifecycle.shutdown_requested.wait()
                 log.info("shutting down: readiness 503, listeners closed, draining requests")
                 lifecycle.draining.set()
-                # WebSockets get 4000 "Server restarting" here (the hub's close_all).
+                closed = await svc.hub.close_all(*SERVER_RESTARTING)
+                log.info("closed %d WebSocket(s) with 4000 Server restarting", closed)
             log.info("HTTP drained; stopping workers, Redis, the DB pool and embedded servers")
+            await trio.to_thread.run_sync(sentry.flush, 2.0)
         root.cancel_scope.cancel()
     log.info("shutdown complete")
     return EXIT_OK

@@ -12,6 +12,8 @@ import trio
 
 from innera.config import Settings
 from innera.db.pool import Pool
+from innera.observability.metrics import Metrics
+from innera.realtime.hub import Hub
 from innera.redis import Redis
 from innera.storage import Storage
 
@@ -32,4 +34,6 @@ class Services:
     db: Pool
     redis: Redis
     storage: Storage
+    metrics: Metrics
+    hub: Hub
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

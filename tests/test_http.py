@@ -149,3 +149,19 @@ async def test_garbage_on_the_socket_gets_an_http_error_not_a_crash(server: Runn
         data = await trio.to_thread.run_sync(lambda: s.recv(4096))
     assert data.startswith(b"HTTP/1.1 400")
     assert (await server.client.get("/health")).status_code == 200
+
+
+async def test_pool_sizing_rule_warns_at_start_up(
+    nursery: trio.Nursery, server_settings: dict[str, str], caplog  # type: ignore[no-untyped-def]
+) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    settings = load_settings({**server_settings, "DB_POOL_MAX": "60", "INNERA_INSTANCES": "4"})
+    srv = await start_server(nursery, settings)
+    async with srv.client:
+        pass
+    await srv.stop()
+    warnings = [r.getMessage() for r in caplog.records if "max_connections" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "DB_POOL_MAX=60 × INNERA_INSTANCES=4 = 240 exceeds" in warnings[0]

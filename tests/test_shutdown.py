@@ -165,3 +165,24 @@ def test_two_instances_starting_together_on_a_fresh_database_both_come_up(
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_sigterm_closes_every_websocket_with_4000_then_exits_0(
+    spawn_server, database_url: str, redis_url: str, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    import trio
+
+    from tests.fixtures.ws import Closed, WsClient
+
+    sp = spawn_server(server_environ(database_url, redis_url, tmp_path))
+    host, port = _hostport(sp)
+    clients = [await WsClient.connect(host, port, "/_test/ws") for _ in range(3)]
+    await clients[0].send_text("hello")
+    assert await clients[0].receive() == "hello"
+    sp.proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(5):
+        for client in clients:
+            assert await client.receive() == Closed(4000, "Server restarting")
+    assert await trio.to_thread.run_sync(sp.proc.wait, 10) == 0
+    for client in clients:
+        await client.aclose()

@@ -4,7 +4,7 @@ slow on purpose. Never registered in development or production."""
 from __future__ import annotations
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, request, websocket
 
 from innera.errors import ValidationFailed
 
@@ -35,3 +35,17 @@ async def echo() -> Response:
 @blueprint.get("/boom")
 async def boom() -> Response:
     raise RuntimeError("secret internals: password=hunter2")
+
+
+@blueprint.websocket("/ws")
+async def ws_echo() -> None:
+    """An echo socket registered with the hub (the shutdown test watches its close code)."""
+    from innera.app import services
+
+    await websocket.accept()
+    async with services().hub.connection("test-user") as sock:
+        with sock.scope:
+            while True:
+                await websocket.send(await websocket.receive())
+        if sock.close_code is not None:
+            await websocket.close(sock.close_code, sock.close_reason)

@@ -1,0 +1,133 @@
+"""The Prometheus registry of one innera process, and every metric it exposes.
+
+Names are a contract (dashboards and alert rules in ``conf/`` are written against them):
+route metrics keep fastify-metrics' names, business metrics the spec's. Every metric a later
+feature feeds exists from start-up, with each known label combination initialised at 0 (a
+counter first seen at 1 never shows in ``increase()``). No label ever carries a user id, a
+raw path or another unbounded value.
+
+One :class:`Metrics` object owns one ``CollectorRegistry``; nothing registers in
+prometheus-client's global registry, so tests get a fresh registry per server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+QUEUES = ("push-notifications", "import-jobs", "export-jobs", "account-deletion", "key-rotation")
+JOB_OUTCOMES = ("completed", "failed", "retried")
+CRYPTO_OPERATIONS = ("encrypt", "decrypt")
+UNKNOWN_ROUTE = "__unknown__"
+
+# fastify-metrics' defaults plus 2, 2.5, 30: the p95 > 2 s and p99 > 5 s alerts need finite
+# buckets above their thresholds (histogram_quantile never exceeds the top finite bucket).
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30)
+SEARCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10)
+JOB_BUCKETS = (0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class _PoolCollector(Collector):
+    """DB pool gauges, read from ``pool.stats()`` at scrape time (no polling loop)."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats()
+        for key, help_text in (
+            ("active", "DB connections in use"),
+            ("idle", "DB connections open and idle"),
+            ("waiting", "Requests waiting for a DB connection"),
+            ("max", "Most DB connections the pool may open"),
+        ):
+            yield GaugeMetricFamily(f"innera_db_pool_{key}", help_text, value=stats[key])
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class Metrics:
+    """Every metric of the process, registered in a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+        self.http_duration = Histogram(
+            "http_request_duration_seconds", "HTTP request duration in seconds",
+            ["method", "route", "status_code"], buckets=HTTP_BUCKETS, registry=r)
+        self.http_requests = Counter(
+            "http_requests_total", "Total HTTP requests",
+            ["method", "route", "status_code"], registry=r)
+
+        self.entries_created = Counter(
+            "innera_entries_created_total", "Total entries created", registry=r)
+        self.search_duration = Histogram(
+            "innera_search_duration_seconds", "Search operation latency",
+            buckets=SEARCH_BUCKETS, registry=r)
+        self.ws_connections = Gauge(
+            "innera_ws_connections_active", "Active WebSocket connections", registry=r)
+        self.redis_errors = Counter(
+            "innera_redis_errors_total", "Redis connection errors", registry=r)
+        self.push_sent = Counter(
+            "innera_push_notifications_sent_total", "Push notifications delivered", registry=r)
+        self.push_failed = Counter(
+            "innera_push_notifications_failed_total", "Push notifications that failed",
+            registry=r)
+        self.crypto_errors = Counter(
+            "innera_crypto_errors_total", "Encryption/decryption errors", ["operation"],
+            registry=r)
+        self.account_deletion_failed = Counter(
+            "innera_account_deletion_jobs_failed_total", "Account deletion jobs failed",
+            registry=r)
+        self.key_rotation_progress = Gauge(
+            "innera_key_rotation_progress", "Key rotation progress (0..1)", registry=r)
+        self.jobs_processed = Counter(
+            "innera_jobs_processed_total", "Jobs processed", ["queue", "outcome"], registry=r)
+        self.job_duration = Histogram(
+            "innera_job_duration_seconds", "Job duration in seconds", ["queue"],
+            buckets=JOB_BUCKETS, registry=r)
+        self.jobs_waiting = Gauge(
+            "innera_jobs_waiting", "Jobs waiting in the queue", ["queue"], registry=r)
+
+        for operation in CRYPTO_OPERATIONS:
+            self.crypto_errors.labels(operation=operation)
+        for queue in QUEUES:
+            self.job_duration.labels(queue=queue)
+            self.jobs_waiting.labels(queue=queue)
+            for outcome in JOB_OUTCOMES:
+                self.jobs_processed.labels(queue=queue, outcome=outcome)
+
+    def watch_pool(self, pool: Any) -> None:
+        """Expose the pool's gauges (``pool.stats()`` is read at each scrape)."""
+        self.registry.register(_PoolCollector(pool.stats))
+
+    def record_redis_error(self, exc: BaseException) -> None:
+        self.redis_errors.inc()
+
+    def observe_request(self, method: str, route: str | None, status: int, seconds: float
+                        ) -> None:
+        labels = (method, route or UNKNOWN_ROUTE, str(status))
+        self.http_duration.labels(*labels).observe(seconds)
+        self.http_requests.labels(*labels).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,175 @@
+"""Logs, metrics and error reporting of a running server."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import urllib.request
+from pathlib import Path
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from innera.observability.logging import CENSOR, redact
+from innera.observability.metrics import QUEUES
+from tests.fixtures.server import RunningServer, server_environ
+from tests.test_monitoring_config import innera_metric_names_used
+
+CONTRACT = {
+    "http_request_duration_seconds", "http_requests_total",
+    "innera_entries_created_total", "innera_search_duration_seconds",
+    "innera_db_pool_active", "innera_db_pool_idle", "innera_db_pool_waiting",
+    "innera_db_pool_max", "innera_ws_connections_active", "innera_redis_errors_total",
+    "innera_push_notifications_sent_total", "innera_push_notifications_failed_total",
+    "innera_crypto_errors_total", "innera_account_deletion_jobs_failed_total",
+    "innera_key_rotation_progress", "innera_jobs_processed_total",
+    "innera_job_duration_seconds", "innera_jobs_waiting",
+    "process_resident_memory_bytes", "python_gc_objects_collected_total", "python_info",
+}
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample_names(text: str) -> set[str]:
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(s.name for s in family.samples)
+    return names
+
+
+async def test_metrics_expose_the_contract_initialised_at_zero(server: RunningServer) -> None:
+    await server.client.get("/health")  # route metrics get their first labelled sample
+    r = await server.client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    names = sample_names(r.text)
+    missing = CONTRACT - names
+    assert not missing, missing
+    values = samples(r.text)
+    for op in ("encrypt", "decrypt"):
+        assert values[("innera_crypto_errors_total", frozenset({("operation", op)}))] == 0
+    for queue in QUEUES:
+        key = ("innera_jobs_processed_total", frozenset({("queue", queue), ("outcome", "failed")}))
+        assert values[key] == 0
+    assert values[("innera_db_pool_max", frozenset())] == 5  # DB_POOL_MAX of the test env
+
+
+async def test_every_metric_of_the_dashboard_and_alerts_is_exposed(server: RunningServer
+                                                                   ) -> None:
+    await server.client.get("/health")  # so the route metrics have a sample
+    names = sample_names((await server.client.get("/metrics")).text)
+    used = innera_metric_names_used()
+    assert used, "no metric names found in conf/"
+    assert used <= names, used - names
+
+
+async def test_route_metrics_use_the_template_never_the_raw_path(server: RunningServer
+                                                                ) -> None:
+    await server.client.get("/health")
+    await server.client.get("/health")
+    await server.client.get("/no/such/path/8f3a1c")
+    await server.client.get("/metrics")
+    text = (await server.client.get("/metrics")).text
+    values = samples(text)
+    ok = frozenset({("method", "GET"), ("route", "/health"), ("status_code", "200")})
+    unknown = frozenset({("method", "GET"), ("route", "__unknown__"), ("status_code", "404")})
+    assert values[("http_requests_total", ok)] == 2
+    assert values[("http_requests_total", unknown)] == 1
+    assert values[("http_request_duration_seconds_count", ok)] == 2
+    assert "8f3a1c" not in text
+    assert 'route="/metrics"' not in text  # /metrics itself is not counted
+    buckets = {dict(labels).get("le") for name, labels in values
+               if name == "http_request_duration_seconds_bucket"}
+    assert {"0.1", "0.5", "1.0", "2.0", "2.5", "5.0", "10.0", "30.0"} <= buckets
+
+
+async def test_pool_gauges_are_read_at_scrape_time(server: RunningServer) -> None:
+    pool = server.services.db
+    async with pool.connection():
+        values = samples((await server.client.get("/metrics")).text)
+        assert values[("innera_db_pool_active", frozenset())] >= 1
+    values = samples((await server.client.get("/metrics")).text)
+    assert values[("innera_db_pool_waiting", frozenset())] == 0
+
+
+def test_redaction_covers_every_spec_path_and_wildcard() -> None:
+    line = {
+        "req": {"headers": {"Authorization": "Bearer a", "cookie": "c", "x-reauth-token": "r",
+                            "idempotency-key": "i", "accept": "keep"},
+                "body": {"code": "1", "codeVerifier": "2", "identityToken": "3",
+                         "refreshToken": "4", "title": "keep"}},
+        "res": {"headers": {"set-cookie": "s"}},
+        "user": {"profile": {"email": "e@x", "password": "p"}},
+        "items": [{"token": "t", "accessToken": "at"}],
+    }
+    out = redact(line)
+    flat = json.dumps(out)
+    for secret in ("Bearer a", '"c"', '"r"', '"i"', '"1"', '"2"', '"3"', '"4"', '"s"', "e@x",
+                   '"p"', '"t"', '"at"'):
+        assert secret not in flat, secret
+    assert out["req"]["headers"]["accept"] == "keep" and out["req"]["body"]["title"] == "keep"
+    assert out["req"]["headers"]["Authorization"] == CENSOR
+    assert line["req"]["headers"]["Authorization"] == "Bearer a"  # the input is not modified
+
+
+def test_logs_are_json_with_request_ids_and_redacted_secrets(
+    spawn_server, database_url: str, redis_url: str, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    sp = spawn_server(server_environ(database_url, redis_url, tmp_path, LOG_LEVEL="debug"))
+    secrets = {
+        "authorization": "Bearer SECRET-AUTH-1", "cookie": "sid=SECRET-COOKIE-2",
+        "x-reauth-token": "SECRET-REAUTH-3", "idempotency-key": "SECRET-IDEM-4",
+    }
+    body = {"code": "SECRET-CODE-5", "codeVerifier": "SECRET-VERIFIER-6",
+            "identityToken": "SECRET-IDTOKEN-7", "refreshToken": "SECRET-REFRESH-8",
+            "email": "secret-email-9@example.com", "password": "SECRET-PASSWORD-10",
+            "nested": {"token": "SECRET-TOKEN-11", "accessToken": "SECRET-ACCESS-12"}}
+    req = urllib.request.Request(sp.url + "/_test/echo", data=json.dumps(body).encode(),
+                                 headers={**secrets, "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        request_id = resp.headers["x-request-id"]
+    sp.proc.send_signal(signal.SIGTERM)
+    sp.proc.wait(15)
+    output = sp.lines() + "\n" + sp.proc.stdout.read()  # type: ignore[union-attr]
+
+    for value in re.findall(r"SECRET-[A-Z]+-\d+|secret-email-9@example.com",
+                            json.dumps([secrets, body])):
+        assert value not in output, f"{value} leaked into the logs"
+    assert CENSOR in output
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert all({"level", "time", "msg"} <= set(line) for line in lines)
+    mine = [line for line in lines if line.get("requestId") == request_id]
+    done = [line for line in mine if line["msg"] == "request completed"]
+    assert len(done) == 1
+    assert done[0]["req"] == {"method": "POST", "url": "/_test/echo", "requestId": request_id,
+                              "userId": None}
+    assert done[0]["res"] == {"statusCode": 200}
+    assert done[0]["responseTime"] >= 0
+    assert any(line["msg"] == "request received" for line in mine)
+    # library loggers go through the same pipeline (psycopg/hypercorn/innera all JSON above)
+    assert {line["logger"] for line in lines} >= {"innera.process", "innera.request"}
+
+
+async def test_websocket_gauge_follows_open_sockets(server: RunningServer) -> None:
+    from tests.fixtures.ws import WsClient
+
+    host, port = server.started.addresses[0]
+    gauge = ("innera_ws_connections_active", frozenset())
+    client = await WsClient.connect(host, port, "/_test/ws")
+    await client.send_text("x")
+    assert await client.receive() == "x"
+    assert samples((await server.client.get("/metrics")).text)[gauge] == 1
+    await client.aclose()
+    for _ in range(50):
+        if samples((await server.client.get("/metrics")).text)[gauge] == 0:
+            break
+        await trio.sleep(0.05)
+    assert samples((await server.client.get("/metrics")).text)[gauge] == 0

@@ -1,0 +1,361 @@
+"""Sentry integration: scrubbing, AppError filtering, per-task scopes under Trio.
+
+Nothing is ever sent: events land in a capturing transport. Secrets are defined far from
+the code that raises, because Sentry sends ±5 lines of source around every frame and a
+literal in those lines would make the "appears nowhere" assertions meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sentry_sdk
+import trio
+import trio.lowlevel
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
+from werkzeug.datastructures import Headers
+
+from innera.errors import AppError, NotFound
+from innera.observability.sentry import (
+    REDACTED,
+    capture_request_exception,
+    capture_task_exception,
+    flush,
+    init_sentry,
+    scrub_event,
+    task_scope,
+)
+
+
+def _caught(make: Callable[[], BaseException] = lambda: RuntimeError("boom")) -> BaseException:
+    """An exception with a traceback whose only frames are this function and `_raise`."""
+    try:
+        _raise(make())
+    except BaseException as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _raise_with_local() -> None:
+    secret = _LOCAL_SECRET  # noqa: F841 - the local under test
+    raise ValueError("failure with a local")
+
+
+DSN = "https://public@sentry.invalid/1"
+
+
+class CapturingTransport(Transport):
+    """Keeps envelopes in memory; the SDK never opens a socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envelopes: list[Envelope] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [e for env in self.envelopes if (e := env.get_event()) is not None]
+
+    @property
+    def transactions(self) -> list[dict[str, Any]]:
+        return [t for env in self.envelopes if (t := env.get_transaction_event()) is not None]
+
+    def serialized(self) -> str:
+        return b"".join(env.serialize() for env in self.envelopes).decode()
+
+
+def _reset_sdk() -> None:
+    client = sentry_sdk.get_client()
+    if client.is_active():
+        client.close()
+    sentry_sdk.get_global_scope().set_client(None)
+
+
+@pytest.fixture
+def sentry_init() -> Iterator[Callable[..., CapturingTransport]]:
+    """Initialise Sentry with a capturing transport; the SDK is reset afterwards."""
+
+    def init(**kwargs: Any) -> CapturingTransport:
+        transport = CapturingTransport()
+        kwargs.setdefault("environment", "test")
+        kwargs.setdefault("release", "innera@0.0.0-test")
+        assert init_sentry(DSN, transport=transport, **kwargs) is True
+        return transport
+
+    _reset_sdk()
+    yield init
+    _reset_sdk()
+
+
+@pytest.fixture
+def sentry(sentry_init: Callable[..., CapturingTransport]) -> CapturingTransport:
+    return sentry_init()
+
+
+# Distinctive values: none of them may appear anywhere in what would be sent.
+_LOCAL_SECRET = "hunter2" + "-local"
+_HEADER_SECRETS = {
+    "Authorization": "Bearer auth-secret-0001",
+    "Cookie": "sid=cookie-secret-0002",
+    "X-Reauth-Token": "reauth-secret-0003",
+    "Idempotency-Key": "idem-secret-0004",
+}
+_URL = "https://api.innera.test/v1/ws?page=2&token=url-secret-0005"
+_BODY_SECRETS = {
+    "password": "pw-secret-0006",
+    "refreshToken": "refresh-secret-0007",
+    "email": "someone-0008@example.com",
+    "codeVerifier": "verifier-secret-0009",
+    "identityToken": "identity-secret-0010",
+    "accessToken": "access-secret-0011",
+    "code": "oauth-code-0012",
+}
+
+
+@pytest.mark.parametrize("headers_type", [dict, Headers])
+async def test_request_exception_has_extras_and_scrubbed_headers(
+    sentry: CapturingTransport, headers_type: type
+) -> None:
+    headers = headers_type(
+        {**_HEADER_SECRETS, "User-Agent": "innera-tests/1", "X-Request-Id": "req-1"}
+    )
+    exc = _caught()
+
+    event_id = capture_request_exception(
+        exc, request_id="req-1", user_id="user-42", url=_URL, method="POST", headers=headers
+    )
+
+    [event] = sentry.events
+    assert event_id == event["event_id"]
+    assert event["extra"] == {
+        "requestId": "req-1",
+        "userId": "user-42",
+        "url": "https://api.innera.test/v1/ws?page=2&token=%5BREDACTED%5D",
+        "method": "POST",
+    }
+    assert event["request"]["method"] == "POST"
+    assert event["request"]["headers"] == {"User-Agent": "innera-tests/1", "X-Request-Id": "req-1"}
+    assert event["environment"] == "test"
+    assert event["release"] == "innera@0.0.0-test"
+    assert event["exception"]["values"][-1]["type"] == "RuntimeError"
+    payload = sentry.serialized()
+    for secret in [*_HEADER_SECRETS.values(), "url-secret-0005"]:
+        assert secret not in payload
+
+
+async def test_secret_fields_are_redacted_at_any_depth(sentry: CapturingTransport) -> None:
+    body = {"profile": {"settings": [dict(_BODY_SECRETS)]}, "title": "kept"}
+    with sentry_sdk.new_scope() as scope:
+        scope.set_extra("body", body)
+        scope.set_extra("password", _BODY_SECRETS["password"])
+        capture_task_exception(_caught())
+
+    [event] = sentry.events
+    assert event["extra"]["password"] == REDACTED
+    extra_body = event["extra"]["body"]
+    assert extra_body["title"] == "kept"
+    assert extra_body["profile"]["settings"] == [dict.fromkeys(_BODY_SECRETS, REDACTED)]
+    payload = sentry.serialized()
+    for secret in _BODY_SECRETS.values():
+        assert secret not in payload
+
+
+def test_scrub_event_request_data_headers_and_breadcrumbs() -> None:
+    event: dict[str, Any] = {
+        "request": {
+            "headers": {**{k.lower(): v for k, v in _HEADER_SECRETS.items()}, "accept": "*/*"},
+            "cookies": {"sid": "cookie-secret-0002"},
+            "data": json.dumps({"auth": {"refreshToken": "refresh-secret-0007"}, "n": 1}),
+            "query_string": "code=oauth-code-0012&state=s",
+            "url": "/auth/callback?code=oauth-code-0012",
+        },
+        "extra": {"nested": [{"headers": {"Set-Cookie": "x=1"}}, {"refresh_token": "rt"}]},
+        "breadcrumbs": {"values": [{"message": "login", "data": {"email": "a@b.test"}}]},
+    }
+
+    out = scrub_event(event, {})
+
+    assert out is not None
+    assert out["request"] == {
+        "headers": {"accept": "*/*"},
+        "data": {"auth": {"refreshToken": REDACTED}, "n": 1},
+        "query_string": "code=%5BREDACTED%5D&state=s",
+        "url": "/auth/callback?code=%5BREDACTED%5D",
+    }
+    assert out["extra"] == {
+        "nested": [{"headers": {"Set-Cookie": REDACTED}}, {"refresh_token": REDACTED}]
+    }
+    assert out["breadcrumbs"]["values"][0]["data"] == {"email": REDACTED}
+    # A raw body that is not JSON is not sent at all.
+    raw = scrub_event({"request": {"data": "password=pw-secret-0006"}}, {})
+    assert raw == {"request": {"data": REDACTED}}
+
+
+async def test_app_error_is_never_sent(sentry: CapturingTransport) -> None:
+    assert capture_task_exception(_caught(NotFound)) is None
+    assert (
+        capture_request_exception(
+            _caught(lambda: AppError("teapot", status=418)),
+            request_id="r",
+            user_id=None,
+            url="/x",
+            method="GET",
+        )
+        is None
+    )
+    assert sentry.events == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "dropped"),
+    [
+        (NotFound(), True),
+        (ExceptionGroup("g", [NotFound(), AppError("x")]), True),
+        (ExceptionGroup("g", [NotFound(), RuntimeError("bug")]), False),
+        (RuntimeError("bug"), False),
+    ],
+)
+def test_before_send_drops_app_errors(exc: BaseException, dropped: bool) -> None:
+    """The safety net on its own, without the client's ignore_errors."""
+    hint = {"exc_info": (type(exc), exc, None)}
+    assert (scrub_event({"exception": {}}, hint) is None) is dropped
+
+
+async def test_concurrent_trio_tasks_never_mix_tags(sentry: CapturingTransport) -> None:
+    tagged = 0
+    all_tagged = trio.Event()
+
+    async def job(name: str) -> None:
+        nonlocal tagged
+        with task_scope(queue=f"queue-{name}", job_id=f"job-{name}"):
+            sentry_sdk.set_tag("step", f"step-{name}")  # the SDK's own API, inside the scope
+            tagged += 1
+            if tagged == 2:
+                all_tagged.set()
+            await all_tagged.wait()  # both tasks have tagged before either captures
+            await trio.lowlevel.checkpoint()
+            capture_task_exception(_caught(lambda: RuntimeError(name)), attempt=f"try-{name}")
+
+    # The parent's isolation scope exists and is shared by reference with the children:
+    # without a scope of their own, they would write their tags into it.
+    with task_scope(service="worker"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(job, "a")
+            nursery.start_soon(job, "b")
+        capture_task_exception(_caught(lambda: RuntimeError("parent")))
+
+    tags = {e["exception"]["values"][-1]["value"]: e["tags"] for e in sentry.events}
+    assert tags == {
+        name: {
+            "service": "worker",
+            "queue": f"queue-{name}",
+            "job_id": f"job-{name}",
+            "step": f"step-{name}",
+            "attempt": f"try-{name}",
+        }
+        for name in ("a", "b")
+    } | {"parent": {"service": "worker"}}
+
+
+async def test_frames_carry_no_local_variables(sentry: CapturingTransport) -> None:
+    exc = _caught()
+    try:
+        _raise_with_local()
+    except ValueError as e:
+        exc = e
+    capture_task_exception(exc)
+
+    [event] = sentry.events
+    frames = event["exception"]["values"][-1]["stacktrace"]["frames"]
+    assert [f["function"] for f in frames][-1] == "_raise_with_local"
+    assert all("vars" not in f for f in frames)
+    assert _LOCAL_SECRET not in sentry.serialized()
+
+
+async def test_no_dsn_initialises_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    _reset_sdk()
+    # The SDK itself would fall back to SENTRY_DSN: init_sentry(None) must not.
+    monkeypatch.setenv("SENTRY_DSN", "http://public@127.0.0.1:9/1")
+    assert init_sentry(None, environment="test", release="x") is False
+    assert init_sentry("", environment="test", release="x") is False
+    assert not sentry_sdk.get_client().is_active()
+    assert capture_task_exception(_caught()) is None
+    assert (
+        capture_request_exception(_caught(), request_id="r", user_id=None, url="/", method="GET")
+        is None
+    )
+    await trio.to_thread.run_sync(flush, 0.1)  # a no-op, not an error
+
+
+@pytest.mark.parametrize(("rate", "sent"), [(1.0, 1), (0.0, 0)])
+async def test_traces_sample_rate_is_honoured(
+    sentry_init: Callable[..., CapturingTransport], rate: float, sent: int
+) -> None:
+    transport = sentry_init(traces_sample_rate=rate)
+    assert sentry_sdk.get_client().options["traces_sample_rate"] == rate
+    with task_scope(), sentry_sdk.start_transaction(op="test", name="sampled?"):
+        pass
+    assert len(transport.transactions) == sent
+
+
+def test_default_traces_sample_rate_and_validation(
+    sentry_init: Callable[..., CapturingTransport],
+) -> None:
+    sentry_init()
+    assert sentry_sdk.get_client().options["traces_sample_rate"] == 0.1
+    with pytest.raises(ValueError, match="traces_sample_rate"):
+        init_sentry(DSN, environment="test", release="x", traces_sample_rate=1.5)
+
+
+async def test_only_safe_integrations_and_logs_are_breadcrumbs_only(
+    sentry: CapturingTransport,
+) -> None:
+    client = sentry_sdk.get_client()
+    assert sorted(client.integrations) == ["atexit", "dedupe", "excepthook", "logging"]
+    assert client.should_send_default_pii() is False
+    assert client.options["include_local_variables"] is False
+
+    with task_scope():
+        logging.getLogger("innera.test").error("an error log line")
+        assert sentry.events == []  # logs never become events
+        capture_task_exception(_caught())
+    [event] = sentry.events
+    messages = [b.get("message") for b in event["breadcrumbs"]["values"]]
+    assert "an error log line" in messages
+
+
+async def test_flush_runs_in_a_thread(sentry: CapturingTransport) -> None:
+    capture_task_exception(_caught())
+    await trio.to_thread.run_sync(flush, 0.5)
+    assert len(sentry.events) == 1
+
+
+async def test_an_unexpected_route_error_reaches_sentry_once_with_request_extras(
+    sentry: CapturingTransport, server  # type: ignore[no-untyped-def]
+) -> None:
+    r = await server.client.get("/_test/boom", headers={"authorization": "Bearer e2e-SECRET-A",
+                                                         "cookie": "sid=e2e-SECRET-C"})
+    assert r.status_code == 500
+    events = sentry.events
+    assert len(events) == 1
+    extra = events[0]["extra"]
+    assert extra["requestId"] == r.headers["x-request-id"]
+    assert extra["method"] == "GET" and extra["url"].endswith("/_test/boom")
+    assert "userId" in extra
+    assert "e2e-SECRET" not in sentry.serialized()
+
+    # AppErrors (here a 422 and a 404) are not sent
+    await server.client.get("/_test/sleep", params={"seconds": "x"})
+    await server.client.get("/nope")
+    assert len(sentry.events) == 1
