@@ -23,7 +23,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from innera.api import health
+from innera.api import auth, health, me, openapi
 from innera.errors import AppError, InvalidJson, error_body
 from innera.observability import sentry
 from innera.observability.logging import bind_request
@@ -105,6 +105,12 @@ def create_app(svc: Services) -> QuartTrio:
     @app.after_request
     async def finish_request(response: Response) -> Response:
         response.headers["X-Request-Id"] = _request_id()
+        decision = g.get("rate_limit")
+        if decision is not None:
+            for name, value in decision.headers().items():
+                response.headers.setdefault(name, value)
+        add_security_headers(response, svc.settings.production)
+        add_cors_headers(response, svc.settings.cors_origins)
         route = request.url_rule.rule if request.url_rule is not None else None
         if route == "/metrics":
             return response
@@ -148,11 +154,56 @@ def create_app(svc: Services) -> QuartTrio:
         return _error_response(500, body)
 
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(auth.blueprint)
+    app.register_blueprint(me.blueprint)
     if svc.settings.env == "test":
         from innera.api import debug
 
         app.register_blueprint(debug.blueprint)
     return app
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+CORS_EXPOSED = ("X-Request-Id, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
+                "Retry-After, Idempotent-Replayed")
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Reauth-Token"
+
+
+def add_security_headers(response: Response, production: bool) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith("/v1/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    if production:  # TLS ends at the load balancer in production
+        response.headers.setdefault("Strict-Transport-Security",
+                                    "max-age=31536000; includeSubDomains")
+
+
+def add_cors_headers(response: Response, allowed: tuple[str, ...]) -> None:
+    """CORS for the origins in CORS_ORIGINS (``*``: any). Preflights are answered by Quart's
+    automatic OPTIONS response, completed here."""
+    origin = request.headers.get("origin")
+    if not origin or not allowed:
+        return
+    if "*" in allowed:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin.rstrip("/") in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.vary.add("Origin")
+    else:
+        return
+    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+    if request.method == "OPTIONS" and request.headers.get("access-control-request-method"):
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
 
 
 def _request_id() -> str:

@@ -77,6 +77,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("JWT_SECRET", None,
              "HS256 secret for access tokens; required in production, generated under the data "
              "dir otherwise", True),
+    Variable("ACCESS_TOKEN_TTL_S", "900", "lifetime of access tokens (JWT) in seconds"),
+    Variable("REFRESH_TOKEN_TTL_S", "2592000", "lifetime of refresh tokens in seconds (30 days)"),
+    Variable("REFRESH_TOKEN_STORE", "redis",
+             "redis | postgres: where hashed refresh tokens live (postgres keeps refresh "
+             "working while Redis is down)"),
+    Variable("TRUST_PROXY", "0",
+             "proxy hops to trust in X-Forwarded-For for the client IP (0: the socket peer)"),
+    Variable("RATE_LIMIT_AUTH", "10/min", "limit per client IP on the auth routes"),
+    Variable("RATE_LIMIT_USER", "300/min", "limit per user on authenticated routes"),
+    Variable("RATE_LIMIT_ANON", "100/min", "limit per client IP on other anonymous routes"),
+    Variable("CORS_ORIGINS", None,
+             "comma-separated origins allowed by CORS (`*` for any); unset: no CORS headers"),
     Variable("INNERA_MEK", None,
              "master encryption key, base64 of 32 bytes; required in production (or "
              "INNERA_MEK_FILE)", True),
@@ -120,6 +132,14 @@ class Settings:
     mek_file: Path | None
     sentry_dsn: str | None = field(repr=False)
     sentry_traces_sample_rate: float
+    access_token_ttl_s: int
+    refresh_token_ttl_s: int
+    refresh_token_store: str
+    trust_proxy: int
+    rate_limit_auth: tuple[int, int]
+    rate_limit_user: tuple[int, int]
+    rate_limit_anon: tuple[int, int]
+    cors_origins: tuple[str, ...]
     shutdown_timeout_s: float
     max_body_bytes: int
 
@@ -197,6 +217,14 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "INNERA_MEK_FILE": str(s.mek_file) if s.mek_file else None,
         "SENTRY_DSN": s.sentry_dsn,
         "SENTRY_TRACES_SAMPLE_RATE": f"{s.sentry_traces_sample_rate:g}",
+        "ACCESS_TOKEN_TTL_S": str(s.access_token_ttl_s),
+        "REFRESH_TOKEN_TTL_S": str(s.refresh_token_ttl_s),
+        "REFRESH_TOKEN_STORE": s.refresh_token_store,
+        "TRUST_PROXY": str(s.trust_proxy),
+        "RATE_LIMIT_AUTH": format_rate(s.rate_limit_auth),
+        "RATE_LIMIT_USER": format_rate(s.rate_limit_user),
+        "RATE_LIMIT_ANON": format_rate(s.rate_limit_anon),
+        "CORS_ORIGINS": ",".join(s.cors_origins) or None,
         "SHUTDOWN_TIMEOUT_S": f"{s.shutdown_timeout_s:g}",
         "MAX_BODY_BYTES": str(s.max_body_bytes),
     }
@@ -294,6 +322,30 @@ def _sentinels(reader: _Reader) -> tuple[tuple[str, int], ...]:
     return tuple(result)
 
 
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """``"10/min"`` → ``(10, 60)``: at most 10 requests per 60-second window."""
+    count, _, unit = text.strip().partition("/")
+    unit = unit.strip().lower()
+    window = _RATE_UNITS.get(unit.rstrip("s") if unit not in _RATE_UNITS else unit)
+    if window is None or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError(text)
+    return int(count), window
+
+
+def format_rate(rate: tuple[int, int]) -> str:
+    count, window = rate
+    unit = {1: "s", 60: "min", 3600: "h"}.get(window)
+    return f"{count}/{unit}" if unit else f"{count}/{window}s"
+
+
+def _rate(reader: _Reader, name: str) -> tuple[int, int]:
+    value = reader.convert(name, parse_rate, "a rate like 10/min (per s, min or h)")
+    return value if value is not None else parse_rate(reader.defaults[name] or "1/s")
+
+
 def _sample_rate(reader: _Reader) -> float:
     value = reader.convert("SENTRY_TRACES_SAMPLE_RATE", float, "a number")
     if value is None or not 0.0 <= value <= 1.0:
@@ -354,6 +406,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         mek_file=Path(mek_file).expanduser() if mek_file else None,
         sentry_dsn=r.raw("SENTRY_DSN"),
         sentry_traces_sample_rate=_sample_rate(r),
+        access_token_ttl_s=r.integer("ACCESS_TOKEN_TTL_S", minimum=10, maximum=86_400),
+        refresh_token_ttl_s=r.integer("REFRESH_TOKEN_TTL_S", minimum=60),
+        refresh_token_store=r.choice("REFRESH_TOKEN_STORE", ("redis", "postgres")),
+        trust_proxy=r.integer("TRUST_PROXY", minimum=0, maximum=10),
+        rate_limit_auth=_rate(r, "RATE_LIMIT_AUTH"),
+        rate_limit_user=_rate(r, "RATE_LIMIT_USER"),
+        rate_limit_anon=_rate(r, "RATE_LIMIT_ANON"),
+        cors_origins=tuple(o.strip().rstrip("/") for o in (r.raw("CORS_ORIGINS") or "").split(",")
+                           if o.strip()),
         shutdown_timeout_s=r.number("SHUTDOWN_TIMEOUT_S", minimum=0),
         max_body_bytes=r.integer("MAX_BODY_BYTES", minimum=1),
     )

@@ -10,7 +10,8 @@
           stopped in the reverse order (an exit stack):
             1. embedded PostgreSQL / Valkey     (only when DATABASE_URL / REDIS_URL are unset)
             2. PostgreSQL pool                  (+ migrations, max_connections sizing check)
-            3. Redis client
+            3. Redis client; then the auth and guard services built on both (a supervised
+               cleaner task when refresh tokens live in PostgreSQL)
             4. pub/sub listener, WebSocket hub  (realtime issue)
             5. job workers                      (jobs issue)
             6. HTTP server                      (innera/http: Hypercorn now)
@@ -38,10 +39,16 @@ from typing import Any
 import trio
 
 from innera import __version__
+from innera.auth.access_tokens import AccessTokens, load_jwt_secret_async
+from innera.auth.passwords import PasswordHasher
+from innera.auth.reauth import ReauthTokens
+from innera.auth.refresh_tokens import PostgresRefreshTokenStore, open_refresh_store
 from innera.config import Settings
 from innera.db.health import max_connections
 from innera.db.migrate import migrate
 from innera.db.pool import Pool
+from innera.guards.idempotency import Idempotency
+from innera.guards.ratelimit import RateLimiter
 from innera.observability import sentry
 from innera.observability.metrics import Metrics
 from innera.realtime.hub import SERVER_RESTARTING, Hub
@@ -126,8 +133,20 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     pool = await open_database(stack, settings, migrations=settings.migrate_on_start,
                                metrics=metrics)
     redis = await open_redis(stack, settings, metrics)
-    return Services(settings=settings, db=pool, redis=redis, storage=open_storage(settings),
-                    metrics=metrics, hub=Hub(metrics), lifecycle=lifecycle)
+    refresh_tokens = open_refresh_store(settings, pool, redis)
+    if isinstance(refresh_tokens, PostgresRefreshTokenStore):
+        await stack.enter_async_context(supervised(refresh_tokens.run_cleaner))
+    return Services(
+        settings=settings, db=pool, redis=redis, storage=open_storage(settings),
+        metrics=metrics, hub=Hub(metrics), lifecycle=lifecycle,
+        passwords=PasswordHasher(),
+        access_tokens=AccessTokens(await load_jwt_secret_async(settings),
+                                   settings.access_token_ttl_s),
+        refresh_tokens=refresh_tokens,
+        reauth=ReauthTokens(redis),
+        rate_limiter=RateLimiter(redis),
+        idempotency=Idempotency(redis),
+    )
 
 
 async def run_process(
@@ -198,8 +217,15 @@ def force_exit(reason: str) -> None:
 
 
 def db_connect_kwargs(settings: Settings, database_url: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connection_timeout_s)),
-                              "application_name": "innera"}
+    kwargs: dict[str, Any] = {
+        "connect_timeout": max(1, round(settings.db_connection_timeout_s)),
+        "application_name": "innera",
+        # a PostgreSQL that vanishes from the network (no RST) is detected in about 30 s
+        # instead of the kernel's default of hours: keepalives while idle, and a bound on
+        # unacknowledged sends while a query is on the wire.
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+        "keepalives_count": 3, "tcp_user_timeout": 30_000,
+    }
     if settings.db_sslmode and "sslmode=" not in database_url:
         kwargs["sslmode"] = settings.db_sslmode
     return kwargs

@@ -10,8 +10,14 @@ from dataclasses import dataclass, field
 
 import trio
 
+from innera.auth.access_tokens import AccessTokens
+from innera.auth.passwords import PasswordHasher
+from innera.auth.reauth import ReauthTokens
+from innera.auth.refresh_tokens import RefreshTokenStore
 from innera.config import Settings
 from innera.db.pool import Pool
+from innera.guards.idempotency import Idempotency
+from innera.guards.ratelimit import RateLimiter
 from innera.observability.metrics import Metrics
 from innera.realtime.hub import Hub
 from innera.redis import Redis
@@ -36,4 +42,10 @@ class Services:
     storage: Storage
     metrics: Metrics
     hub: Hub
+    passwords: PasswordHasher
+    access_tokens: AccessTokens
+    refresh_tokens: RefreshTokenStore
+    reauth: ReauthTokens
+    rate_limiter: RateLimiter
+    idempotency: Idempotency
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

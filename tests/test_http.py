@@ -165,3 +165,17 @@ async def test_pool_sizing_rule_warns_at_start_up(
     warnings = [r.getMessage() for r in caplog.records if "max_connections" in r.getMessage()]
     assert len(warnings) == 1
     assert "DB_POOL_MAX=60 × INNERA_INSTANCES=4 = 240 exceeds" in warnings[0]
+
+
+async def test_drain_does_not_wait_for_connections_the_client_closed(
+    nursery: trio.Nursery, server_settings: dict[str, str]
+) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    srv = await start_server(nursery, load_settings(server_settings))
+    async with srv.client:
+        assert (await srv.client.get("/health")).status_code == 200
+    started = trio.current_time()
+    assert await srv.stop() == 0
+    assert trio.current_time() - started < 1.5

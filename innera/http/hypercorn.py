@@ -80,6 +80,16 @@ class _ServerMiddleware:
         await self.app(scope, receive, server_send)
 
 
+class _TCPServer(TCPServer):
+    """Hypercorn's per-connection server, minus one wait: when the peer closes, Hypercorn
+    still waits for the connection's keep-alive timer (up to 5 s) before the connection's
+    task ends, which held every drain for 5 s after the last client had left."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
 async def _accept_loop(
     listener: trio.SocketListener,
     handle: Callable[[trio.SocketStream], Awaitable[None]],
@@ -110,7 +120,7 @@ async def serve_http(
     wrapped = wrap_app(_ServerMiddleware(app, stop_accepting), config.wsgi_max_body_size, "asgi")
 
     async def handle(stream: trio.SocketStream) -> None:
-        await TCPServer(wrapped, config, context, ConnectionState({}), stream).run()
+        await _TCPServer(wrapped, config, context, ConnectionState({}), stream).run()
 
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     addresses = [listener.socket.getsockname()[:2] for listener in listeners]

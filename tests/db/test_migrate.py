@@ -70,7 +70,8 @@ async def test_failing_migration_rolls_back_and_names_the_file(
         async with await TrioConnection.connect(empty_database_url, autocommit=True) as other:
             with trio.fail_after(2), pytest.raises(MigrationError):
                 await migrate(other, migrations=extra)
-    assert [v for v, _ in await versions(empty_database_url)] == [1, 9001]
+    expected = [*(m.version for m in load_migrations()), 9001]
+    assert [v for v, _ in await versions(empty_database_url)] == expected
 
 
 async def test_users_table(db_pool: Pool) -> None:

@@ -1,0 +1,130 @@
+"""Access tokens: short-lived HS256 JWTs (claims ``sub``, ``iat``, ``exp``, ``jti``,
+``typ="access"``), and the secret that signs them.
+
+Signing and verifying take microseconds: they run on the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import trio
+
+from innera.config import Settings
+from innera.errors import Unauthorized
+
+__all__ = ["ALGORITHM", "LEEWAY_S", "AccessTokens", "load_jwt_secret", "load_jwt_secret_async"]
+
+log = logging.getLogger("innera.auth")
+
+ALGORITHM = "HS256"
+TOKEN_TYPE = "access"
+#: Clock skew tolerated between instances, on ``exp`` and ``iat``.
+LEEWAY_S = 5
+SECRET_BYTES = 48
+_REQUIRED_CLAIMS = ["sub", "iat", "exp", "jti", "typ"]
+
+
+def load_jwt_secret(settings: Settings) -> str:
+    """``JWT_SECRET`` when set. Otherwise (development/test only) the secret kept in
+    ``<data_dir>/secrets/jwt_secret`` (mode 0600), created on first start: 48 random bytes,
+    base64url. Creation is atomic: the complete file is written under a temporary name and
+    hard-linked into place, which fails if the file exists; so two processes starting at
+    once both end up reading the one file that won, never a half-written one.
+
+    Blocking file I/O: call it before the event loop runs, or use
+    :func:`load_jwt_secret_async`.
+    """
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    if settings.production:
+        raise RuntimeError("JWT_SECRET is required in production")
+    return _read_or_create_secret(Path(settings.data_dir) / "secrets" / "jwt_secret")
+
+
+async def load_jwt_secret_async(settings: Settings) -> str:
+    """:func:`load_jwt_secret` on a worker thread."""
+    return await trio.to_thread.run_sync(load_jwt_secret, settings)
+
+
+def _read_or_create_secret(path: Path) -> str:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).decode().rstrip("=")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secret + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # atomic "create if absent", with the content already there
+                log.info("generated a JWT secret in %s", path)
+            except FileExistsError:
+                pass  # another process won: use its secret
+        finally:
+            tmp.unlink(missing_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s had mode %o; restricting it to 0600", path, mode)
+        os.chmod(path, 0o600)
+    secret = path.read_text(encoding="ascii").strip()
+    if len(secret) < 32:
+        raise RuntimeError(f"{path} does not hold a usable JWT secret (remove it to "
+                           "generate a new one, or set JWT_SECRET)")
+    return secret
+
+
+class AccessTokens:
+    """Issues and verifies access tokens signed with ``secret``."""
+
+    def __init__(self, secret: str, ttl_s: int) -> None:
+        if not secret:
+            raise ValueError("an empty JWT secret")
+        if ttl_s < 1:
+            raise ValueError("ttl_s must be positive")
+        self._secret = secret
+        self.ttl_s = ttl_s
+
+    def issue(self, user_id: str) -> tuple[str, int]:
+        """``(token, expires_in_s)``: a new access token for ``user_id``, valid ``ttl_s``."""
+        now = int(time.time())
+        claims = {
+            "sub": str(user_id),
+            "iat": now,
+            "exp": now + self.ttl_s,
+            "jti": uuid.uuid4().hex,
+            "typ": TOKEN_TYPE,
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), self.ttl_s
+
+    def verify(self, token: str | None) -> str:
+        """The user id (``sub``) of a valid access token; :class:`Unauthorized` for a
+        missing, malformed, expired, wrongly signed or non-access token."""
+        if not token:
+            raise Unauthorized("Missing access token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                leeway=LEEWAY_S,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("Access token expired") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("Invalid access token") from None
+        sub = claims.get("sub")
+        if claims.get("typ") != TOKEN_TYPE or not isinstance(sub, str) or not sub:
+            raise Unauthorized("Invalid access token")
+        return sub

@@ -1,0 +1,1 @@
+"""Request guards: rate limiting and client identification."""

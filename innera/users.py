@@ -1,0 +1,106 @@
+"""Accounts in PostgreSQL: create, look up, change password or status."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from innera.db.pool import Pool
+from innera.errors import AppError
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")
+
+
+class EmailTaken(AppError):
+    status, code, message = 409, "email_taken", "An account with this email already exists"
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    status: str
+    created_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "email": self.email,
+                "createdAt": self.created_at.isoformat().replace("+00:00", "Z")}
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def is_valid_email(email: str) -> bool:
+    return len(email) <= 254 and _EMAIL.match(email) is not None
+
+
+def _user(row: dict[str, Any]) -> User:
+    return User(str(row["id"]), row["email"], row["status"], row["created_at"])
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+async def create_user(pool: Pool, email: str, password_hash: str) -> User:
+    async with pool.connection() as conn:
+        try:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "INSERT INTO users (email, password_hash) VALUES (%s, %s) "
+                "RETURNING id, email, status, created_at", (email, password_hash))
+        except psycopg.errors.UniqueViolation:
+            raise EmailTaken() from None
+        row = await cur.fetchone()
+    assert row is not None
+    return _user(row)
+
+
+async def get_active_user(pool: Pool, user_id: str) -> User | None:
+    if not _is_uuid(user_id):
+        return None
+    async with pool.connection() as conn:
+        cur = await conn.cursor(row_factory=dict_row).execute(
+            "SELECT id, email, status, created_at FROM users WHERE id = %s AND status = 'active'",
+            (user_id,))
+        row = await cur.fetchone()
+    return _user(row) if row else None
+
+
+async def find_for_login(pool: Pool, email: str) -> tuple[User, str] | None:
+    """The active user with this (normalised) email and its password hash."""
+    async with pool.connection() as conn:
+        cur = await conn.cursor(row_factory=dict_row).execute(
+            "SELECT id, email, status, created_at, password_hash FROM users "
+            "WHERE email = %s AND status = 'active'", (email,))
+        row = await cur.fetchone()
+    return (_user(row), row["password_hash"]) if row else None
+
+
+async def password_hash_of(pool: Pool, user_id: str) -> str | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT password_hash FROM users WHERE id = %s AND status = 'active'", (user_id,))
+        row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def set_password_hash(pool: Pool, user_id: str, password_hash: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE users SET password_hash = %s WHERE id = %s",
+                           (password_hash, user_id))
+
+
+async def set_status(pool: Pool, user_id: str, status: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE users SET status = %s WHERE id = %s", (status, user_id))
