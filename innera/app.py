@@ -23,7 +23,17 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from innera.api import auth, health, me, openapi
+from innera.api import (
+    attachments,
+    auth,
+    devices,
+    entries,
+    health,
+    me,
+    notifications,
+    openapi,
+    search,
+)
 from innera.errors import AppError, InvalidJson, error_body
 from innera.observability import sentry
 from innera.observability.logging import bind_request
@@ -155,8 +165,8 @@ def create_app(svc: Services) -> QuartTrio:
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
-    app.register_blueprint(auth.blueprint)
-    app.register_blueprint(me.blueprint)
+    for resource in (auth, me, entries, search, attachments, notifications, devices):
+        app.register_blueprint(resource.blueprint)
     if svc.settings.env == "test":
         from innera.api import debug
 

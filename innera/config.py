@@ -90,8 +90,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CORS_ORIGINS", None,
              "comma-separated origins allowed by CORS (`*` for any); unset: no CORS headers"),
     Variable("INNERA_MEK", None,
-             "master encryption key, base64 of 32 bytes; required in production (or "
-             "INNERA_MEK_FILE)", True),
+             "master encryption key: base64 of 32 bytes, or `VERSION:BASE64,…` during key "
+             "rotation (the highest version wraps new keys); required in production (or "
+             "INNERA_MEK_FILE), generated under the data dir otherwise", True),
     Variable("INNERA_MEK_FILE", None, "file holding the master encryption key (base64)"),
     Variable("SENTRY_DSN", None, "Sentry DSN; unset disables error reporting", True),
     Variable("SENTRY_TRACES_SAMPLE_RATE", "0.1", "share of transactions traced by Sentry (0..1)"),
@@ -433,6 +434,13 @@ def _check_consistency(s: Settings, problems: list[str]) -> None:
         problems.append("REDIS_SENTINELS is required when REDIS_SENTINEL_MASTER is set")
     if s.mek and s.mek_file:
         problems.append("set INNERA_MEK or INNERA_MEK_FILE, not both")
+    if s.mek:
+        from innera.crypto.keyring import KeyringError, parse_keyring
+
+        try:
+            parse_keyring(s.mek)
+        except KeyringError as exc:
+            problems.append(f"INNERA_MEK is invalid: {exc}")
     if s.production:
         required = {
             "DATABASE_URL": s.database_url,

@@ -44,6 +44,9 @@ from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
 from innera.auth.refresh_tokens import PostgresRefreshTokenStore, open_refresh_store
 from innera.config import Settings
+from innera.crypto.data_keys import DataKeys
+from innera.crypto.entry_cipher import EntryCipher
+from innera.crypto.keyring import LocalKeyProvider, load_keyring_async
 from innera.db.health import max_connections
 from innera.db.migrate import migrate
 from innera.db.pool import Pool
@@ -133,6 +136,9 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     pool = await open_database(stack, settings, migrations=settings.migrate_on_start,
                                metrics=metrics)
     redis = await open_redis(stack, settings, metrics)
+    keyring = await load_keyring_async(settings.mek, settings.mek_file, settings.data_dir,
+                                       settings.production)
+    data_keys = DataKeys(pool, LocalKeyProvider(keyring), metrics)
     refresh_tokens = open_refresh_store(settings, pool, redis)
     if isinstance(refresh_tokens, PostgresRefreshTokenStore):
         await stack.enter_async_context(supervised(refresh_tokens.run_cleaner))
@@ -146,6 +152,8 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         reauth=ReauthTokens(redis),
         rate_limiter=RateLimiter(redis),
         idempotency=Idempotency(redis),
+        data_keys=data_keys,
+        entry_cipher=EntryCipher(data_keys),
     )
 
 

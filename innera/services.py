@@ -15,6 +15,8 @@ from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
 from innera.auth.refresh_tokens import RefreshTokenStore
 from innera.config import Settings
+from innera.crypto.data_keys import DataKeys
+from innera.crypto.entry_cipher import EntryCipher
 from innera.db.pool import Pool
 from innera.guards.idempotency import Idempotency
 from innera.guards.ratelimit import RateLimiter
@@ -48,4 +50,6 @@ class Services:
     reauth: ReauthTokens
     rate_limiter: RateLimiter
     idempotency: Idempotency
+    data_keys: DataKeys
+    entry_cipher: EntryCipher
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

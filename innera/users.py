@@ -53,15 +53,16 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-async def create_user(pool: Pool, email: str, password_hash: str) -> User:
-    async with pool.connection() as conn:
-        try:
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                "INSERT INTO users (email, password_hash) VALUES (%s, %s) "
-                "RETURNING id, email, status, created_at", (email, password_hash))
-        except psycopg.errors.UniqueViolation:
-            raise EmailTaken() from None
-        row = await cur.fetchone()
+async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_hash: str
+                      ) -> User:
+    """Insert the account (on ``conn``, inside the caller's transaction)."""
+    try:
+        cur = await conn.cursor(row_factory=dict_row).execute(
+            "INSERT INTO users (email, password_hash) VALUES (%s, %s) "
+            "RETURNING id, email, status, created_at", (email, password_hash))
+    except psycopg.errors.UniqueViolation:
+        raise EmailTaken() from None
+    row = await cur.fetchone()
     assert row is not None
     return _user(row)
 

@@ -81,7 +81,9 @@ async def issue_session(user: User, family_id: str | None = None,
 async def signup(body: SignupIn) -> AuthOut:
     svc = _svc()
     password_hash = await svc.passwords.hash(body.password)
-    user = await create_user(svc.db, body.email, password_hash)
+    async with svc.db.connection() as conn, conn.transaction():
+        user = await create_user(conn, body.email, password_hash)
+        await svc.data_keys.create(conn, user.id)  # the user's DEK, wrapped by the MEK
     return await issue_session(user)
 
 

@@ -35,6 +35,37 @@ _RATE_HEADERS = {
 }
 
 
+_HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
+    "status": {"enum": ["pass", "fail"]},
+    "output": {"type": "string"},
+    "checks": {"type": "object", "additionalProperties": {"type": "array", "items": {
+        "type": "object", "properties": {
+            "componentType": {"type": "string"}, "observedValue": {"type": "number"},
+            "observedUnit": {"const": "ms"}, "status": {"enum": ["pass", "fail"]},
+            "time": {"type": "string"}, "output": {"type": "string"}}}}},
+}}
+
+
+def _plain(summary: str, media: str, schema: dict[str, Any], *, fail: str | None = None
+           ) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "OK",
+                                         "content": {media: {"schema": schema}}}}
+    if fail:
+        responses["503"] = {"description": fail, "content": {media: {"schema": schema}}}
+    return {"get": {"operationId": "ops_" + re.sub(r"\W+", "_", summary.lower()).strip("_"),
+                    "summary": summary, "tags": ["operations"], "responses": responses}}
+
+
+# Routes outside /v1 (monitors, Prometheus, this document) are documented here.
+_OPERATIONAL_PATHS: dict[str, dict[str, Any]] = {
+    "/health": _plain("Liveness", "application/health+json", _HEALTH_SCHEMA),
+    "/health/ready": _plain("Readiness", "application/health+json", _HEALTH_SCHEMA,
+                            fail="A dependency failed its check, or the server is draining"),
+    "/metrics": _plain("Prometheus metrics", "text/plain", {"type": "string"}),
+    "/openapi.json": _plain("This document", "application/json", {"type": "object"}),
+}
+
+
 def build_document() -> dict[str, Any]:
     models: set[type[BaseModel]] = {ErrorOut}
     for op in OPERATIONS:
@@ -46,6 +77,7 @@ def build_document() -> dict[str, Any]:
     for op in OPERATIONS:
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", op.path)
         paths.setdefault(path, {})[op.method.lower()] = _operation(op)
+    paths.update(_OPERATIONAL_PATHS)
     return {
         "openapi": "3.1.0",
         "info": {"title": "innera API", "version": __version__,

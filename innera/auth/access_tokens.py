@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import secrets
-import stat
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +18,7 @@ import trio
 
 from innera.config import Settings
 from innera.errors import Unauthorized
+from innera.local_secrets import read_or_create_secret
 
 __all__ = ["ALGORITHM", "LEEWAY_S", "AccessTokens", "load_jwt_secret", "load_jwt_secret_async"]
 
@@ -56,28 +55,10 @@ async def load_jwt_secret_async(settings: Settings) -> str:
 
 
 def _read_or_create_secret(path: Path) -> str:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        secret = base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).decode().rstrip("=")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secret + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # atomic "create if absent", with the content already there
-                log.info("generated a JWT secret in %s", path)
-            except FileExistsError:
-                pass  # another process won: use its secret
-        finally:
-            tmp.unlink(missing_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("%s had mode %o; restricting it to 0600", path, mode)
-        os.chmod(path, 0o600)
-    secret = path.read_text(encoding="ascii").strip()
+    secret = read_or_create_secret(
+        path,
+        lambda: base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).decode().rstrip("="),
+        "a JWT secret")
     if len(secret) < 32:
         raise RuntimeError(f"{path} does not hold a usable JWT secret (remove it to "
                            "generate a new one, or set JWT_SECRET)")
