@@ -89,6 +89,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RATE_LIMIT_ANON", "100/min", "limit per client IP on other anonymous routes"),
     Variable("CORS_ORIGINS", None,
              "comma-separated origins allowed by CORS (`*` for any); unset: no CORS headers"),
+    Variable("SEARCH_TIMEOUT_S", "5",
+             "longest search scan; past it the results so far are returned with complete=false"),
+    Variable("ATTACHMENT_MAX_BYTES", "26214400", "largest attachment (25 MiB)"),
+    Variable("ATTACHMENT_URL_TTL_S", "900", "lifetime of upload and download URLs"),
     Variable("INNERA_MEK", None,
              "master encryption key: base64 of 32 bytes, or `VERSION:BASE64,…` during key "
              "rotation (the highest version wraps new keys); required in production (or "
@@ -141,6 +145,9 @@ class Settings:
     rate_limit_user: tuple[int, int]
     rate_limit_anon: tuple[int, int]
     cors_origins: tuple[str, ...]
+    search_timeout_s: float
+    attachment_max_bytes: int
+    attachment_url_ttl_s: int
     shutdown_timeout_s: float
     max_body_bytes: int
 
@@ -226,6 +233,9 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "RATE_LIMIT_USER": format_rate(s.rate_limit_user),
         "RATE_LIMIT_ANON": format_rate(s.rate_limit_anon),
         "CORS_ORIGINS": ",".join(s.cors_origins) or None,
+        "SEARCH_TIMEOUT_S": f"{s.search_timeout_s:g}",
+        "ATTACHMENT_MAX_BYTES": str(s.attachment_max_bytes),
+        "ATTACHMENT_URL_TTL_S": str(s.attachment_url_ttl_s),
         "SHUTDOWN_TIMEOUT_S": f"{s.shutdown_timeout_s:g}",
         "MAX_BODY_BYTES": str(s.max_body_bytes),
     }
@@ -414,6 +424,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         rate_limit_auth=_rate(r, "RATE_LIMIT_AUTH"),
         rate_limit_user=_rate(r, "RATE_LIMIT_USER"),
         rate_limit_anon=_rate(r, "RATE_LIMIT_ANON"),
+        search_timeout_s=r.number("SEARCH_TIMEOUT_S", minimum=0),
+        attachment_max_bytes=r.integer("ATTACHMENT_MAX_BYTES", minimum=1),
+        attachment_url_ttl_s=r.integer("ATTACHMENT_URL_TTL_S", minimum=10, maximum=7 * 86400),
         cors_origins=tuple(o.strip().rstrip("/") for o in (r.raw("CORS_ORIGINS") or "").split(",")
                            if o.strip()),
         shutdown_timeout_s=r.number("SHUTDOWN_TIMEOUT_S", minimum=0),
