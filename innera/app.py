@@ -20,7 +20,6 @@ from typing import Any, NoReturn
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
-from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from innera.api import (
@@ -66,7 +65,9 @@ _HTTP_MESSAGES = {
 }
 
 
-class InneraRequest(TrioRequest):
+class InneraRequest(attachments.StreamingUploadRequest):
+    """Quart's request, with the error contract for bad JSON and streamed local uploads."""
+
     def on_json_loading_failed(self, error: Exception | None) -> NoReturn:
         raise InvalidJson()
 

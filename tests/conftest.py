@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.server",
     "tests.fixtures.proxy",
+    "tests.fixtures.s3",
 ]

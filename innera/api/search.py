@@ -1,7 +1,78 @@
-"""`/v1/search` (in progress)."""
+"""``/v1/search``: find the signed-in user's entries by words (see ``innera/journal/search.py``
+for the matching rules, the scan and the snippet)."""
 
 from __future__ import annotations
 
-from quart import Blueprint
+import time
+
+from pydantic import Field
+from quart import Blueprint, g
+
+from innera.api.entries import EntryOut, entry_out
+from innera.api.operation import operation
+from innera.api.schemas import Model
+from innera.errors import ValidationFailed
+from innera.journal.entries import cursor_codec
+from innera.journal.search import parse_terms, search_entries, snippet
 
 blueprint = Blueprint("search", __name__, url_prefix="/v1/search")
+
+SEARCH_PURPOSE = "search"
+
+
+def _svc():  # type: ignore[no-untyped-def]
+    from innera.app import services
+
+    return services()
+
+
+class SearchQuery(Model):
+    q: str = Field(min_length=1, max_length=200,
+                   description="Whitespace-separated terms; an entry must contain them all")
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=200,
+                               description="nextCursor of a previous search: continue the "
+                                           "scan after the last entry it read")
+
+
+class SearchHit(Model):
+    entry: EntryOut
+    snippet: str = Field(description="~120 characters of the body around the first match")
+
+
+class SearchOut(Model):
+    items: list[SearchHit]
+    scanned: int = Field(description="Entries read by this scan")
+    complete: bool = Field(description="False when the time limit cut the scan short")
+    nextCursor: str | None = Field(
+        description="Continue the scan after the last entry read (when it stopped at `limit` "
+                    "matches or at the time limit); null when every entry was read")
+
+
+@operation(blueprint, "GET", "", summary="Search entries, newest first", query=SearchQuery,
+           response=SearchOut, errors=(400, 422, 429),
+           description="Case- and accent-insensitive; every term must match the title, the "
+                       "body or a tag. The scan is bounded by SEARCH_TIMEOUT_S: past it, the "
+                       "matches so far come back with `complete: false`.")
+async def search(query: SearchQuery) -> SearchOut:
+    svc = _svc()
+    terms = parse_terms(query.q)
+    if not terms:
+        raise ValidationFailed(details=[{"field": "q", "type": "value_error",
+                                         "message": "the query has no searchable term"}])
+    codec = cursor_codec(svc.access_tokens._secret)
+    after = (codec.decode(SEARCH_PURPOSE, g.user_id, query.cursor)
+             if query.cursor is not None else None)
+    started = time.perf_counter()
+    try:
+        result = await search_entries(svc.db, svc.entry_cipher, g.user_id, terms,
+                                      limit=query.limit,
+                                      timeout_s=svc.settings.search_timeout_s, after=after)
+        return SearchOut(
+            items=[SearchHit(entry=entry_out(e), snippet=snippet(e.body, terms))
+                   for e in result.entries],
+            scanned=result.scanned, complete=result.complete,
+            nextCursor=(codec.encode(SEARCH_PURPOSE, g.user_id, result.next_position)
+                        if result.next_position is not None else None))
+    finally:
+        svc.metrics.search_duration.observe(time.perf_counter() - started)

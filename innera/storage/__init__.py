@@ -1,15 +1,20 @@
 """Attachment storage behind one interface: S3 (or any S3-compatible endpoint) in
 production, a directory under the data dir on the embedded default.
 
-Attachment routes arrive with the journal issue; the foundation needs the stores to exist and
-to answer the readiness check.
+Objects are addressed by keys ``{userId}/{entryId}/{attachmentId}`` (``innera.storage.keys``).
+Clients move the bytes themselves, through short-lived URLs: presigned S3 URLs, or signed URLs
+on innera itself for the local store (``innera.storage.local``). Nothing here blocks the
+event loop: boto3 runs in worker threads behind a limiter, local file I/O through Trio's
+thread-backed file API.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from innera.storage.keys import InvalidKey, entry_prefix, object_key
 from innera.storage.local import LocalStorage
+from innera.storage.names import content_disposition, sanitize_filename
 from innera.storage.s3 import S3Storage
 
 
@@ -19,5 +24,34 @@ class Storage(Protocol):
     async def check_health(self) -> None:
         """Return when the store is usable; raise with the reason otherwise."""
 
+    async def presign_put(self, key: str, content_type: str, size: int, ttl_s: int) -> str:
+        """A URL accepting one ``PUT`` of exactly ``size`` bytes with this ``Content-Type``
+        for ``ttl_s`` seconds, without an Authorization header. Absolute for S3; a path +
+        query on innera itself for the local store (resolve it against the API's base URL)."""
 
-__all__ = ["LocalStorage", "S3Storage", "Storage"]
+    async def presign_get(self, key: str, filename: str, content_type: str, ttl_s: int
+                          ) -> str:
+        """A URL serving the object for ``ttl_s`` seconds with this ``Content-Type`` and
+        ``Content-Disposition: attachment; filename="…"``."""
+
+    async def head(self, key: str) -> int | None:
+        """The object's size in bytes, or ``None`` when it does not exist."""
+
+    async def delete(self, key: str) -> None:
+        """Delete the object (no error when it does not exist)."""
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under an entry prefix ``{userId}/{entryId}/``; returns how
+        many were deleted."""
+
+
+__all__ = [
+    "InvalidKey",
+    "LocalStorage",
+    "S3Storage",
+    "Storage",
+    "content_disposition",
+    "entry_prefix",
+    "object_key",
+    "sanitize_filename",
+]

@@ -1,7 +1,12 @@
 """Attachments on S3 or an S3-compatible endpoint, through boto3 run off the event loop.
 
 boto3 is blocking; every call goes through ``trio.to_thread`` behind a limiter so that a slow
-S3 cannot take every worker thread.
+S3 cannot take every worker thread. Each call is bounded by boto's connect/read timeouts and
+by a Trio deadline of its own.
+
+Upload and download URLs are SigV4 presigned URLs: an upload URL signs ``Content-Type`` and
+``Content-Length`` (S3 refuses a PUT with other values), a download URL carries the stored
+content type and ``Content-Disposition: attachment`` as response overrides.
 """
 
 from __future__ import annotations
@@ -9,6 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+
+from innera.storage.keys import split_key, split_prefix
+from innera.storage.names import content_disposition
+
+#: ``DeleteObjects`` takes at most 1000 keys.
+_DELETE_BATCH = 1000
 
 
 class S3Storage:
@@ -30,6 +41,8 @@ class S3Storage:
 
         self.bucket = bucket
         self.limiter = trio.CapacityLimiter(max_concurrency)
+        # connect + read timeouts, times the attempts, plus slack for the thread hand-off
+        self.call_timeout_s = timeout_s * 2 * 2 + 5
         self.client: Any = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint,
@@ -37,6 +50,9 @@ class S3Storage:
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
             config=Config(
+                # SigV4 also for presigned URLs (boto would presign SigV2 for custom
+                # endpoints): it signs Content-Type and Content-Length of uploads.
+                signature_version="s3v4",
                 connect_timeout=timeout_s,
                 read_timeout=timeout_s,
                 retries={"max_attempts": 2, "mode": "standard"},
@@ -46,11 +62,76 @@ class S3Storage:
         )
 
     async def call(self, method: str, **kwargs: Any) -> Any:
-        """Run one boto3 client method in a worker thread."""
+        """Run one boto3 client method in a worker thread (bounded by a deadline)."""
         fn = getattr(self.client, method)
-        return await trio.to_thread.run_sync(
-            lambda: fn(**kwargs), limiter=self.limiter, abandon_on_cancel=True
-        )
+        with trio.fail_after(self.call_timeout_s):
+            return await trio.to_thread.run_sync(
+                lambda: fn(**kwargs), limiter=self.limiter, abandon_on_cancel=True
+            )
 
     async def check_health(self) -> None:
         await self.call("head_bucket", Bucket=self.bucket)
+
+    async def presign_put(self, key: str, content_type: str, size: int, ttl_s: int) -> str:
+        split_key(key)
+        # in a thread: resolving credentials may reach the network (instance metadata)
+        return await self.call(
+            "generate_presigned_url", ClientMethod="put_object", HttpMethod="PUT",
+            ExpiresIn=ttl_s,
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type,
+                    "ContentLength": size},
+        )
+
+    async def presign_get(self, key: str, filename: str, content_type: str, ttl_s: int
+                          ) -> str:
+        split_key(key)
+        return await self.call(
+            "generate_presigned_url", ClientMethod="get_object", HttpMethod="GET",
+            ExpiresIn=ttl_s,
+            Params={"Bucket": self.bucket, "Key": key, "ResponseContentType": content_type,
+                    "ResponseContentDisposition": content_disposition(filename)},
+        )
+
+    async def head(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        split_key(key)
+        try:
+            found = await self.call("head_object", Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or exc.response.get("Error", {}).get("Code") in (
+                    "404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(found["ContentLength"])
+
+    async def delete(self, key: str) -> None:
+        split_key(key)
+        await self.call("delete_object", Bucket=self.bucket, Key=key)  # absent: no error
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under an entry prefix (``{userId}/{entryId}/``); returns how
+        many were deleted."""
+        split_prefix(prefix)
+        deleted = 0
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix,
+                                      "MaxKeys": _DELETE_BATCH}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = await self.call("list_objects_v2", **kwargs)
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                result = await self.call("delete_objects", Bucket=self.bucket,
+                                         Delete={"Objects": keys, "Quiet": True})
+                errors = result.get("Errors") or []
+                if errors:
+                    raise RuntimeError(f"S3 refused to delete {len(errors)} object(s) under "
+                                       f"{prefix}: {errors[0].get('Code')}")
+                deleted += len(keys)
+            if not page.get("IsTruncated"):
+                return deleted
+            token = page.get("NextContinuationToken")
+

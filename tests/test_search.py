@@ -1,0 +1,239 @@
+"""Search over HTTP against the real server (entries seeded through the real cipher), and the
+text normalisation it relies on."""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import trio
+
+from innera.journal.search import normalise, parse_terms, search_entries, snippet
+from tests.fixtures.accounts import Account, signup
+from tests.fixtures.server import RunningServer
+from tests.test_entries import create, metric, seed_entries
+from tests.test_http import assert_error
+
+
+@pytest.fixture
+def server_settings(server_settings: dict[str, str]) -> dict[str, str]:
+    return {**server_settings, "RATE_LIMIT_AUTH": "1000/min", "RATE_LIMIT_USER": "10000/min"}
+
+
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+async def search(server: RunningServer, account: Account, q: str, **params: Any
+                 ) -> dict[str, Any]:
+    r = await server.client.get("/v1/search", params={"q": q, **params}, headers=account.auth)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def bodies(result: dict[str, Any]) -> list[str]:
+    return [hit["entry"]["body"] for hit in result["items"]]
+
+
+# --- normalisation (pure functions) ---------------------------------------------------------
+
+
+def test_normalise_folds_case_accents_and_compatibility_forms() -> None:
+    assert normalise("Café") == normalise("CAFE") == normalise("cafe\u0301") == "cafe"
+    assert normalise("Straße") == normalise("STRASSE") == "strasse"
+    assert normalise("ﬁne Ｆｕｌｌ") == "fine full"
+    assert normalise("Ἀθῆναι") == normalise("αθηναι")
+    assert normalise("😀") == "😀" and normalise("❤️") == normalise("❤")
+    assert normalise("ASCII only, untouched!") == "ascii only, untouched!"
+    assert normalise("Ωmega") == normalise("ωMEGA")
+    assert parse_terms("  Café\u00a0STRASSE café ") == ["cafe", "strasse"]
+    assert parse_terms(" \u0301 ") == [] and parse_terms("   ") == []
+
+
+def test_no_combining_mark_lies_above_plane_1() -> None:
+    # normalise() strips the marks it found below U+20000 only
+    assert not [c for c in range(0x20000, sys.maxunicode + 1) if unicodedata.combining(chr(c))]
+
+
+def test_snippet_is_cut_around_the_first_match_on_the_original_text() -> None:
+    body = ("Lorem ipsum dolor sit amet " * 6 + "nous avons bu un CAFÉ crème au soleil "
+            + "consectetur adipiscing elit " * 6)
+    text = snippet(body, parse_terms("cafe"))
+    assert "CAFÉ crème" in text
+    assert text.startswith("…") and text.endswith("…") and len(text) <= 124
+    assert snippet("Straße und Café", ["cafe"]) == "Straße und Café"
+    decomposed = "x " * 80 + "cafe\u0301 " + "y " * 80
+    cut = snippet(decomposed, ["cafe"])
+    assert "cafe\u0301" in cut  # the accent of the matched letter is kept
+    assert snippet("no match here " * 20, ["zzz"]).startswith("no match here")
+    assert snippet("no match here " * 20, ["zzz"]).endswith("…")
+    assert snippet("short", ["zzz"]) == "short"
+    long_body = "ß" * 300 + " target"
+    assert snippet(long_body, ["target"]).endswith("target")
+    assert snippet("α" * 50 + "\n\n  ΣΟΦΊΑ  \n" + "β" * 200, ["σοφια"]).count("ΣΟΦΊΑ") == 1
+
+
+# --- matching over HTTP ---------------------------------------------------------------------
+
+
+async def test_case_accents_emoji_and_tags(server: RunningServer) -> None:
+    account = await signup(server.client)
+    await seed_entries(server, account.id, [
+        ({"body": "Un Café à Paris"}, BASE + timedelta(hours=6)),
+        ({"body": "cafe au lait"}, BASE + timedelta(hours=5)),
+        ({"body": "Die Straße ist lang"}, BASE + timedelta(hours=4)),
+        ({"body": "Feeling 😀 today"}, BASE + timedelta(hours=3)),
+        ({"title": "Weekend", "body": "planted tulips", "tags": ["Gardening"]},
+         BASE + timedelta(hours=2)),
+        ({"title": "Ébauche", "body": "draft"}, BASE + timedelta(hours=1)),
+    ])
+    assert bodies(await search(server, account, "cafe")) == ["Un Café à Paris", "cafe au lait"]
+    assert bodies(await search(server, account, "CAFÉ")) == ["Un Café à Paris", "cafe au lait"]
+    assert bodies(await search(server, account, "STRASSE")) == ["Die Straße ist lang"]
+    assert bodies(await search(server, account, "straße")) == ["Die Straße ist lang"]
+    assert bodies(await search(server, account, "😀")) == ["Feeling 😀 today"]
+    assert bodies(await search(server, account, "😢")) == []
+    assert bodies(await search(server, account, "garden")) == ["planted tulips"]
+    assert bodies(await search(server, account, "ebauche")) == ["draft"]
+    result = await search(server, account, "nothing-like-this")
+    assert result == {"items": [], "scanned": 6, "complete": True, "nextCursor": None}
+
+
+async def test_every_term_must_match(server: RunningServer) -> None:
+    account = await signup(server.client)
+    await seed_entries(server, account.id, [
+        ({"body": "apple and banana"}, BASE + timedelta(hours=3)),
+        ({"body": "apple and cherry"}, BASE + timedelta(hours=2)),
+        ({"title": "Banana", "body": "bread", "tags": ["apple"]}, BASE + timedelta(hours=1)),
+    ])
+    assert bodies(await search(server, account, "apple banana")) == ["apple and banana",
+                                                                    "bread"]
+    assert bodies(await search(server, account, "BANANA   apple")) == ["apple and banana",
+                                                                      "bread"]
+    assert bodies(await search(server, account, "apple")) == ["apple and banana",
+                                                             "apple and cherry", "bread"]
+    assert bodies(await search(server, account, "apple durian")) == []
+
+
+async def test_limit_newest_first_snippet_and_continuation(server: RunningServer) -> None:
+    account = await signup(server.client)
+    filler = "Nothing much happened in the morning and the weather was grey again. " * 3
+    await seed_entries(server, account.id, [
+        ({"body": f"{filler}Then a walk to the Lighthouse number {i}. {filler}"},
+         BASE + timedelta(days=i))
+        for i in range(7)
+    ] + [({"body": "unrelated"}, BASE + timedelta(days=i, hours=1)) for i in range(7)])
+    first = await search(server, account, "lighthouse", limit=3)
+    assert [h["entry"]["occurredAt"] for h in first["items"]] == [
+        "2024-01-07T00:00:00.000Z", "2024-01-06T00:00:00.000Z", "2024-01-05T00:00:00.000Z"]
+    assert first["complete"] is True and first["nextCursor"]
+    for hit in first["items"]:
+        assert "Lighthouse" in hit["snippet"]
+        assert hit["snippet"].startswith("…") and hit["snippet"].endswith("…")
+        assert len(hit["snippet"]) <= 125
+    assert first["items"][0]["entry"]["body"].startswith(filler)
+    rest = await search(server, account, "lighthouse", limit=3, cursor=first["nextCursor"])
+    assert [h["entry"]["occurredAt"][:10] for h in rest["items"]] == [
+        "2024-01-04", "2024-01-03", "2024-01-02"]
+    last = await search(server, account, "lighthouse", limit=3, cursor=rest["nextCursor"])
+    assert len(last["items"]) == 1 and last["nextCursor"] is None and last["complete"]
+    everything = await search(server, account, "lighthouse", limit=100)
+    assert len(everything["items"]) == 7 and everything["scanned"] == 14
+    only_title = await create(server, account, title="Lighthouse keeper", body="short note")
+    hit = (await search(server, account, "keeper"))["items"][0]
+    assert hit["entry"] == only_title and hit["snippet"] == "short note"
+
+
+async def test_the_scan_crosses_batches(server: RunningServer) -> None:
+    account = await signup(server.client)
+    items = [({"body": f"ordinary day {i}", "tags": ["daily"]}, BASE + timedelta(minutes=i))
+             for i in range(1, 1201)]
+    items.append(({"body": "the very first entry: Zygomorphic"}, BASE))
+    await seed_entries(server, account.id, items)
+    result = await search(server, account, "zygomorphic")
+    assert bodies(result) == ["the very first entry: Zygomorphic"]
+    assert result["scanned"] == 1201 and result["complete"] is True
+    assert result["nextCursor"] is None
+
+
+async def test_query_validation(server: RunningServer) -> None:
+    account = await signup(server.client)
+    for params, field in [({}, "q"), ({"q": ""}, "q"), ({"q": "x" * 201}, "q"),
+                          ({"q": "   "}, "q"), ({"q": "\u0301"}, "q"),
+                          ({"q": "a", "limit": 0}, "limit"), ({"q": "a", "limit": 101}, "limit"),
+                          ({"q": "a", "page": 2}, "page")]:
+        r = await server.client.get("/v1/search", params=params, headers=account.auth)
+        body = assert_error(r, 422, "validation_failed")
+        assert [d["field"] for d in body["error"]["details"]] == [field], params
+    assert (await search(server, account, "x" * 200, limit=100))["items"] == []
+    r = await server.client.get("/v1/search", params={"q": "a", "cursor": "forged"},
+                                headers=account.auth)
+    assert_error(r, 400, "invalid_cursor")
+    assert_error(await server.client.get("/v1/search", params={"q": "a"}), 401, "unauthorized")
+
+
+async def test_every_search_is_timed(server: RunningServer) -> None:
+    account = await signup(server.client)
+    before = await metric(server, "innera_search_duration_seconds_count")
+    await search(server, account, "one")
+    await search(server, account, "two")
+    assert await metric(server, "innera_search_duration_seconds_count") == before + 2
+
+
+class TestTimeout:
+    @pytest.fixture
+    def server_settings(self, server_settings: dict[str, str]) -> dict[str, str]:
+        return {**server_settings, "SEARCH_TIMEOUT_S": "0.001"}
+
+    async def test_a_slow_scan_returns_what_it_found_incomplete(self, server: RunningServer
+                                                                ) -> None:
+        account = await signup(server.client)
+        await seed_entries(server, account.id, [
+            ({"body": f"entry number {i} " + "lorem ipsum " * 80}, BASE + timedelta(minutes=i))
+            for i in range(3000)
+        ])
+        before = await metric(server, "innera_search_duration_seconds_count")
+        result = await search(server, account, "no-such-word")
+        assert result["complete"] is False and result["items"] == []
+        assert result["scanned"] < 3000
+        assert result["nextCursor"]
+        assert await metric(server, "innera_search_duration_seconds_count") == before + 1
+        # the connection came back usable: the entries still list
+        r = await server.client.get("/v1/entries", params={"limit": 1}, headers=account.auth)
+        assert r.status_code == 200 and len(r.json()["items"]) == 1
+
+
+async def test_a_scan_cut_midway_keeps_its_matches(server: RunningServer) -> None:
+    """The scan itself (real pool and cipher), with deadlines shorter than a full scan."""
+    account = await signup(server.client)
+    total = 2000
+    await seed_entries(server, account.id, [
+        ({"body": f"entry {i} " + ("needle " if i % 10 == 0 else "") + "lorem ipsum " * 80},
+         BASE + timedelta(minutes=i)) for i in range(total)])
+    svc = server.services
+    terms = parse_terms("needle")
+    started = trio.current_time()
+    full = await search_entries(svc.db, svc.entry_cipher, account.id, terms, limit=1000,
+                                timeout_s=10)
+    elapsed = trio.current_time() - started
+    assert full.complete and full.scanned == total and len(full.entries) == total // 10
+    timeout = elapsed / 2
+    for _ in range(12):
+        cut = await search_entries(svc.db, svc.entry_cipher, account.id, terms, limit=1000,
+                                   timeout_s=timeout)
+        if 0 < cut.scanned < total:
+            break
+        timeout = timeout * 2 if cut.scanned == 0 else timeout / 2
+    else:
+        pytest.fail("no deadline cut the scan midway")
+    assert not cut.complete
+    # newest first: exactly the matches among the entries read, in order
+    assert [e.id for e in cut.entries] == [e.id for e in full.entries][:len(cut.entries)]
+    assert len(cut.entries) == len([i for i in range(total - cut.scanned, total) if i % 10 == 0])
+    assert cut.next_position is not None
+    rest = await search_entries(svc.db, svc.entry_cipher, account.id, terms, limit=1000,
+                                timeout_s=10, after=cut.next_position)
+    assert rest.complete and rest.scanned == total - cut.scanned
+    assert [e.id for e in cut.entries + rest.entries] == [e.id for e in full.entries]
