@@ -1,6 +1,6 @@
-"""Secrets generated on the embedded default and kept under ``<data_dir>/secrets/`` (mode
-0600): the JWT signing secret and the master encryption key. Production supplies both from
-its environment instead.
+"""Application secrets: those generated on the embedded default and kept under
+``<data_dir>/secrets/`` (mode 0600: the JWT signing secret, the master encryption key;
+production supplies both from its environment), and the subkeys derived from them.
 
 Creation is atomic: the complete file is written under a temporary name and hard-linked into
 place, which fails if the file exists; so two processes starting at once both end up reading
@@ -9,6 +9,8 @@ the one file that won, never a half-written one. Blocking file I/O: run it in a 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -42,3 +44,9 @@ def read_or_create_secret(path: Path, generate: Callable[[], str], what: str) ->
         log.warning("%s had mode %o; restricting it to 0600", path, mode)
         os.chmod(path, 0o600)
     return path.read_text(encoding="ascii").strip()
+
+
+def derive_key(secret: str, purpose: str) -> bytes:
+    """A 32-byte subkey of ``secret`` for one purpose (HMAC-SHA256), so the signing secret
+    itself is never used for anything but access tokens."""
+    return hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).digest()

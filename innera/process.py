@@ -39,6 +39,7 @@ from typing import Any
 import trio
 
 from innera import __version__
+from innera.api.cursors import CursorCodec
 from innera.auth.access_tokens import AccessTokens, load_jwt_secret_async
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
@@ -52,6 +53,7 @@ from innera.db.migrate import migrate
 from innera.db.pool import Pool
 from innera.guards.idempotency import Idempotency
 from innera.guards.ratelimit import RateLimiter
+from innera.local_secrets import derive_key
 from innera.observability import sentry
 from innera.observability.metrics import Metrics
 from innera.realtime.hub import SERVER_RESTARTING, Hub
@@ -142,12 +144,14 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     refresh_tokens = open_refresh_store(settings, pool, redis)
     if isinstance(refresh_tokens, PostgresRefreshTokenStore):
         await stack.enter_async_context(supervised(refresh_tokens.run_cleaner))
+    jwt_secret = await load_jwt_secret_async(settings)
     return Services(
-        settings=settings, db=pool, redis=redis, storage=open_storage(settings),
-        metrics=metrics, hub=Hub(metrics), lifecycle=lifecycle,
+        settings=settings, db=pool, redis=redis, metrics=metrics, hub=Hub(metrics),
+        lifecycle=lifecycle,
+        storage=open_storage(settings, url_key=derive_key(jwt_secret, "attachments-url")),
+        cursors=CursorCodec(derive_key(jwt_secret, "innera:cursor:v1")),
         passwords=PasswordHasher(),
-        access_tokens=AccessTokens(await load_jwt_secret_async(settings),
-                                   settings.access_token_ttl_s),
+        access_tokens=AccessTokens(jwt_secret, settings.access_token_ttl_s),
         refresh_tokens=refresh_tokens,
         reauth=ReauthTokens(redis),
         rate_limiter=RateLimiter(redis),
@@ -252,9 +256,11 @@ async def check_pool_sizing(pool: Pool, settings: Settings) -> None:
         )
 
 
-def open_storage(settings: Settings) -> Storage:
+def open_storage(settings: Settings, *, url_key: bytes) -> Storage:
+    """S3 (or compatible), or the local disk on the embedded default; ``url_key`` signs the
+    local store's upload and download URLs."""
     if settings.local_storage:
-        return LocalStorage(settings.data_dir / "attachments")
+        return LocalStorage(settings.data_dir / "attachments", url_key=url_key)
     return S3Storage(
         bucket=settings.s3_bucket,
         endpoint=settings.s3_endpoint,

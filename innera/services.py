@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from innera.api.cursors import CursorCodec
 from innera.auth.access_tokens import AccessTokens
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
@@ -52,4 +53,5 @@ class Services:
     idempotency: Idempotency
     data_keys: DataKeys
     entry_cipher: EntryCipher
+    cursors: CursorCodec
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

@@ -115,10 +115,9 @@ async def test_bad_cursors_and_parameters(server: RunningServer) -> None:
     page = (await server.client.get("/v1/notifications", params={"limit": "1"},
                                     headers=account.auth)).json()
     cursor = page["nextCursor"]
-    payload, tag = cursor.split(".")
-    flipped = payload[:-1] + ("A" if payload[-1] != "A" else "B") + "." + tag
+    flipped = cursor[:5] + ("A" if cursor[5] != "A" else "B") + cursor[6:]
     for bad in ("garbage", "a.b", "....", cursor + "x", flipped, "é.é", "x" * 5000,
-                payload + "." + tag[::-1]):
+                cursor[::-1]):
         r = await server.client.get("/v1/notifications", params={"cursor": bad},
                                     headers=account.auth)
         assert_error(r, 400, "invalid_cursor")

@@ -29,6 +29,9 @@ async def test_openapi_document_is_valid_3_1_and_covers_every_v1_route(server: R
     signup = doc["paths"]["/v1/auth/signup"]["post"]
     assert "requestBody" in signup and "201" in signup["responses"]
     assert doc["paths"]["/v1/me"]["get"]["security"] == [{"bearer": []}]
+    search = {p["name"]: p for p in doc["paths"]["/v1/search"]["get"]["parameters"]}
+    assert search["q"]["required"] and search["q"]["in"] == "query"
+    assert not search["limit"]["required"]
 
 
 async def test_security_headers_on_every_response(server: RunningServer) -> None:

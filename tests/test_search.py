@@ -3,6 +3,7 @@ text normalisation it relies on."""
 
 from __future__ import annotations
 
+import random
 import sys
 import unicodedata
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,13 @@ from typing import Any
 import pytest
 import trio
 
-from innera.journal.search import normalise, parse_terms, search_entries, snippet
+from innera.journal.search import (
+    normalise,
+    normalise_reference,
+    parse_terms,
+    search_entries,
+    snippet,
+)
 from tests.fixtures.accounts import Account, signup
 from tests.fixtures.server import RunningServer
 from tests.test_entries import create, metric, seed_entries
@@ -50,6 +57,23 @@ def test_normalise_folds_case_accents_and_compatibility_forms() -> None:
     assert normalise("Ωmega") == normalise("ωMEGA")
     assert parse_terms("  Café\u00a0STRASSE café ") == ["cafe", "strasse"]
     assert parse_terms(" \u0301 ") == [] and parse_terms("   ") == []
+
+
+def test_the_fast_paths_agree_with_the_reference() -> None:
+    rng = random.Random(7)
+    pages = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1257")
+    alphabet = sorted({c for page in pages for c in bytes(range(256)).decode(page, "ignore")})
+    singles = [chr(c) for c in range(0x3000)] + alphabet + ["😀", "👍🏽", "日", "&", "#", ";"]
+    for char in singles:
+        assert normalise(char) == normalise_reference(char), hex(ord(char))
+    extras = ["😀", "❤️", "👨\u200d👩\u200d👧", "&#65;", "&#", "日本", "ł", "Ж", "é", "ß",
+              "ﬁ", "İ", "…"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        for _ in range(rng.randint(0, 3)):
+            at = rng.randint(0, len(text))
+            text = text[:at] + rng.choice(extras) + text[at:]
+        assert normalise(text) == normalise_reference(text), repr(text)
 
 
 def test_no_combining_mark_lies_above_plane_1() -> None:

@@ -51,7 +51,7 @@ from innera.errors import (
 from innera.storage import LocalStorage, Storage
 from innera.storage.keys import InvalidKey, canonical_uuid, entry_prefix, object_key
 from innera.storage.local import URL_PATH as LOCAL_URL_PATH
-from innera.storage.local import InvalidSignature, derive_url_key
+from innera.storage.local import InvalidSignature
 from innera.storage.names import content_disposition, sanitize_filename
 
 blueprint = Blueprint("attachments", __name__, url_prefix="/v1")
@@ -159,12 +159,8 @@ def _svc():  # type: ignore[no-untyped-def]
 
 
 def _storage(svc: Any) -> Storage:
-    """The attachment store; a local store gets its URL key (derived from the JWT secret)
-    on first use unless the process gave it one."""
-    storage = svc.storage
-    if isinstance(storage, LocalStorage) and not storage.has_url_key:
-        storage.set_url_key(derive_url_key(svc.access_tokens._secret))
-    return storage
+    """The attachment store."""
+    return svc.storage
 
 
 def _local_storage(svc: Any) -> LocalStorage:

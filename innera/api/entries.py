@@ -22,12 +22,12 @@ from typing import Any
 from pydantic import Field, field_validator
 from quart import Blueprint, g
 
+from innera.api.attachments import delete_entry_objects
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import NotFound
 from innera.journal.entries import (
     Entry,
-    cursor_codec,
     delete_entry,
     get_entry,
     insert_entry,
@@ -206,7 +206,7 @@ async def create_entry(body: EntryIn) -> EntryOut:
                        "was altered answers 400 `invalid_cursor`.")
 async def list_entries_route(query: ListQuery) -> EntryPage:
     svc = _svc()
-    codec = cursor_codec(svc.access_tokens._secret)
+    codec = svc.cursors
     after = (codec.decode(LIST_PURPOSE, g.user_id, query.cursor)
              if query.cursor is not None else None)
     entries, next_position = await list_entries(svc.db, svc.entry_cipher, g.user_id,
@@ -256,6 +256,9 @@ async def patch_entry(entry_id: str, body: EntryPatch) -> EntryOut:
 async def remove_entry(entry_id: str) -> None:
     svc = _svc()
     entry_id = _entry_id(entry_id)
+    # Stored attachment objects first (only this user's prefix; 503 and nothing lost if the
+    # store fails, so a retry finishes), then the row: attachment rows go with it (CASCADE).
+    await delete_entry_objects(svc, g.user_id, entry_id)
     if not await delete_entry(svc.db, g.user_id, entry_id):
         raise NotFound("No such entry")
     await _publish("entry.deleted", {"id": entry_id})

@@ -9,12 +9,7 @@ edited, or another user's) is a 400 ``invalid_cursor``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -23,7 +18,7 @@ from quart import Blueprint, g
 
 from innera.api.operation import operation
 from innera.api.schemas import Model
-from innera.errors import AppError, NotFound
+from innera.errors import NotFound
 from innera.notifications import (
     db_deadline,
     mark_all_read,
@@ -36,12 +31,7 @@ blueprint = Blueprint("notifications", __name__, url_prefix="/v1/notifications")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_CURSOR_CHARS = 200
-
-
-class InvalidCursor(AppError):
-    status, code, message = 400, "invalid_cursor", "The cursor is not valid"
+CURSOR_PURPOSE = "notifications"
 
 
 class NotificationOut(Model):
@@ -89,47 +79,6 @@ def parse_id(value: str) -> str | None:
     return canonical if canonical == value.lower() else None
 
 
-# --- the cursor -----------------------------------------------------------------------
-
-
-def _cursor_key(secret: str) -> bytes:
-    return hmac.new(secret.encode(), b"notifications-cursor", hashlib.sha256).digest()
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(key: bytes, user_id: str, payload: bytes) -> bytes:
-    return hmac.new(key, b"v1|" + user_id.encode() + b"|" + payload, hashlib.sha256).digest()[:16]
-
-
-def encode_cursor(secret: str, user_id: str, created_at: datetime, notification_id: str
-                  ) -> str:
-    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
-    payload = f"{micros}.{notification_id}".encode()
-    return _b64(payload) + "." + _b64(_mac(_cursor_key(secret), user_id, payload))
-
-
-def decode_cursor(secret: str, user_id: str, cursor: str) -> tuple[datetime, str]:
-    """``(created_at, id)`` of a cursor issued to ``user_id``; :class:`InvalidCursor`."""
-    try:
-        if len(cursor) > _MAX_CURSOR_CHARS or cursor.count(".") != 1 or not cursor.isascii():
-            raise ValueError
-        encoded, tag = cursor.split(".")
-        payload, mac = _unb64(encoded), _unb64(tag)
-        if not hmac.compare_digest(mac, _mac(_cursor_key(secret), user_id, payload)):
-            raise ValueError
-        micros, notification_id = payload.decode().split(".")
-        return _EPOCH + timedelta(microseconds=int(micros)), str(uuid.UUID(notification_id))
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
-        raise InvalidCursor() from None
-
-
 # --- routes ---------------------------------------------------------------------------
 
 
@@ -140,13 +89,12 @@ def decode_cursor(secret: str, user_id: str, cursor: str) -> tuple[datetime, str
 async def list_notifications(query: NotificationQuery) -> NotificationPage:
     svc = _svc()
     user_id: str = g.user_id
-    secret = svc.access_tokens._secret
     conditions = ["user_id = %s"]
     params: list[Any] = [user_id]
     if query.unread:
         conditions.append("read_at IS NULL")
     if query.cursor:
-        created_at, last_id = decode_cursor(secret, user_id, query.cursor)
+        created_at, last_id = svc.cursors.decode(CURSOR_PURPOSE, user_id, query.cursor)
         conditions.append("(created_at, id) < (%s, %s)")
         params += [created_at, last_id]
     params.append(query.limit + 1)
@@ -161,7 +109,8 @@ async def list_notifications(query: NotificationQuery) -> NotificationPage:
     if len(rows) > query.limit:
         rows = rows[:query.limit]
         last = rows[-1]
-        next_cursor = encode_cursor(secret, user_id, last["created_at"], str(last["id"]))
+        next_cursor = svc.cursors.encode(CURSOR_PURPOSE, user_id,
+                                         (last["created_at"], str(last["id"])))
     return NotificationPage(items=[NotificationOut(**serialize(r)) for r in rows],
                             nextCursor=next_cursor)
 

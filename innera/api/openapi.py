@@ -16,7 +16,7 @@ from innera.api.schemas import ErrorOut
 blueprint = Blueprint("openapi", __name__)
 
 _ERROR_TEXT = {
-    400: "Malformed request (invalid_json, invalid_idempotency_key)",
+    400: "Malformed request (invalid_json, invalid_idempotency_key, invalid_cursor)",
     401: "Missing, invalid or expired credentials",
     403: "Forbidden (reauth_required)",
     404: "Not found",
@@ -112,6 +112,15 @@ def _operation(op: Operation) -> dict[str, Any]:
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", op.path)
     ]
+    if op.query is not None:
+        schema = op.query.model_json_schema()
+        required = set(schema.get("required", []))
+        for name, prop in schema.get("properties", {}).items():
+            param: dict[str, Any] = {"name": name, "in": "query",
+                                     "required": name in required, "schema": prop}
+            if "description" in prop:
+                param["description"] = prop["description"]
+            parameters.append(param)
     if op.auth and op.method in ("POST", "PUT", "PATCH", "DELETE"):
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "description": "Replays the stored response for 24 h (1-255 "
@@ -132,7 +141,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.response is not None:
         success["content"] = {"application/json": {"schema": _ref(op.response)}}
     out["responses"][str(op.status)] = success
-    errors = set(op.errors) | {503} | ({400} if op.body is not None else set())
+    errors = set(op.errors) | {503} | ({400} if op.body or op.query else set())
     if op.auth:
         errors.add(401)
     for status in sorted(errors):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import trio
 from pydantic import Field
 from quart import Blueprint, g
 
@@ -12,7 +13,6 @@ from innera.api.entries import EntryOut, entry_out
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import ValidationFailed
-from innera.journal.entries import cursor_codec
 from innera.journal.search import parse_terms, search_entries, snippet
 
 blueprint = Blueprint("search", __name__, url_prefix="/v1/search")
@@ -60,7 +60,7 @@ async def search(query: SearchQuery) -> SearchOut:
     if not terms:
         raise ValidationFailed(details=[{"field": "q", "type": "value_error",
                                          "message": "the query has no searchable term"}])
-    codec = cursor_codec(svc.access_tokens._secret)
+    codec = svc.cursors
     after = (codec.decode(SEARCH_PURPOSE, g.user_id, query.cursor)
              if query.cursor is not None else None)
     started = time.perf_counter()
@@ -68,10 +68,12 @@ async def search(query: SearchQuery) -> SearchOut:
         result = await search_entries(svc.db, svc.entry_cipher, g.user_id, terms,
                                       limit=query.limit,
                                       timeout_s=svc.settings.search_timeout_s, after=after)
+        items = []
+        for entry in result.entries:  # up to 100 bodies of up to 100,000 characters
+            items.append(SearchHit(entry=entry_out(entry), snippet=snippet(entry.body, terms)))
+            await trio.lowlevel.checkpoint()
         return SearchOut(
-            items=[SearchHit(entry=entry_out(e), snippet=snippet(e.body, terms))
-                   for e in result.entries],
-            scanned=result.scanned, complete=result.complete,
+            items=items, scanned=result.scanned, complete=result.complete,
             nextCursor=(codec.encode(SEARCH_PURPOSE, g.user_id, result.next_position)
                         if result.next_position is not None else None))
     finally:
