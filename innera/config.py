@@ -103,6 +103,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SHUTDOWN_TIMEOUT_S", "30",
              "hard deadline of the graceful shutdown; past it the process exits 1"),
     Variable("MAX_BODY_BYTES", "1048576", "largest request body; larger answers 413"),
+    Variable("REQUEST_TIMEOUT_S", "30",
+             "longest an API operation may run; past it: 503 request_timeout (its queries are "
+             "cancelled server-side)"),
 )
 VARIABLE_NAMES = frozenset(v.name for v in VARIABLES) | {"NODE_ENV"}
 
@@ -150,6 +153,7 @@ class Settings:
     attachment_url_ttl_s: int
     shutdown_timeout_s: float
     max_body_bytes: int
+    request_timeout_s: float
 
     @property
     def production(self) -> bool:
@@ -238,6 +242,7 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "ATTACHMENT_URL_TTL_S": str(s.attachment_url_ttl_s),
         "SHUTDOWN_TIMEOUT_S": f"{s.shutdown_timeout_s:g}",
         "MAX_BODY_BYTES": str(s.max_body_bytes),
+        "REQUEST_TIMEOUT_S": f"{s.request_timeout_s:g}",
     }
 
 
@@ -431,6 +436,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                            if o.strip()),
         shutdown_timeout_s=r.number("SHUTDOWN_TIMEOUT_S", minimum=0),
         max_body_bytes=r.integer("MAX_BODY_BYTES", minimum=1),
+        request_timeout_s=r.number("REQUEST_TIMEOUT_S", minimum=0),
     )
     _check_consistency(settings, r.problems)
     if r.problems:

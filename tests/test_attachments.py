@@ -283,6 +283,24 @@ async def test_delete_entry_objects_and_cascade(server: RunningServer) -> None:
     assert await row_count(server, "entry_id = %s", other_entry) == 1
 
 
+async def test_deleting_an_entry_over_http_removes_its_objects_and_rows(
+    server: RunningServer,
+) -> None:
+    alice = await signup(server.client)
+    entry = await server.client.post("/v1/entries", json={"body": "with a photo"},
+                                     headers=alice.auth)
+    entry_id = entry.json()["id"]
+    created = await declare(server, alice, entry_id, size=3)
+    assert (await upload(server, created, b"abc")).status_code in (200, 204)
+    att_id = created["attachment"]["id"]
+    r = await server.client.delete(f"/v1/entries/{entry_id}", headers=alice.auth)
+    assert r.status_code == 204
+    assert await stored_size(server, alice, entry_id, att_id) is None
+    assert await row_count(server, "entry_id = %s", entry_id) == 0
+    r = await server.client.get(f"/v1/attachments/{att_id}", headers=alice.auth)
+    assert r.status_code == 404
+
+
 async def test_other_users_and_malformed_ids_are_404(server: RunningServer) -> None:
     alice = await signup(server.client)
     mallory = await signup(server.client)
@@ -423,3 +441,11 @@ async def test_local_upload_streams_bodies_larger_than_max_body_bytes(
 
 def test_app_request_class_streams_uploads() -> None:
     assert issubclass(innera.app.InneraRequest, StreamingUploadRequest)
+
+
+async def test_readiness_checks_the_configured_store(server: RunningServer, store: str) -> None:
+    r = await server.client.get("/health/ready")
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"]["storage:responseTime"][0]["status"] == "pass"
+    assert type(server.services.storage).__name__ == {"local": "LocalStorage",
+                                                       "s3": "S3Storage"}[store]

@@ -7,6 +7,7 @@ import json
 import socket
 import uuid
 
+import pytest
 import trio
 
 from tests.fixtures.server import RunningServer
@@ -179,3 +180,64 @@ async def test_drain_does_not_wait_for_connections_the_client_closed(
     started = trio.current_time()
     assert await srv.stop() == 0
     assert trio.current_time() - started < 1.5
+
+
+@pytest.mark.parametrize("failure", ["refuse", "hang"])
+async def test_database_outage_answers_503_in_time_and_recovers_without_restart(
+    nursery: trio.Nursery, tcp_proxy, database_url: str, redis_url: str, tmp_path,  # type: ignore[no-untyped-def]
+    failure: str,
+) -> None:
+    from urllib.parse import urlsplit
+
+    from innera.config import load_settings
+    from tests.fixtures.accounts import signup
+    from tests.fixtures.server import server_environ, start_server
+
+    db = urlsplit(database_url)
+    proxy = await tcp_proxy.start(db.hostname, db.port)
+    env = server_environ(database_url.replace(f":{db.port}/", f":{proxy.port}/"), redis_url,
+                         tmp_path / "data", DB_CONNECTION_TIMEOUT_MS="1500")
+    srv = await start_server(nursery, load_settings(env))
+    async with srv.client:
+        account = await signup(srv.client)
+        assert (await srv.client.get("/v1/me", headers=account.auth)).status_code == 200
+
+        proxy.set_mode(failure)
+        started = trio.current_time()
+        r = await srv.client.get("/v1/me", headers=account.auth)
+        elapsed = trio.current_time() - started
+        assert_error(r, 503, "database_unavailable")
+        assert elapsed < 1.5 + 0.5, f"answered after {elapsed:.2f}s"
+
+        proxy.set_mode("pass")
+        with trio.fail_after(10):
+            while (await srv.client.get("/v1/me", headers=account.auth)).status_code != 200:
+                await trio.sleep(0.1)
+    await srv.stop()
+
+
+async def test_an_operation_past_request_timeout_is_cancelled_with_503(
+    nursery: trio.Nursery, tcp_proxy, database_url: str, redis_url: str, tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from urllib.parse import urlsplit
+
+    from innera.config import load_settings
+    from tests.fixtures.accounts import signup
+    from tests.fixtures.server import server_environ, start_server
+
+    db = urlsplit(database_url)
+    proxy = await tcp_proxy.start(db.hostname, db.port)
+    env = server_environ(database_url.replace(f":{db.port}/", f":{proxy.port}/"), redis_url,
+                         tmp_path / "data", DB_CONNECTION_TIMEOUT_MS="5000",
+                         REQUEST_TIMEOUT_S="0.5")
+    srv = await start_server(nursery, load_settings(env))
+    async with srv.client:
+        account = await signup(srv.client)
+        proxy.set_mode("hang")
+        started = trio.current_time()
+        r = await srv.client.get("/v1/me", headers=account.auth)
+        assert_error(r, 503, "request_timeout")
+        assert r.headers["retry-after"] == "1"
+        assert 0.4 < trio.current_time() - started < 1.5
+        proxy.set_mode("pass")
+    await srv.stop()

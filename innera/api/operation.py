@@ -13,6 +13,9 @@ What runs around the handler, in order:
    422 ``validation_failed`` with per-field details);
 5. re-authentication (``reauth=True``): a single-use ``x-reauth-token``, else 403;
 6. the handler; its return value is serialised with the response model.
+
+All of it runs under REQUEST_TIMEOUT_S: past it the work is cancelled (queries in flight are
+cancelled server-side) and the answer is 503 ``request_timeout``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,20 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Literal
 
+import trio
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, g, request
 
-from innera.errors import InvalidJson, RateLimited, ValidationFailed
+from innera.errors import InvalidJson, RateLimited, ServiceUnavailable, ValidationFailed
+
+
+class RequestTimeout(ServiceUnavailable):
+    code = "request_timeout"
+    message = "The request took too long and was stopped; retry later"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
+
 
 Rate = Literal["auth", "user", "anon"] | tuple[int, int]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -83,13 +96,16 @@ def operation(
         @wraps(fn)
         async def handler(**path_args: Any) -> Response:
             from innera.api.guards import authenticate, idempotent, limit_rate
+            from innera.app import services
 
-            if op.auth:
-                await authenticate()
-            await limit_rate(op)
-            if op.method in WRITE_METHODS and op.auth:
-                return await idempotent(lambda: _run(fn, op, path_args))
-            return await _run(fn, op, path_args)
+            with trio.move_on_after(services().settings.request_timeout_s):
+                if op.auth:
+                    await authenticate()
+                await limit_rate(op)
+                if op.method in WRITE_METHODS and op.auth:
+                    return await idempotent(lambda: _run(fn, op, path_args))
+                return await _run(fn, op, path_args)
+            raise RequestTimeout()
 
         bp.add_url_rule(path, endpoint=fn.__name__, view_func=handler, methods=[method])
         return handler
