@@ -12,7 +12,6 @@ Order of what wraps a request:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -32,12 +31,16 @@ from innera.api import (
     notifications,
     openapi,
     search,
+    ws,
 )
+from innera.api.context import json_response, services
 from innera.errors import AppError, InvalidJson, error_body
 from innera.observability import sentry
 from innera.observability.logging import bind_request
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from innera.services import Services
+
+__all__ = ["create_app", "json_response", "services"]
 
 log = logging.getLogger("innera.app")
 access_log = logging.getLogger("innera.request")
@@ -70,23 +73,6 @@ class InneraRequest(attachments.StreamingUploadRequest):
 
     def on_json_loading_failed(self, error: Exception | None) -> NoReturn:
         raise InvalidJson()
-
-
-def json_response(body: Any, status: int = 200, *, content_type: str = "application/json",
-                  headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")),
-        status=status,
-        content_type=content_type,
-        headers=headers,
-    )
-
-
-def services() -> Services:
-    """The services of the app serving the current request."""
-    from quart import current_app
-
-    return current_app.extensions["innera"]
 
 
 def create_app(svc: Services) -> QuartTrio:
@@ -166,7 +152,7 @@ def create_app(svc: Services) -> QuartTrio:
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
-    for resource in (auth, me, entries, search, attachments, notifications, devices):
+    for resource in (auth, me, entries, search, attachments, notifications, devices, ws):
         app.register_blueprint(resource.blueprint)
     if svc.settings.env == "test":
         from innera.api import debug

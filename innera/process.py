@@ -57,6 +57,7 @@ from innera.local_secrets import derive_key
 from innera.observability import sentry
 from innera.observability.metrics import Metrics
 from innera.realtime.hub import SERVER_RESTARTING, Hub
+from innera.realtime.listener import run_listener
 from innera.redis import Redis, RedisSettings, run_redis
 from innera.services import Lifecycle, Services
 from innera.storage import LocalStorage, S3Storage, Storage
@@ -177,7 +178,9 @@ async def run_process(
         root.start_soon(watch_signals, lifecycle, settings.shutdown_timeout_s)
         async with AsyncExitStack() as stack:
             svc = await open_services(stack, settings, lifecycle)
-            # 4–5. pub/sub listener, WebSocket hub and job workers join here, in that order.
+            # 4. the pub/sub listener feeding the WebSocket hub (stopped after the HTTP drain)
+            await stack.enter_async_context(supervised(run_listener, svc.redis, svc.hub))
+            # 5. job workers join here.
             app = create_app(svc)
             async with trio.open_nursery() as http:
                 addresses = await http.start(

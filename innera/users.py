@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +12,7 @@ from psycopg.rows import dict_row
 
 from innera.db.pool import Pool
 from innera.errors import AppError
+from innera.ids import canonical_uuid
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")
 
@@ -45,14 +45,6 @@ def _user(row: dict[str, Any]) -> User:
     return User(str(row["id"]), row["email"], row["status"], row["created_at"])
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
 async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_hash: str
                       ) -> User:
     """Insert the account (on ``conn``, inside the caller's transaction)."""
@@ -68,7 +60,7 @@ async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_h
 
 
 async def get_active_user(pool: Pool, user_id: str) -> User | None:
-    if not _is_uuid(user_id):
+    if canonical_uuid(user_id) is None:
         return None
     async with pool.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(

@@ -136,6 +136,15 @@ def test_logs_are_json_with_request_ids_and_redacted_secrets(
                                  headers={**secrets, "content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         request_id = resp.headers["x-request-id"]
+    signup = urllib.request.Request(
+        sp.url + "/v1/auth/signup", headers={"content-type": "application/json"},
+        data=json.dumps({"email": "logged@example.com", "password": "long enough"}).encode())
+    with urllib.request.urlopen(signup, timeout=10) as resp:
+        session = json.loads(resp.read())
+    me = urllib.request.Request(sp.url + "/v1/me",
+                                headers={"authorization": f"Bearer {session['accessToken']}"})
+    with urllib.request.urlopen(me, timeout=10) as resp:
+        me_request_id = resp.headers["x-request-id"]
     sp.proc.send_signal(signal.SIGTERM)
     sp.proc.wait(15)
     output = sp.lines() + "\n" + sp.proc.stdout.read()  # type: ignore[union-attr]
@@ -154,6 +163,14 @@ def test_logs_are_json_with_request_ids_and_redacted_secrets(
     assert done[0]["res"] == {"statusCode": 200}
     assert done[0]["responseTime"] >= 0
     assert any(line["msg"] == "request received" for line in mine)
+    # authenticated requests carry userId on every line logged while serving them
+    user_id = session["user"]["id"]
+    me_lines = [line for line in lines if line.get("requestId") == me_request_id]
+    assert me_lines and all(line.get("userId") == user_id for line in me_lines
+                            if line["msg"] != "request received")
+    me_done = next(line for line in me_lines if line["msg"] == "request completed")
+    assert me_done["req"]["userId"] == user_id
+    assert session["accessToken"] not in output and session["refreshToken"] not in output
     # library loggers go through the same pipeline (psycopg/hypercorn/innera all JSON above)
     assert {line["logger"] for line in lines} >= {"innera.process", "innera.request"}
 

@@ -38,6 +38,7 @@ from pydantic import Field, field_validator
 from quart import Blueprint, Response, g, request
 from quart_trio.wrappers import TrioRequest
 
+from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import (
@@ -152,11 +153,6 @@ class UploadTimeout(AppError):
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _svc():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
-
 
 def _storage(svc: Any) -> Storage:
     """The attachment store."""
@@ -253,7 +249,7 @@ async def delete_entry_objects(svc: Any, user_id: str, entry_id: str) -> int:
            body=AttachmentIn, response=AttachmentUploadOut, status=201,
            errors=(404, 422, 429))
 async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUploadOut:
-    svc = _svc()
+    svc = services()
     user_id = g.user_id
     entry_id = _id_or_404(entry_id, "Entry")
     maximum = svc.settings.attachment_max_bytes
@@ -284,7 +280,7 @@ async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUplo
            summary="The attachments of an entry (oldest first)",
            response=AttachmentListOut, errors=(404, 429))
 async def list_attachments(entry_id: str) -> AttachmentListOut:
-    svc = _svc()
+    svc = services()
     entry_id = _id_or_404(entry_id, "Entry")
     async with svc.db.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
@@ -304,7 +300,7 @@ async def list_attachments(entry_id: str) -> AttachmentListOut:
                        "stored. Completing a ready attachment returns it unchanged.",
            response=AttachmentOnlyOut, errors=(404, 409, 429))
 async def complete_attachment(attachment_id: str) -> AttachmentOnlyOut:
-    svc = _svc()
+    svc = services()
     row = await _fetch(svc, g.user_id, attachment_id)
     if row["status"] == "ready":
         return AttachmentOnlyOut(attachment=_out(row))
@@ -330,7 +326,7 @@ async def complete_attachment(attachment_id: str) -> AttachmentOnlyOut:
            description="409 attachment_not_ready until the upload is completed.",
            response=AttachmentDownloadOut, errors=(404, 409, 429))
 async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
-    svc = _svc()
+    svc = services()
     row = await _fetch(svc, g.user_id, attachment_id)
     if row["status"] != "ready":
         raise AttachmentNotReady()
@@ -345,7 +341,7 @@ async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
            summary="Delete an attachment (its stored object, then its row)",
            status=204, errors=(404, 429))
 async def delete_attachment(attachment_id: str) -> None:
-    svc = _svc()
+    svc = services()
     row = await _fetch(svc, g.user_id, attachment_id)
     with _storage_errors():  # the object first: a failure leaves the row, so a retry works
         await _storage(svc).delete(_key(row))
@@ -401,7 +397,7 @@ async def _body_chunks(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
                        "(413 past it, 400 size_mismatch when short). Streamed to disk.",
            errors=(400, 403, 404, 408, 413, 429))
 async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
-    svc = _svc()
+    svc = services()
     storage = _local_storage(svc)
     key = f"{user_id}/{entry_id}/{attachment_id}"
     grant = storage.verify("PUT", key, request.args)
@@ -430,7 +426,7 @@ async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
                        "the file with its content type and Content-Disposition: attachment.",
            errors=(403, 404, 429))
 async def local_download(user_id: str, entry_id: str, attachment_id: str) -> Response:
-    svc = _svc()
+    svc = services()
     storage = _local_storage(svc)
     key = f"{user_id}/{entry_id}/{attachment_id}"
     grant = storage.verify("GET", key, request.args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from quart import Blueprint, g
 
+from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model, UserOut
 from innera.auth.errors import InvalidCredentials
@@ -60,15 +61,10 @@ class ReauthOut(Model):
     expiresIn: int
 
 
-def _svc():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
-
 
 async def issue_session(user: User, family_id: str | None = None,
                         refresh_token: str | None = None) -> AuthOut:
-    svc = _svc()
+    svc = services()
     access, expires_in = svc.access_tokens.issue(user.id)
     if refresh_token is None:
         refresh_token = await svc.refresh_tokens.issue(user.id, family_id)
@@ -79,7 +75,7 @@ async def issue_session(user: User, family_id: str | None = None,
 @operation(blueprint, "POST", "/signup", summary="Create an account", body=SignupIn,
            response=AuthOut, status=201, auth=False, rate="auth", errors=(409, 422, 429))
 async def signup(body: SignupIn) -> AuthOut:
-    svc = _svc()
+    svc = services()
     password_hash = await svc.passwords.hash(body.password)
     async with svc.db.connection() as conn, conn.transaction():
         user = await create_user(conn, body.email, password_hash)
@@ -90,7 +86,7 @@ async def signup(body: SignupIn) -> AuthOut:
 @operation(blueprint, "POST", "/login", summary="Sign in with email and password",
            body=Credentials, response=AuthOut, auth=False, rate="auth", errors=(401, 422, 429))
 async def login(body: Credentials) -> AuthOut:
-    svc = _svc()
+    svc = services()
     found = await find_for_login(svc.db, body.email)
     if found is None:
         await svc.passwords.burn()  # the same time as a wrong password
@@ -109,7 +105,7 @@ async def login(body: Credentials) -> AuthOut:
                        "whole family (theft detection).",
            body=RefreshIn, response=AuthOut, auth=False, rate="auth", errors=(401, 422, 429))
 async def refresh(body: RefreshIn) -> AuthOut:
-    svc = _svc()
+    svc = services()
     user_id, new_token = await svc.refresh_tokens.rotate(body.refreshToken)
     user = await get_active_user(svc.db, user_id)
     if user is None:
@@ -121,7 +117,7 @@ async def refresh(body: RefreshIn) -> AuthOut:
 @operation(blueprint, "POST", "/logout", summary="Revoke a refresh token (and its family)",
            body=RefreshIn, status=204, auth=False, rate="auth", errors=(422, 429))
 async def logout(body: RefreshIn) -> None:
-    await _svc().refresh_tokens.revoke(body.refreshToken)
+    await services().refresh_tokens.revoke(body.refreshToken)
 
 
 @operation(blueprint, "POST", "/reauth",
@@ -129,7 +125,7 @@ async def logout(body: RefreshIn) -> None:
            description="Returns a single-use token for the x-reauth-token header, valid 300 s.",
            body=PasswordIn, response=ReauthOut, rate="auth", errors=(401, 422, 429))
 async def reauth(body: PasswordIn) -> ReauthOut:
-    svc = _svc()
+    svc = services()
     stored = await password_hash_of(svc.db, g.user_id)
     if stored is None or not await svc.passwords.verify(stored, body.password):
         raise InvalidCredentials("The password is wrong")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import trio
 from quart import Blueprint, Response, request, websocket
 
+from innera.api.context import json_response, services
 from innera.errors import ValidationFailed
 
 blueprint = Blueprint("debug", __name__, url_prefix="/_test")
@@ -13,8 +14,6 @@ blueprint = Blueprint("debug", __name__, url_prefix="/_test")
 
 @blueprint.get("/sleep")
 async def sleep() -> Response:
-    from innera.app import json_response
-
     try:
         seconds = float(request.args.get("seconds", "1"))
     except ValueError:
@@ -27,8 +26,6 @@ async def sleep() -> Response:
 
 @blueprint.post("/echo")
 async def echo() -> Response:
-    from innera.app import json_response
-
     return json_response({"json": await request.get_json(force=True)})
 
 
@@ -40,8 +37,6 @@ async def boom() -> Response:
 @blueprint.websocket("/ws")
 async def ws_echo() -> None:
     """An echo socket registered with the hub (the shutdown test watches its close code)."""
-    from innera.app import services
-
     await websocket.accept()
     async with services().hub.connection("test-user") as sock:
         with sock.scope:

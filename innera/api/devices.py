@@ -23,10 +23,11 @@ from psycopg.rows import dict_row
 from pydantic import Field, field_validator
 from quart import Blueprint, Response, g
 
-from innera.api.notifications import parse_id
+from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import NotFound
+from innera.ids import canonical_uuid
 from innera.notifications import db_deadline
 
 blueprint = Blueprint("devices", __name__, url_prefix="/v1/devices")
@@ -61,11 +62,6 @@ class DeviceList(Model):
     nextCursor: None = Field(None, description="Always null: the list is not paginated")
 
 
-def _svc():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
-
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -98,7 +94,7 @@ RETURNING {_COLUMNS}
                        "registered the token.",
            body=DeviceIn, response=DeviceOut, status=201, errors=(422, 429))
 async def register_device(body: DeviceIn) -> DeviceOut | Response:
-    svc = _svc()
+    svc = services()
     new_id = str(uuid.uuid4())
     with db_deadline():
         async with svc.db.connection() as conn:
@@ -116,7 +112,7 @@ async def register_device(body: DeviceIn) -> DeviceOut | Response:
 @operation(blueprint, "GET", "", summary="List the account's devices",
            response=DeviceList, errors=(429,))
 async def list_devices() -> DeviceList:
-    svc = _svc()
+    svc = services()
     with db_deadline():
         async with svc.db.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
@@ -129,10 +125,10 @@ async def list_devices() -> DeviceList:
 @operation(blueprint, "DELETE", "/<id>", summary="Remove a device (its token gets no pushes)",
            status=204, errors=(404, 429))
 async def delete_device(id: str) -> None:
-    device_id = parse_id(id)
+    device_id = canonical_uuid(id)
     deleted = 0
     if device_id is not None:
-        svc = _svc()
+        svc = services()
         with db_deadline():
             async with svc.db.connection() as conn:
                 cur = await conn.execute(

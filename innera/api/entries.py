@@ -23,16 +23,17 @@ from pydantic import Field, field_validator
 from quart import Blueprint, g
 
 from innera.api.attachments import delete_entry_objects
+from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import NotFound
+from innera.ids import canonical_uuid
 from innera.journal.entries import (
     Entry,
     delete_entry,
     get_entry,
     insert_entry,
     list_entries,
-    parse_entry_id,
     update_entry,
 )
 from innera.realtime.events import publish_to_user
@@ -46,11 +47,6 @@ TAG_MAX = 50
 MOOD_MAX = 32
 LIST_PURPOSE = "list"
 
-
-def _svc():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
 
 
 # --- field rules (shared by create and update) -----------------------------------------
@@ -174,14 +170,14 @@ def entry_out(entry: Entry) -> EntryOut:
 
 
 def _entry_id(text: str) -> str:
-    entry_id = parse_entry_id(text)
+    entry_id = canonical_uuid(text)
     if entry_id is None:
         raise NotFound("No such entry")
     return entry_id
 
 
 async def _publish(event: str, data: dict[str, Any]) -> None:
-    await publish_to_user(_svc().redis, g.user_id, event, data)
+    await publish_to_user(services().redis, g.user_id, event, data)
 
 
 # --- routes ----------------------------------------------------------------------------
@@ -190,7 +186,7 @@ async def _publish(event: str, data: dict[str, Any]) -> None:
 @operation(blueprint, "POST", "", summary="Create an entry", body=EntryIn, response=EntryOut,
            status=201, errors=(409, 422, 429))
 async def create_entry(body: EntryIn) -> EntryOut:
-    svc = _svc()
+    svc = services()
     entry = Entry(id=str(uuid.uuid4()), title=body.title, body=body.body, tags=body.tags,
                   mood=body.mood)
     entry = await insert_entry(svc.db, svc.entry_cipher, g.user_id, entry, body.occurredAt)
@@ -205,7 +201,7 @@ async def create_entry(body: EntryIn) -> EntryOut:
            description="Keyset pagination: `nextCursor` is opaque and signed; a cursor that "
                        "was altered answers 400 `invalid_cursor`.")
 async def list_entries_route(query: ListQuery) -> EntryPage:
-    svc = _svc()
+    svc = services()
     codec = svc.cursors
     after = (codec.decode(LIST_PURPOSE, g.user_id, query.cursor)
              if query.cursor is not None else None)
@@ -220,7 +216,7 @@ async def list_entries_route(query: ListQuery) -> EntryPage:
 @operation(blueprint, "GET", "/<entry_id>", summary="Read an entry", response=EntryOut,
            errors=(404, 429))
 async def read_entry(entry_id: str) -> EntryOut:
-    svc = _svc()
+    svc = services()
     entry = await get_entry(svc.db, svc.entry_cipher, g.user_id, _entry_id(entry_id))
     if entry is None:
         raise NotFound("No such entry")
@@ -236,7 +232,7 @@ _ATTRIBUTES = {"title": "title", "body": "body", "tags": "tags", "mood": "mood",
                        "nonce. `title` and `mood` may be null to clear them.",
            body=EntryPatch, response=EntryOut, errors=(404, 409, 422, 429))
 async def patch_entry(entry_id: str, body: EntryPatch) -> EntryOut:
-    svc = _svc()
+    svc = services()
     entry_id = _entry_id(entry_id)
     changes = {_ATTRIBUTES[name]: getattr(body, name) for name in body.model_fields_set}
     if not changes:
@@ -254,7 +250,7 @@ async def patch_entry(entry_id: str, body: EntryPatch) -> EntryOut:
 @operation(blueprint, "DELETE", "/<entry_id>", summary="Delete an entry", status=204,
            errors=(404, 409, 429))
 async def remove_entry(entry_id: str) -> None:
-    svc = _svc()
+    svc = services()
     entry_id = _entry_id(entry_id)
     # Stored attachment objects first (only this user's prefix; 503 and nothing lost if the
     # store fails, so a retry finishes), then the row: attachment rows go with it (CASCADE).

@@ -8,18 +8,13 @@ from collections.abc import Awaitable, Callable
 
 from quart import Response, g, request
 
+from innera.api.context import services
 from innera.api.operation import Operation
 from innera.errors import AppError, RateLimited, Unauthorized
 from innera.guards.client_ip import client_ip
 from innera.guards.idempotency import fingerprint, validate_key
 from innera.observability.logging import bind_user
 from innera.users import get_active_user
-
-
-def _services():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
 
 
 class ReauthRequired(AppError):
@@ -31,7 +26,7 @@ async def authenticate() -> None:
     """``Authorization: Bearer <access token>`` → an active user, else 401 ``unauthorized``.
     The user's status is read on every request, so a disabled or deleted user's tokens stop
     working at once."""
-    svc = _services()
+    svc = services()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Missing bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -46,13 +41,13 @@ async def authenticate() -> None:
 
 
 def request_client_ip() -> str:
-    svc = _services()
+    svc = services()
     return client_ip(request.remote_addr, request.headers.getlist("x-forwarded-for"),
                      svc.settings.trust_proxy)
 
 
 async def limit_rate(op: Operation) -> None:
-    svc = _services()
+    svc = services()
     settings = svc.settings
     if isinstance(op.rate, tuple):
         limit, window = op.rate
@@ -71,7 +66,7 @@ async def limit_rate(op: Operation) -> None:
 
 
 async def require_reauth() -> None:
-    svc = _services()
+    svc = services()
     token = request.headers.get("x-reauth-token", "").strip()
     if not token or not await svc.reauth.consume(g.user_id, token):
         raise ReauthRequired()
@@ -82,7 +77,7 @@ async def idempotent(run: Callable[[], Awaitable[Response]]) -> Response:
     key = request.headers.get("idempotency-key")
     if key is None:
         return await run()
-    svc = _services()
+    svc = services()
     key = validate_key(key)
     body = await request.get_data(as_text=False)
     fp = fingerprint(request.method, request.path, body)

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response
 
+from innera.api.context import json_response, services
 from innera.db.health import check_db_health
 from innera.redis import check_redis_health
 
@@ -28,15 +29,11 @@ HEALTH_JSON = "application/health+json"
 
 @blueprint.get("/health")
 async def liveness() -> Response:
-    from innera.app import json_response
-
     return json_response({"status": "pass"}, content_type=HEALTH_JSON)
 
 
 @blueprint.get("/health/ready")
 async def readiness() -> Response:
-    from innera.app import json_response, services
-
     svc = services()
     if svc.lifecycle.draining.is_set():
         body = {"status": "fail", "output": "draining: the server is shutting down", "checks": {}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from quart import Blueprint, g
 
+from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model, UserOut
 from innera.auth.errors import InvalidCredentials
@@ -18,11 +19,6 @@ class PasswordChangeIn(Model):
     newPassword: str = Field(min_length=8, max_length=256)
 
 
-def _svc():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
-
 
 @operation(blueprint, "GET", "", summary="The signed-in user", response=UserOut,
            errors=(401, 429))
@@ -34,7 +30,7 @@ async def get_me() -> UserOut:
            description="Needs x-reauth-token. Every refresh token of the user is revoked.",
            body=PasswordChangeIn, status=204, reauth=True, errors=(401, 403, 422, 429))
 async def change_password(body: PasswordChangeIn) -> None:
-    svc = _svc()
+    svc = services()
     stored = await password_hash_of(svc.db, g.user_id)
     if stored is None or not await svc.passwords.verify(stored, body.currentPassword):
         raise InvalidCredentials("The current password is wrong")
@@ -47,6 +43,7 @@ async def change_password(body: PasswordChangeIn) -> None:
                        "revoked; the data is purged by the account-deletion job.",
            status=204, reauth=True, errors=(401, 403, 429))
 async def delete_me() -> None:
-    svc = _svc()
+    svc = services()
     await set_status(svc.db, g.user_id, "deleted")
     await svc.refresh_tokens.revoke_user(g.user_id)
+    svc.hub.close_user(g.user_id, 4003, "Account deleted")  # this instance's sockets

@@ -9,16 +9,17 @@ edited, or another user's) is a 400 ``invalid_cursor``.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from psycopg.rows import dict_row
 from pydantic import Field
 from quart import Blueprint, g
 
+from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import NotFound
+from innera.ids import canonical_uuid
 from innera.notifications import (
     db_deadline,
     mark_all_read,
@@ -64,20 +65,6 @@ class ReadAllOut(Model):
     updated: int = Field(description="How many notifications were unread")
 
 
-def _svc():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
-
-
-def parse_id(value: str) -> str | None:
-    """The canonical UUID string, or ``None`` for anything malformed (→ 404)."""
-    try:
-        canonical = str(uuid.UUID(value))
-    except ValueError:
-        return None
-    return canonical if canonical == value.lower() else None
-
 
 # --- routes ---------------------------------------------------------------------------
 
@@ -87,7 +74,7 @@ def parse_id(value: str) -> str | None:
                        f"page), limit (1-{MAX_LIMIT}, default {DEFAULT_LIMIT}).",
            query=NotificationQuery, response=NotificationPage, errors=(400, 422, 429))
 async def list_notifications(query: NotificationQuery) -> NotificationPage:
-    svc = _svc()
+    svc = services()
     user_id: str = g.user_id
     conditions = ["user_id = %s"]
     params: list[Any] = [user_id]
@@ -120,23 +107,23 @@ async def list_notifications(query: NotificationQuery) -> NotificationPage:
                        "change, so never stale after a read or a new notification.",
            response=UnreadCountOut, errors=(429,))
 async def get_unread_count() -> UnreadCountOut:
-    return UnreadCountOut(count=await unread_count(_svc(), g.user_id))
+    return UnreadCountOut(count=await unread_count(services(), g.user_id))
 
 
 @operation(blueprint, "POST", "/read-all", summary="Mark every notification read",
            response=ReadAllOut, errors=(429,))
 async def read_all() -> ReadAllOut:
-    return ReadAllOut(updated=await mark_all_read(_svc(), g.user_id))
+    return ReadAllOut(updated=await mark_all_read(services(), g.user_id))
 
 
 @operation(blueprint, "POST", "/<id>/read", summary="Mark a notification read",
            description="Idempotent: reading it again returns it with the first readAt.",
            response=NotificationOut, errors=(404, 429))
 async def read_one(id: str) -> NotificationOut:
-    notification_id = parse_id(id)
+    notification_id = canonical_uuid(id)
     found = None
     if notification_id is not None:
-        found = await mark_read(_svc(), g.user_id, notification_id)
+        found = await mark_read(services(), g.user_id, notification_id)
     if found is None:
         raise NotFound("No such notification")
     return NotificationOut(**found)

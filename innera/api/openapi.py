@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 from quart import Blueprint, Response
 
 from innera import __version__
+from innera.api.context import json_response
 from innera.api.operation import OPERATIONS, Operation
 from innera.api.schemas import ErrorOut
 
@@ -63,6 +64,21 @@ _OPERATIONAL_PATHS: dict[str, dict[str, Any]] = {
                             fail="A dependency failed its check, or the server is draining"),
     "/metrics": _plain("Prometheus metrics", "text/plain", {"type": "string"}),
     "/openapi.json": _plain("This document", "application/json", {"type": "object"}),
+    "/v1/ws": {"get": {
+        "operationId": "realtime_websocket", "tags": ["realtime"],
+        "summary": "WebSocket: events for the signed-in user's devices",
+        "description": "Authenticate with `Authorization: Bearer` or `?access_token=`. Server "
+                       "messages are `{type, data}` (`entry.*`, `notification.created`, "
+                       "`job.progress`, `ping`); send `{type: \"ping\"}` for a pong. Close "
+                       "codes: 4000 server restarting, 4001 token expired, 4002 ping timeout, "
+                       "1009 message over 64 KiB, 1013 client too slow.",
+        "parameters": [{"name": "access_token", "in": "query", "required": False,
+                        "schema": {"type": "string"}}],
+        "responses": {"101": {"description": "Switching protocols"},
+                      "401": {"description": "Missing or invalid token",
+                              "content": {"application/json": {"schema": {
+                                  "$ref": "#/components/schemas/ErrorOut"}}}}},
+    }},
 }
 
 
@@ -154,6 +170,4 @@ def _operation(op: Operation) -> dict[str, Any]:
 
 @blueprint.get("/openapi.json")
 async def openapi_json() -> Response:
-    from innera.app import json_response
-
     return json_response(build_document())

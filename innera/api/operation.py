@@ -30,6 +30,7 @@ import trio
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, g, request
 
+from innera.api.context import services
 from innera.errors import InvalidJson, RateLimited, ServiceUnavailable, ValidationFailed
 
 
@@ -96,7 +97,6 @@ def operation(
         @wraps(fn)
         async def handler(**path_args: Any) -> Response:
             from innera.api.guards import authenticate, idempotent, limit_rate
-            from innera.app import services
 
             with trio.move_on_after(services().settings.request_timeout_s):
                 if op.auth:

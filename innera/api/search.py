@@ -9,6 +9,7 @@ import trio
 from pydantic import Field
 from quart import Blueprint, g
 
+from innera.api.context import services
 from innera.api.entries import EntryOut, entry_out
 from innera.api.operation import operation
 from innera.api.schemas import Model
@@ -19,11 +20,6 @@ blueprint = Blueprint("search", __name__, url_prefix="/v1/search")
 
 SEARCH_PURPOSE = "search"
 
-
-def _svc():  # type: ignore[no-untyped-def]
-    from innera.app import services
-
-    return services()
 
 
 class SearchQuery(Model):
@@ -55,7 +51,7 @@ class SearchOut(Model):
                        "body or a tag. The scan is bounded by SEARCH_TIMEOUT_S: past it, the "
                        "matches so far come back with `complete: false`.")
 async def search(query: SearchQuery) -> SearchOut:
-    svc = _svc()
+    svc = services()
     terms = parse_terms(query.q)
     if not terms:
         raise ValidationFailed(details=[{"field": "q", "type": "value_error",

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -30,6 +31,7 @@ ASGIApp = Callable[
 
 KEEP_ALIVE_TIMEOUT_S = 5.0
 FINAL_SEND_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 10.0
 # accept() errors that mean "out of resources right now": wait and accept again.
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -81,13 +83,38 @@ class _ServerMiddleware:
 
 
 class _TCPServer(TCPServer):
-    """Hypercorn's per-connection server, minus one wait: when the peer closes, Hypercorn
-    still waits for the connection's keep-alive timer (up to 5 s) before the connection's
-    task ends, which held every drain for 5 s after the last client had left."""
+    """Hypercorn's per-connection server, minus two unbounded waits:
+
+    - when the peer closes, Hypercorn still waited for the connection's keep-alive timer (up
+      to 5 s) before the connection's task ended, which held every drain for 5 s after the
+      last client had left;
+    - its sends are shielded with no deadline, so a peer that stops reading (a stuck
+      WebSocket client) held the connection, its handler and the shutdown drain for as long
+      as it kept the socket open. A send now gets SEND_TIMEOUT_S; past it the connection is
+      closed (a partly sent stream cannot be used again anyway).
+    """
 
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + SEND_TIMEOUT_S
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+                return
+            if scope.cancelled_caught:
+                log.info("peer read nothing for %gs: closing its connection", SEND_TIMEOUT_S)
+                with trio.CancelScope(shield=True):
+                    await self.stream.aclose()
+                await self.protocol.handle(Closed())
 
 
 async def _accept_loop(

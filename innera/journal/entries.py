@@ -14,7 +14,6 @@ Cursors (``innera/api/cursors.py``) carry a :data:`Position`; their purposes are
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,12 +38,9 @@ __all__ = [
     "insert_entry",
     "iso_utc",
     "list_entries",
-    "parse_entry_id",
     "update_entry",
 ]
 
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                      r"[0-9a-fA-F]{12}")
 _EPOCH = EPOCH
 
 #: The columns every entry query selects, in the order :func:`entry_from_row` reads them.
@@ -53,14 +49,6 @@ ROW_COLUMNS = "id::text, content, occurred_at, created_at, updated_at"
 AFTER = "(occurred_at, id) < (%s, %s)"
 # Qualified: a bare "id" would name the selected id::text column (and sort as text).
 ORDER = "ORDER BY entries.occurred_at DESC, entries.id DESC"
-
-
-def parse_entry_id(text: str) -> str | None:
-    """The canonical (lower-case, hyphenated) form of an entry id, or None if ``text`` is not
-    one (the routes answer 404 for those, like for unknown ids)."""
-    if not _UUID_RE.fullmatch(text):
-        return None
-    return text.lower()
 
 
 def iso_utc(moment: datetime) -> str:

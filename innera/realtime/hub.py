@@ -4,10 +4,22 @@ A socket's handler runs inside :meth:`Hub.connection`, whose cancel scope the hu
 to close it with a code (4000 "Server restarting" during the graceful shutdown). The handler
 then sends the close frame itself, from its own task, so no task ever writes to another
 task's socket.
+
+Outbound messages go through a bounded queue per socket (:data:`QUEUE_SIZE`): the pub/sub
+listener only ever calls :meth:`Hub.deliver`, which uses ``send_nowait``, so a slow client
+never slows the listener nor the other clients. A socket whose queue is full is closed with
+1013 "Too slow" (counted in :attr:`Hub.slow_closed` and logged).
+
+The hub also tells the pub/sub listener (``innera/realtime/listener.py``) which users have
+local sockets: :attr:`Hub.changed` is set whenever a user's first socket opens or last one
+closes, and :meth:`Hub.user_ids` is the set the listener must be subscribed to. The listener
+reports back with :meth:`mark_subscribed` / :meth:`mark_offline`, which lets a new socket
+wait (bounded) until its user's channel is subscribed before the handshake completes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +28,18 @@ import trio
 
 from innera.observability.metrics import Metrics
 
+log = logging.getLogger("innera.realtime")
+
 SERVER_RESTARTING = (4000, "Server restarting")
+UNAUTHORIZED = (4001, "Unauthorized")
+TOKEN_EXPIRED = (4001, "Token expired")
+TOO_SLOW = (1013, "Too slow")
+#: outbound messages buffered per socket before it counts as too slow
+QUEUE_SIZE = 256
+
+
+def _channel() -> tuple[trio.MemorySendChannel[str], trio.MemoryReceiveChannel[str]]:
+    return trio.open_memory_channel[str](QUEUE_SIZE)
 
 
 @dataclass(eq=False)
@@ -26,6 +49,14 @@ class Socket:
     close_code: int | None = None
     close_reason: str = ""
     closed: trio.Event = field(default_factory=trio.Event)
+    hub: Hub | None = None
+    queue: tuple[trio.MemorySendChannel[str], trio.MemoryReceiveChannel[str]] = field(
+        default_factory=_channel)
+
+    @property
+    def outbox(self) -> trio.MemoryReceiveChannel[str]:
+        """What the handler's writer sends, in order."""
+        return self.queue[1]
 
     def close(self, code: int, reason: str) -> None:
         """Ask the handler to close with ``code`` (it stops receiving and sends the frame)."""
@@ -33,29 +64,81 @@ class Socket:
             self.close_code, self.close_reason = code, reason
         self.scope.cancel()
 
+    def offer(self, message: str) -> bool:
+        """Queue ``message`` without waiting; a full queue closes the socket with 1013."""
+        if self.close_code is not None:
+            return False
+        try:
+            self.queue[0].send_nowait(message)
+        except trio.WouldBlock:
+            log.warning("websocket of user %s too slow (%d messages queued): closing with 1013",
+                        self.user_id, QUEUE_SIZE)
+            if self.hub is not None:
+                self.hub.slow_closed += 1
+            self.close(*TOO_SLOW)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
 
 class Hub:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._by_user: dict[str, set[Socket]] = {}
+        #: sockets closed with 1013 because their queue was full
+        self.slow_closed = 0
+        #: set (and replaced) whenever the set of users with local sockets changes
+        self.changed = trio.Event()
+        # the listener's view: users whose channel is subscribed, and who waits for it
+        self.listener_online = False
+        self._subscribed: set[str] = set()
+        self._sub_waiters: dict[str, trio.Event] = {}
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_user.values())
 
+    def user_ids(self) -> set[str]:
+        return set(self._by_user)
+
+    def sockets_of(self, user_id: str) -> frozenset[Socket]:
+        return frozenset(self._by_user.get(user_id, ()))
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
     @asynccontextmanager
     async def connection(self, user_id: str) -> AsyncIterator[Socket]:
-        sock = Socket(user_id)
-        self._by_user.setdefault(user_id, set()).add(sock)
+        sock = Socket(user_id, hub=self)
+        sockets = self._by_user.get(user_id)
+        if sockets is None:
+            sockets = self._by_user[user_id] = set()
+            self._notify()
+        sockets.add(sock)
         self.metrics.ws_connections.inc()
         try:
             yield sock
         finally:
             sockets = self._by_user.get(user_id, set())
             sockets.discard(sock)
-            if not sockets:
-                self._by_user.pop(user_id, None)
+            if not sockets and self._by_user.pop(user_id, None) is not None:
+                self._notify()
             self.metrics.ws_connections.dec()
+            sock.queue[0].close()
             sock.closed.set()
+
+    def deliver(self, user_id: str, message: str) -> int:
+        """Queue ``message`` on every local socket of ``user_id`` (never waits); how many
+        took it."""
+        return sum(sock.offer(message) for sock in tuple(self._by_user.get(user_id, ())))
+
+    def close_user(self, user_id: str, code: int, reason: str) -> int:
+        """Close every local socket of ``user_id`` (account deletion, ...); how many."""
+        sockets = tuple(self._by_user.get(user_id, ()))
+        for sock in sockets:
+            sock.close(code, reason)
+        return len(sockets)
 
     async def close_all(self, code: int, reason: str, *, timeout_s: float = 5.0) -> int:
         """Close every socket with ``code``; wait (bounded) until their handlers are done."""
@@ -66,3 +149,39 @@ class Hub:
             for sock in sockets:
                 await sock.closed.wait()
         return len(sockets)
+
+    # --- the listener's side ---------------------------------------------------------
+
+    def mark_subscribed(self, user_ids: set[str]) -> None:
+        self.listener_online = True
+        self._subscribed |= user_ids
+        for user_id in user_ids:
+            waiter = self._sub_waiters.pop(user_id, None)
+            if waiter is not None:
+                waiter.set()
+
+    def mark_unsubscribed(self, user_ids: set[str]) -> None:
+        self._subscribed -= user_ids
+
+    def mark_offline(self) -> None:
+        """The pub/sub connection is gone: nothing is subscribed; nobody waits for it."""
+        self.listener_online = False
+        self._subscribed.clear()
+        for waiter in self._sub_waiters.values():
+            waiter.set()
+        self._sub_waiters.clear()
+
+    async def wait_subscribed(self, user_id: str, timeout_s: float) -> bool:
+        """Wait (bounded) until the listener is subscribed to ``user_id``'s channel, so
+        events published from now on reach the new socket. Returns at once while the
+        listener is offline (sockets work without Redis; events resume when it is back)."""
+        if user_id in self._subscribed:
+            return True
+        if not self.listener_online:
+            return False
+        waiter = self._sub_waiters.setdefault(user_id, trio.Event())
+        with trio.move_on_after(timeout_s):
+            await waiter.wait()
+        if self._sub_waiters.get(user_id) is waiter and user_id not in self._by_user:
+            self._sub_waiters.pop(user_id, None)
+        return user_id in self._subscribed

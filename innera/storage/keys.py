@@ -6,23 +6,13 @@ validated (every component a canonical lower-case UUID) before it touches the fi
 
 from __future__ import annotations
 
-import uuid
+from innera.ids import canonical_uuid
+
+__all__ = ["InvalidKey", "canonical_uuid", "entry_prefix", "object_key"]
 
 
 class InvalidKey(ValueError):
     """Not ``{uuid}/{uuid}/{uuid}`` (or a ``{uuid}/{uuid}/`` prefix)."""
-
-
-def canonical_uuid(value: str) -> str | None:
-    """``value`` as a canonical (lower-case, hyphenated) UUID, or ``None``."""
-    if not isinstance(value, str) or len(value) != 36:
-        return None
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        return None
-    text = str(parsed)
-    return text if text == value.lower() else None
 
 
 def object_key(user_id: str, entry_id: str, attachment_id: str) -> str:

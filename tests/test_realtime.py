@@ -1,0 +1,321 @@
+"""The realtime socket ``/v1/ws`` on real sockets, with real PostgreSQL and Redis: auth,
+the message protocol, delivery through Redis pub/sub (one process and across processes),
+slow clients, token expiry, liveness, a Redis restart."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import jwt
+import pytest
+import trio
+
+from innera.api import ws as ws_module
+from innera.realtime.events import publish_to_user
+from tests.fixtures.accounts import Account, signup
+from tests.fixtures.server import RunningServer, server_environ
+from tests.fixtures.ws import Closed, WsClient
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _hostport(url: str) -> tuple[str, int]:
+    u = urlsplit(url)
+    assert u.hostname and u.port
+    return u.hostname, u.port
+
+
+async def connect(url: str, token: str | None, *, query: bool = False) -> WsClient:
+    host, port = _hostport(url)
+    if token is None:
+        return await WsClient.connect(host, port, "/v1/ws")
+    if query:
+        return await WsClient.connect(host, port, f"/v1/ws?access_token={token}")
+    return await WsClient.connect(host, port, "/v1/ws", [("authorization", f"Bearer {token}")])
+
+
+async def receive_json(client: WsClient, timeout_s: float = 5.0) -> Any:
+    with trio.fail_after(timeout_s):
+        message = await client.receive()
+    assert isinstance(message, str), message
+    return json.loads(message)
+
+
+async def receive_close(client: WsClient, timeout_s: float = 5.0) -> Closed:
+    with trio.fail_after(timeout_s):
+        while True:
+            message = await client.receive()
+            if isinstance(message, Closed):
+                return message
+
+
+def gauge(server: RunningServer) -> float:
+    return server.services.metrics.ws_connections._value.get()  # type: ignore[no-any-return]
+
+
+async def wait_for(predicate: Any, timeout_s: float = 5.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def short_token(server: RunningServer, user_id: str, ttl_s: int) -> str:
+    now = int(time.time())
+    claims = {"sub": user_id, "iat": now, "exp": now + ttl_s, "jti": uuid.uuid4().hex,
+              "typ": "access"}
+    return jwt.encode(claims, server.services.access_tokens._secret, algorithm="HS256")
+
+
+# --- one process ----------------------------------------------------------------------
+
+
+async def test_ping_pong_with_header_and_query_tokens_and_the_gauge(
+        server: RunningServer) -> None:
+    account = await signup(server.client)
+    assert gauge(server) == 0
+    by_header = await connect(server.url, account.access)
+    by_query = await connect(server.url, account.access, query=True)
+    assert gauge(server) == 2
+    for client in (by_header, by_query):
+        await client.send_text('{"type":"ping"}')
+        assert await receive_json(client) == {"type": "pong"}
+    await by_header.aclose()
+    await wait_for(lambda: gauge(server) == 1)
+    await by_query.aclose()
+    await wait_for(lambda: gauge(server) == 0)
+    await wait_for(lambda: not server.services.hub.user_ids())
+
+
+@pytest.mark.parametrize("token", [None, "not-a-jwt", jwt.encode(
+    {"sub": "x", "iat": 0, "exp": 2**31, "jti": "j", "typ": "access"}, "wrong" * 10)])
+async def test_a_bad_or_missing_token_is_refused_with_401(
+        server: RunningServer, token: str | None) -> None:
+    with pytest.raises(ConnectionRefusedError, match="401"):
+        await connect(server.url, token)
+    with pytest.raises(ConnectionRefusedError, match="401"):
+        await connect(server.url, token or "x", query=True)
+    assert gauge(server) == 0
+
+
+async def test_an_expired_token_or_a_deleted_user_is_refused(server: RunningServer) -> None:
+    account = await signup(server.client)
+    with pytest.raises(ConnectionRefusedError, match="401"):
+        await connect(server.url, short_token(server, account.id, -1))
+    with pytest.raises(ConnectionRefusedError, match="401"):
+        await connect(server.url, short_token(server, str(uuid.uuid4()), 60))
+
+
+async def test_unknown_types_and_invalid_json_get_an_error_and_the_socket_stays(
+        server: RunningServer) -> None:
+    account = await signup(server.client)
+    client = await connect(server.url, account.access)
+    await client.send_text("{nope")
+    message = await receive_json(client)
+    assert message["type"] == "error" and message["data"]["code"] == "invalid_json"
+    for text in ('{"type":"dance"}', "[1,2]", '"ping"'):
+        await client.send_text(text)
+        message = await receive_json(client)
+        assert message["type"] == "error" and message["data"]["code"] == "unknown_type", text
+    await client.send_text('{"type":"pong"}')  # the answer to a server ping: no reply
+    await client.send_text('{"type":"ping"}')
+    assert await receive_json(client) == {"type": "pong"}
+    await client.aclose()
+
+
+async def test_a_message_over_64_kib_closes_with_1009(server: RunningServer) -> None:
+    account = await signup(server.client)
+    client = await connect(server.url, account.access)
+    await client.send_text("x" * (64 * 1024))  # exactly the limit is fine
+    assert (await receive_json(client))["data"]["code"] == "invalid_json"
+    await client.send_text("x" * (64 * 1024 + 1))
+    assert (await receive_close(client)).code == 1009
+    await client.aclose()
+    await wait_for(lambda: gauge(server) == 0)
+
+
+async def test_events_reach_the_users_sockets_only(server: RunningServer) -> None:
+    alice, bob = await signup(server.client), await signup(server.client)
+    alice_1 = await connect(server.url, alice.access)
+    alice_2 = await connect(server.url, alice.access, query=True)
+    bob_ws = await connect(server.url, bob.access)
+    await publish_to_user(server.services.redis, alice.id, "job.progress", {"pct": 50})
+    for client in (alice_1, alice_2):
+        assert await receive_json(client) == {"type": "job.progress", "data": {"pct": 50}}
+    # an entry created through the API reaches her sockets too
+    r = await server.client.post("/v1/entries", json={"body": "hello"}, headers=alice.auth)
+    assert r.status_code == 201, r.text
+    for client in (alice_1, alice_2):
+        event = await receive_json(client)
+        assert event["type"] == "entry.created" and event["data"]["id"] == r.json()["id"]
+    # bob got nothing: his next message is the answer to his own ping
+    await bob_ws.send_text('{"type":"ping"}')
+    assert await receive_json(bob_ws) == {"type": "pong"}
+    for client in (alice_1, alice_2, bob_ws):
+        await client.aclose()
+
+
+async def test_the_token_expiry_closes_with_4001(server: RunningServer) -> None:
+    account = await signup(server.client)
+    client = await connect(server.url, short_token(server, account.id, 2))
+    started = trio.current_time()
+    assert await receive_close(client, 5) == Closed(4001, "Token expired")
+    assert 0.5 < trio.current_time() - started < 3.5
+    await client.aclose()
+
+
+async def test_close_user_closes_only_that_users_sockets(server: RunningServer) -> None:
+    alice, bob = await signup(server.client), await signup(server.client)
+    alice_ws = await connect(server.url, alice.access)
+    bob_ws = await connect(server.url, bob.access)
+    assert server.services.hub.close_user(alice.id, 4003, "Account deleted") == 1
+    assert await receive_close(alice_ws) == Closed(4003, "Account deleted")
+    await bob_ws.send_text('{"type":"ping"}')
+    assert await receive_json(bob_ws) == {"type": "pong"}
+    await alice_ws.aclose()
+    await bob_ws.aclose()
+
+
+async def test_a_silent_peer_is_dropped_and_an_answering_one_kept(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_module, "PING_INTERVAL_S", 0.3)
+    monkeypatch.setattr(ws_module, "PONG_TIMEOUT_S", 0.5)
+    account = await signup(server.client)
+    silent = await connect(server.url, account.access)
+    answering = await connect(server.url, account.access)
+
+    async def answer_pings() -> None:
+        while True:
+            message = await receive_json(answering)
+            assert message == {"type": "ping"}
+            await answering.send_text('{"type":"pong"}')
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer_pings)
+        assert await receive_json(silent) == {"type": "ping"}
+        assert await receive_close(silent, 3) == Closed(4002, "Ping timeout")
+        await trio.sleep(1.0)  # several more ping rounds
+        assert gauge(server) == 1
+        nursery.cancel_scope.cancel()
+    await silent.aclose()
+    await answering.aclose()
+
+
+async def test_a_slow_client_is_closed_with_1013_and_a_fast_one_gets_everything(
+        server: RunningServer) -> None:
+    account = await signup(server.client)
+    slow = await connect(server.url, account.access)  # never reads
+    fast = await connect(server.url, account.access)
+    hub = server.services.hub
+    count, batch, payload = 600, 50, "x" * 32 * 1024
+    received: list[int] = []
+
+    async def read_fast() -> None:
+        while len(received) < count:
+            message = await receive_json(fast, 20)
+            received.append(message["data"]["n"])
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_fast)
+            for n in range(count):
+                await publish_to_user(server.services.redis, account.id, "job.progress",
+                                      {"n": n, "pad": payload})
+                if n % batch == batch - 1:  # the fast client keeps up, the slow one does not
+                    await wait_for(lambda n=n: len(received) > n, 10)
+        assert received == list(range(count))
+        assert hub.slow_closed == 1
+        # the slow client reads its backlog (what the kernel buffered), then the 1013 close
+        assert (await receive_close(slow, 20)).code == 1013
+        await wait_for(lambda: gauge(server) == 1)
+    finally:
+        await slow.aclose()  # a peer that never reads holds its connection until it goes
+        await fast.aclose()
+
+
+async def test_shutdown_closes_v1_ws_with_4000(server: RunningServer) -> None:
+    account = await signup(server.client)
+    client = await connect(server.url, account.access)
+    await trio.sleep(6)  # longer than Hypercorn's keep-alive timeout: an idle socket stays
+    await client.send_text('{"type":"ping"}')
+    assert await receive_json(client) == {"type": "pong"}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.stop)
+        assert await receive_close(client) == Closed(4000, "Server restarting")
+    await client.aclose()
+
+
+# --- Redis restart, several processes ---------------------------------------------------
+
+
+async def test_delivery_resumes_after_a_redis_restart_without_reconnecting(
+        nursery: trio.Nursery, database_url: str, private_redis_server: Any,
+        tmp_path: Path) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    redis_server = private_redis_server()
+    srv = await start_server(nursery, load_settings(
+        server_environ(database_url, redis_server.url, tmp_path / "data")))
+    async with srv.client:
+        account = await signup(srv.client)
+        client = await connect(srv.url, account.access)
+        await publish_to_user(srv.services.redis, account.id, "job.progress", {"n": 0})
+        assert await receive_json(client) == {"type": "job.progress", "data": {"n": 0}}
+        errors_before = srv.services.metrics.redis_errors._value.get()
+
+        await trio.to_thread.run_sync(redis_server.restart)
+        # keep publishing until one arrives: the listener resubscribes on its own
+        got = None
+        with trio.fail_after(10):
+            n = 0
+            while got is None:
+                n += 1
+                await publish_to_user(srv.services.redis, account.id, "job.progress", {"n": n})
+                with trio.move_on_after(0.3):
+                    got = await receive_json(client)
+        assert got["type"] == "job.progress"
+        assert srv.services.metrics.redis_errors._value.get() > errors_before
+        assert gauge(srv) == 1  # the same socket all along
+        await client.send_text('{"type":"ping"}')
+        assert await receive_json(client) == {"type": "pong"}
+        await client.aclose()
+    await srv.stop()
+
+
+async def test_an_event_from_instance_b_reaches_a_socket_on_instance_a(
+        spawn_server: Any, database_url: str, redis_url: str, tmp_path: Path) -> None:
+    def start() -> Any:  # one data dir: the same local JWT secret and key ring
+        return spawn_server(server_environ(database_url, redis_url, tmp_path / "data"))
+
+    a, b = await trio.to_thread.run_sync(start), await trio.to_thread.run_sync(start)
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as client_a, \
+            httpx.AsyncClient(base_url=b.url, timeout=10) as client_b:
+        account: Account = await signup(client_a)
+        socket_a = await connect(a.url, account.access)
+        r = await client_b.post("/v1/entries", json={"body": "from b"}, headers=account.auth)
+        assert r.status_code == 201, r.text
+        event = await receive_json(socket_a)
+        assert event == {"type": "entry.created", "data": {"id": r.json()["id"],
+                                                           "entry": r.json()}}
+        await socket_a.aclose()
+
+
+async def test_deleting_the_account_closes_its_sockets(server: RunningServer) -> None:
+    alice, bob = await signup(server.client), await signup(server.client)
+    mine, theirs = await connect(server.url, alice.access), await connect(server.url, bob.access)
+    r = await server.client.post("/v1/auth/reauth", json={"password": alice.password},
+                                 headers=alice.auth)
+    token = r.json()["reauthToken"]
+    r = await server.client.delete("/v1/me", headers={**alice.auth, "x-reauth-token": token})
+    assert r.status_code == 204
+    assert await receive_close(mine) == Closed(4003, "Account deleted")
+    await theirs.send_text('{"type":"ping"}')
+    assert (await receive_json(theirs))["type"] == "pong"
+    await mine.aclose()
+    await theirs.aclose()
