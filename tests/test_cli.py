@@ -53,3 +53,46 @@ def test_unknown_command_is_a_usage_error() -> None:
     out = run_cli("frobnicate")
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+async def test_jobs_stats_failed_and_retry(redis_url: str, redis) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    from innera.observability.metrics import Metrics
+    from innera.queue.jobs import JobQueue, PermanentJobError
+    from innera.queue.worker import QueueConfig, run_workers
+
+    queue = JobQueue(redis, "export-jobs")
+    await queue.enqueue({"n": 1}, job_id="export-ok")
+    await queue.enqueue({"n": 2}, job_id="export-bad")
+
+    async def handler(job, ctx) -> None:  # type: ignore[no-untyped-def]
+        if job.id == "export-bad":
+            raise PermanentJobError("the archive is corrupt")
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_workers(
+            redis, {"export-jobs": QueueConfig(handler)}, Metrics(), stop=stop,
+            task_status=task_status))
+        with trio.fail_after(10):
+            while (await queue.get("export-bad")).status != "failed":  # type: ignore[union-attr]
+                await trio.sleep(0.05)
+        stop.set()
+
+    env = {"REDIS_URL": redis_url, "INNERA_ENV": "test"}
+    stats = await trio.to_thread.run_sync(lambda: run_cli("jobs", "stats", env=env))
+    assert stats.returncode == 0, stats.stderr
+    row = next(line.split() for line in stats.stdout.splitlines() if line.startswith("export-jobs"))
+    assert row[1:] == ["0", "0", "0", "1", "1"]  # waiting delayed active completed failed
+
+    failed = await trio.to_thread.run_sync(
+        lambda: run_cli("jobs", "failed", "export-jobs", env=env))
+    assert "export-bad" in failed.stdout and "the archive is corrupt" in failed.stdout
+
+    retried = await trio.to_thread.run_sync(
+        lambda: run_cli("jobs", "retry", "export-bad", env=env))
+    assert retried.returncode == 0
+    assert (await queue.get("export-bad")).status == "waiting"  # type: ignore[union-attr]
+    missing = await trio.to_thread.run_sync(lambda: run_cli("jobs", "retry", "nope", env=env))
+    assert missing.returncode == 1 and "no failed job" in missing.stderr
