@@ -1,4 +1,4 @@
-"""``innera serve | migrate | check-config | jobs stats|failed|retry | --version``.
+"""``innera serve | worker | migrate | check-config | jobs stats|failed|retry | --version``.
 
 Exit codes: 0 success; 1 a failure at run time (a service did not start, the shutdown
 deadline passed); 2 an invalid configuration or invalid arguments.
@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"innera {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("serve", help="run the server (HOST/PORT; embedded services by default)")
+    commands.add_parser(
+        "worker", help="run only the job reconciler and workers (no HTTP) until SIGTERM/SIGINT")
     commands.add_parser("migrate", help="apply pending database migrations and exit")
     commands.add_parser(
         "check-config",
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             from innera.process import run_process
 
             return trio.run(run_process, settings)
+        if args.command == "worker":
+            from innera.process import run_worker_process
+
+            return trio.run(run_worker_process, settings)
         if args.command == "migrate":
             return trio.run(_migrate, settings)
         if args.command == "jobs":

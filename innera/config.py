@@ -61,6 +61,9 @@ VARIABLES: tuple[Variable, ...] = (
              "instances sharing the database; warns when DB_POOL_MAX × this > "
              "max_connections − 10"),
     Variable("INNERA_MIGRATE_ON_START", "true", "apply pending migrations when the server starts"),
+    Variable("INNERA_WORKERS", "1",
+             "`0` turns the job workers and the job reconciler off in `innera serve` (run "
+             "them with `innera worker` instead)"),
     Variable("REDIS_URL", None,
              "Redis URL (`redis://:password@host:6379/0`, `rediss://` for TLS); unset outside "
              "production starts an embedded Valkey", True),
@@ -127,6 +130,7 @@ class Settings:
     db_sslmode: str | None
     instances: int
     migrate_on_start: bool
+    workers: bool
     redis_url: str | None
     redis_sentinels: tuple[tuple[str, int], ...]
     redis_sentinel_master: str | None
@@ -216,6 +220,7 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "DB_SSL_REJECT_UNAUTHORIZED": "false" if s.db_sslmode == "require" else "true",
         "INNERA_INSTANCES": str(s.instances),
         "INNERA_MIGRATE_ON_START": str(s.migrate_on_start).lower(),
+        "INNERA_WORKERS": "1" if s.workers else "0",
         "REDIS_URL": s.redis_url,
         "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in s.redis_sentinels) or None,
         "REDIS_SENTINEL_MASTER": s.redis_sentinel_master,
@@ -409,6 +414,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         db_sslmode=_sslmode(r, env),
         instances=r.integer("INNERA_INSTANCES", minimum=1),
         migrate_on_start=r.boolean("INNERA_MIGRATE_ON_START") is not False,
+        workers=r.boolean("INNERA_WORKERS") is not False,
         redis_url=r.url("REDIS_URL", ("redis", "rediss", "valkey", "valkeys")),
         redis_sentinels=_sentinels(r),
         redis_sentinel_master=r.raw("REDIS_SENTINEL_MASTER"),

@@ -13,7 +13,7 @@
             3. Redis client; then the auth and guard services built on both (a supervised
                cleaner task when refresh tokens live in PostgreSQL)
             4. pub/sub listener, WebSocket hub  (realtime issue)
-            5. job workers                      (jobs issue)
+            5. job reconciler, job workers      (innera/jobs; unless INNERA_WORKERS=0)
             6. HTTP server                      (innera/http: Hypercorn now)
 
 Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
@@ -21,6 +21,9 @@ Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
   "Server restarting" → in-flight requests finish (requests on open keep-alive connections are
   still answered, with ``Connection: close``) → job workers finish their current job → Redis
   and the DB pool close → embedded servers stop → exit 0.
+
+``innera worker`` (:func:`run_worker_process`) is the same without steps 4 and 6: the
+services, the reconciler and the job workers until a signal, with the same shutdown rules.
 
 A failed start of any service is fatal: the exception propagates, the services already
 started are stopped in reverse order, and the CLI exits non-zero with the reason.
@@ -34,6 +37,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -53,9 +57,12 @@ from innera.db.migrate import migrate
 from innera.db.pool import Pool
 from innera.guards.idempotency import Idempotency
 from innera.guards.ratelimit import RateLimiter
+from innera.jobs.reconciler import RECONCILE_INTERVAL_S, run_reconciler
+from innera.jobs.runtime import worker_queues
 from innera.local_secrets import derive_key
 from innera.observability import sentry
 from innera.observability.metrics import Metrics
+from innera.queue.worker import job_workers
 from innera.realtime.hub import SERVER_RESTARTING, Hub
 from innera.realtime.listener import run_listener
 from innera.redis import Redis, RedisSettings, run_redis
@@ -162,6 +169,30 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     )
 
 
+async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
+    """Step 5: the reconciler (one pass before it reports started), then the job workers of
+    the registered queues; on exit the workers stop claiming and get until
+    SHUTDOWN_TIMEOUT_S − 5 s (at least 1 s) to finish their current jobs."""
+    await stack.enter_async_context(supervised(
+        partial(run_reconciler, svc.db, svc.redis, interval_s=RECONCILE_INTERVAL_S)))
+    queues = worker_queues(svc)
+    if queues:
+        await stack.enter_async_context(job_workers(
+            svc.redis, queues, svc.metrics,
+            drain_timeout_s=max(1.0, svc.settings.shutdown_timeout_s - 5)))
+    log.info("job reconciler started; job workers on: %s", ", ".join(queues) or "no queue yet")
+
+
+@asynccontextmanager
+async def signal_handling(lifecycle: Lifecycle, shutdown_timeout_s: float
+                          ) -> AsyncIterator[None]:
+    """The root nursery with the signal watcher (:func:`watch_signals`) for the block."""
+    async with trio.open_nursery() as root:
+        root.start_soon(watch_signals, lifecycle, shutdown_timeout_s)
+        yield
+        root.cancel_scope.cancel()
+
+
 async def run_process(
     settings: Settings,
     *,
@@ -174,13 +205,14 @@ async def run_process(
     lifecycle = Lifecycle()
     sentry.init_sentry(settings.sentry_dsn, environment=settings.env, release=__version__,
                        traces_sample_rate=settings.sentry_traces_sample_rate)
-    async with trio.open_nursery() as root:
-        root.start_soon(watch_signals, lifecycle, settings.shutdown_timeout_s)
+    async with signal_handling(lifecycle, settings.shutdown_timeout_s):
         async with AsyncExitStack() as stack:
             svc = await open_services(stack, settings, lifecycle)
             # 4. the pub/sub listener feeding the WebSocket hub (stopped after the HTTP drain)
             await stack.enter_async_context(supervised(run_listener, svc.redis, svc.hub))
-            # 5. job workers join here.
+            # 5. the job reconciler and workers (stopped after the HTTP drain)
+            if settings.workers:
+                await open_jobs(stack, svc)
             app = create_app(svc)
             async with trio.open_nursery() as http:
                 addresses = await http.start(
@@ -196,7 +228,30 @@ async def run_process(
                 log.info("closed %d WebSocket(s) with 4000 Server restarting", closed)
             log.info("HTTP drained; stopping workers, Redis, the DB pool and embedded servers")
             await trio.to_thread.run_sync(sentry.flush, 2.0)
-        root.cancel_scope.cancel()
+    log.info("shutdown complete")
+    return EXIT_OK
+
+
+async def run_worker_process(
+    settings: Settings,
+    *,
+    on_started: Callable[[Services], None] | None = None,
+) -> int:
+    """``innera worker``: the services (no HTTP, no pub/sub listener), the reconciler and
+    the job workers, until a signal. Returns the exit code."""
+    lifecycle = Lifecycle()
+    sentry.init_sentry(settings.sentry_dsn, environment=settings.env, release=__version__,
+                       traces_sample_rate=settings.sentry_traces_sample_rate)
+    async with signal_handling(lifecycle, settings.shutdown_timeout_s):
+        async with AsyncExitStack() as stack:
+            svc = await open_services(stack, settings, lifecycle)
+            await open_jobs(stack, svc)
+            log.info("innera worker running")
+            if on_started is not None:
+                on_started(svc)
+            await lifecycle.shutdown_requested.wait()
+            log.info("shutting down: stopping workers, Redis, the DB pool and embedded servers")
+            await trio.to_thread.run_sync(sentry.flush, 2.0)
     log.info("shutdown complete")
     return EXIT_OK
 

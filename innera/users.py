@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -29,8 +29,8 @@ class User:
     created_at: datetime
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "email": self.email,
-                "createdAt": self.created_at.isoformat().replace("+00:00", "Z")}
+        created = self.created_at.astimezone(UTC).isoformat(timespec="milliseconds")
+        return {"id": self.id, "email": self.email, "createdAt": created.replace("+00:00", "Z")}
 
 
 def normalise_email(email: str) -> str:

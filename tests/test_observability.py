@@ -147,7 +147,7 @@ def test_logs_are_json_with_request_ids_and_redacted_secrets(
         me_request_id = resp.headers["x-request-id"]
     sp.proc.send_signal(signal.SIGTERM)
     sp.proc.wait(15)
-    output = sp.lines() + "\n" + sp.proc.stdout.read()  # type: ignore[union-attr]
+    output = sp.lines() + "\n" + sp.read_rest()
 
     for value in re.findall(r"SECRET-[A-Z]+-\d+|secret-email-9@example.com",
                             json.dumps([secrets, body])):

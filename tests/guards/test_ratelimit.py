@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -161,16 +162,23 @@ async def test_warns_again_after_the_interval(
 ) -> None:
     server = private_redis_server()
     redis = await start_redis(nursery, server.url)
-    limiter = RateLimiter(redis, warn_interval_s=0.3, timeout_s=TIMEOUT_S)
+    interval = 1.0
+    limiter = RateLimiter(redis, warn_interval_s=interval, timeout_s=TIMEOUT_S)
     server.stop()
+    started = trio.current_time()
     for _ in range(5):
         assert await limiter.hit(ROUTE, "c", 10, 60) is None
-    await trio.sleep(0.35)
+    burst = trio.current_time() - started
+    await trio.sleep(interval + 0.05)
     assert await limiter.hit(ROUTE, "c", 10, 60) is None
     messages = [w.getMessage() for w in warnings_of(caplog)]
-    assert len(messages) == 2
     assert "(1 requests passed unchecked" in messages[0]
-    assert "(5 requests passed unchecked" in messages[1]
+    if burst < interval:  # the usual case; a loaded machine may stretch the burst
+        assert len(messages) == 2
+        assert "(5 requests passed unchecked" in messages[1]
+    else:  # still one warning per interval, never one per request
+        elapsed = trio.current_time() - started
+        assert 2 <= len(messages) <= 1 + math.ceil(elapsed / interval)
 
 
 async def test_fails_open_when_redis_hangs(

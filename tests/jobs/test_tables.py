@@ -1,0 +1,114 @@
+"""The job tables against a real PostgreSQL, and submit's enqueue on a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from innera.db.pool import Pool
+from innera.jobs import tables
+from innera.queue.jobs import JobQueue
+from innera.redis import Redis
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def make_user(pool: Pool) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO users (id, email, password_hash) VALUES (%s, %s, 'x')",
+                           (user_id, f"{user_id.hex}@example.com"))
+    return user_id
+
+
+async def test_create_transition_and_get_scoped_to_the_user(db_pool: Pool) -> None:
+    alice, bob = await make_user(db_pool), await make_user(db_pool)
+    job_id = await tables.create_job(db_pool, "export_jobs", user_id=alice,
+                                     payload={"format": "json"})
+    job = await tables.get_job(db_pool, "export_jobs", alice, job_id)
+    assert job is not None
+    assert (job["status"], job["attempts"], job["progress"], job["error"], job["payload"]) == (
+        "pending", 0, 0, None, {"format": "json"})
+    assert job["started_at"] is None and job["finished_at"] is None
+    assert await tables.get_job(db_pool, "export_jobs", bob, job_id) is None
+    assert await tables.get_job(db_pool, "export_jobs", alice, uuid.uuid4()) is None
+    assert await tables.get_job(db_pool, "export_jobs", alice, "not-a-uuid") is None
+    assert await tables.get_job(db_pool, "import_jobs", alice, job_id) is None
+
+    assert await tables.mark_running(db_pool, "export_jobs", job_id)
+    assert await tables.mark_progress(db_pool, "export_jobs", job_id, 0.25)
+    job = await tables.get_job(db_pool, "export_jobs", alice, job_id)
+    assert job is not None
+    assert (job["status"], job["attempts"], job["progress"]) == ("running", 1, 0.25)
+    first_start = job["started_at"]
+    assert first_start is not None
+
+    assert await tables.mark_running(db_pool, "export_jobs", job_id)  # a retry
+    assert await tables.mark_progress(db_pool, "export_jobs", job_id, 7)  # clamped
+    assert await tables.mark_completed(db_pool, "export_jobs", job_id)
+    job = await tables.get_job(db_pool, "export_jobs", alice, job_id)
+    assert job is not None
+    assert (job["status"], job["attempts"], job["progress"]) == ("completed", 2, 1.0)
+    assert job["started_at"] == first_start and job["finished_at"] is not None
+    assert job["updated_at"] >= job["created_at"]
+    # a finished job does not run, progress or finish again
+    assert not await tables.mark_running(db_pool, "export_jobs", job_id)
+    assert not await tables.mark_progress(db_pool, "export_jobs", job_id, 0.5)
+    assert not await tables.mark_failed(db_pool, "export_jobs", job_id, "late")
+
+    failing = await tables.create_job(db_pool, "import_jobs", user_id=alice, payload={})
+    assert await tables.mark_running(db_pool, "import_jobs", failing)
+    assert await tables.mark_failed(db_pool, "import_jobs", failing, "bad file " * 1000)
+    job = await tables.get_job(db_pool, "import_jobs", alice, failing)
+    assert job is not None and job["status"] == "failed"
+    assert job["error"].startswith("bad file") and len(job["error"]) == tables.ERROR_MAX_CHARS
+
+
+async def test_user_deletion_cascades_except_for_account_deletion_jobs(db_pool: Pool) -> None:
+    user = await make_user(db_pool)
+    export = await tables.create_job(db_pool, "export_jobs", user_id=user, payload={})
+    deletion = await tables.create_job(db_pool, "account_deletion_jobs", user_id=user,
+                                       payload={})
+    async with db_pool.connection() as conn:
+        await conn.execute("DELETE FROM users WHERE id = %s", (user,))
+    assert await tables.get_job(db_pool, "export_jobs", user, export) is None
+    job = await tables.get_job(db_pool, "account_deletion_jobs", user, deletion)
+    assert job is not None and job["user_id"] == user
+    assert await tables.mark_completed(db_pool, "account_deletion_jobs", deletion)
+
+
+async def test_key_rotation_jobs_have_versions_and_no_user(db_pool: Pool) -> None:
+    job_id = await tables.create_job(db_pool, "key_rotation_jobs", user_id=None,
+                                     payload={"from_version": 1, "to_version": 2})
+    async with db_pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT from_version, to_version, status FROM key_rotation_jobs WHERE id = %s",
+            (job_id,))
+        assert await cur.fetchone() == (1, 2, "pending")
+    with pytest.raises(ValueError):
+        await tables.get_job(db_pool, "key_rotation_jobs", uuid.uuid4(), job_id)
+    with pytest.raises(ValueError):
+        await tables.create_job(db_pool, "key_rotation_jobs", user_id=uuid.uuid4(),
+                                payload={"from_version": 1, "to_version": 2})
+    with pytest.raises(ValueError):
+        await tables.create_job(db_pool, "export_jobs", user_id=None, payload={})
+    with pytest.raises(ValueError):
+        await tables.create_job(db_pool, "users; --", user_id=None, payload={})
+
+
+@pytest.mark.parametrize(("kind", "queue"), list(tables.QUEUE_OF.items()))
+async def test_submit_inserts_then_enqueues_with_the_deterministic_id(
+        db_pool: Pool, redis: Redis, kind: str, queue: str) -> None:
+    user = None if kind == "key_rotation_jobs" else await make_user(db_pool)
+    payload = {"from_version": 1, "to_version": 2} if user is None else {"a": 1}
+    queue_id = await tables.submit(db_pool, redis, kind, user_id=user, payload=payload)
+    table, row_id = tables.parse_queue_job_id(queue_id)
+    assert table == kind and queue_id == f"{kind}:{row_id}"
+    info = await JobQueue(redis, queue).get(queue_id)
+    assert info is not None and info.status == "waiting"
+    assert info.payload == {"table": kind, "id": str(row_id),
+                            "user_id": None if user is None else str(user)}
+    if user is not None:
+        job = await tables.get_job(db_pool, kind, user, row_id)
+        assert job is not None and job["status"] == "pending" and job["payload"] == payload
