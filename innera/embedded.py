@@ -497,7 +497,7 @@ async def _clear_stale_server(
     pid = await trio.to_thread.run_sync(_read_pid, pidfile)
     if pid is None:
         return
-    owner = _owner_of(pid, executable, workdir)
+    owner = await trio.to_thread.run_sync(_owner_of, pid, executable, workdir)
     if owner == "gone":
         return
     if owner == "foreign":
@@ -507,7 +507,7 @@ async def _clear_stale_server(
             f"{workdir}; stop it first")
     if owner == "ours":
         await _stop_orphan(name, pid, workdir, stop_signal)
-        if _proc_state(pid) is None:
+        if await trio.to_thread.run_sync(_proc_state, pid) is None:
             return  # reaped; a clean stop removed the pid file, else it names a dead pid
     if await trio.to_thread.run_sync(_read_pid, pidfile) == pid:
         await trio.to_thread.run_sync(lambda: pidfile.unlink(missing_ok=True))

@@ -193,6 +193,22 @@ async def signal_handling(lifecycle: Lifecycle, shutdown_timeout_s: float
         root.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def process_services(settings: Settings
+                           ) -> AsyncIterator[tuple[AsyncExitStack, Services]]:
+    """What ``innera serve`` and ``innera worker`` share: Sentry, the signal watcher, steps
+    1-3 in an exit stack the caller extends; on the way out Sentry is flushed before the
+    services close (in reverse order)."""
+    lifecycle = Lifecycle()
+    sentry.init_sentry(settings.sentry_dsn, environment=settings.env, release=__version__,
+                       traces_sample_rate=settings.sentry_traces_sample_rate)
+    async with signal_handling(lifecycle, settings.shutdown_timeout_s):
+        async with AsyncExitStack() as stack:
+            yield stack, await open_services(stack, settings, lifecycle)
+            await trio.to_thread.run_sync(sentry.flush, 2.0)
+    log.info("shutdown complete")
+
+
 async def run_process(
     settings: Settings,
     *,
@@ -202,33 +218,27 @@ async def run_process(
     from innera.app import create_app
     from innera.http import serve_http
 
-    lifecycle = Lifecycle()
-    sentry.init_sentry(settings.sentry_dsn, environment=settings.env, release=__version__,
-                       traces_sample_rate=settings.sentry_traces_sample_rate)
-    async with signal_handling(lifecycle, settings.shutdown_timeout_s):
-        async with AsyncExitStack() as stack:
-            svc = await open_services(stack, settings, lifecycle)
-            # 4. the pub/sub listener feeding the WebSocket hub (stopped after the HTTP drain)
-            await stack.enter_async_context(supervised(run_listener, svc.redis, svc.hub))
-            # 5. the job reconciler and workers (stopped after the HTTP drain)
-            if settings.workers:
-                await open_jobs(stack, svc)
-            app = create_app(svc)
-            async with trio.open_nursery() as http:
-                addresses = await http.start(
-                    serve_http, app, settings.host, settings.port, lifecycle.draining)
-                log.info("innera listening on %s",
-                         ", ".join(f"http://{h}:{p}" for h, p in addresses))
-                if on_started is not None:
-                    on_started(Started(svc, addresses))
-                await lifecycle.shutdown_requested.wait()
-                log.info("shutting down: readiness 503, listeners closed, draining requests")
-                lifecycle.draining.set()
-                closed = await svc.hub.close_all(*SERVER_RESTARTING)
-                log.info("closed %d WebSocket(s) with 4000 Server restarting", closed)
-            log.info("HTTP drained; stopping workers, Redis, the DB pool and embedded servers")
-            await trio.to_thread.run_sync(sentry.flush, 2.0)
-    log.info("shutdown complete")
+    async with process_services(settings) as (stack, svc):
+        lifecycle = svc.lifecycle
+        # 4. the pub/sub listener feeding the WebSocket hub (stopped after the HTTP drain)
+        await stack.enter_async_context(supervised(run_listener, svc.redis, svc.hub))
+        # 5. the job reconciler and workers (stopped after the HTTP drain)
+        if settings.workers:
+            await open_jobs(stack, svc)
+        app = create_app(svc)
+        async with trio.open_nursery() as http:
+            addresses = await http.start(
+                serve_http, app, settings.host, settings.port, lifecycle.draining)
+            log.info("innera listening on %s",
+                     ", ".join(f"http://{h}:{p}" for h, p in addresses))
+            if on_started is not None:
+                on_started(Started(svc, addresses))
+            await lifecycle.shutdown_requested.wait()
+            log.info("shutting down: readiness 503, listeners closed, draining requests")
+            lifecycle.draining.set()
+            closed = await svc.hub.close_all(*SERVER_RESTARTING)
+            log.info("closed %d WebSocket(s) with 4000 Server restarting", closed)
+        log.info("HTTP drained; stopping workers, Redis, the DB pool and embedded servers")
     return EXIT_OK
 
 
@@ -239,20 +249,13 @@ async def run_worker_process(
 ) -> int:
     """``innera worker``: the services (no HTTP, no pub/sub listener), the reconciler and
     the job workers, until a signal. Returns the exit code."""
-    lifecycle = Lifecycle()
-    sentry.init_sentry(settings.sentry_dsn, environment=settings.env, release=__version__,
-                       traces_sample_rate=settings.sentry_traces_sample_rate)
-    async with signal_handling(lifecycle, settings.shutdown_timeout_s):
-        async with AsyncExitStack() as stack:
-            svc = await open_services(stack, settings, lifecycle)
-            await open_jobs(stack, svc)
-            log.info("innera worker running")
-            if on_started is not None:
-                on_started(svc)
-            await lifecycle.shutdown_requested.wait()
-            log.info("shutting down: stopping workers, Redis, the DB pool and embedded servers")
-            await trio.to_thread.run_sync(sentry.flush, 2.0)
-    log.info("shutdown complete")
+    async with process_services(settings) as (stack, svc):
+        await open_jobs(stack, svc)
+        log.info("innera worker running")
+        if on_started is not None:
+            on_started(svc)
+        await svc.lifecycle.shutdown_requested.wait()
+        log.info("shutting down: stopping workers, Redis, the DB pool and embedded servers")
     return EXIT_OK
 
 
