@@ -26,7 +26,9 @@ from innera.api import (
     auth,
     devices,
     entries,
+    exports,
     health,
+    imports,
     me,
     notifications,
     openapi,
@@ -69,15 +71,46 @@ _HTTP_MESSAGES = {
 
 
 class InneraRequest(attachments.StreamingUploadRequest):
-    """Quart's request, with the error contract for bad JSON and streamed local uploads."""
+    """Quart's request, with the error contract for bad JSON and streamed uploads (local
+    attachment PUTs; import files, whose body is bounded by IMPORT_MAX_BYTES instead of
+    MAX_BODY_BYTES: ``create_app`` sets :attr:`import_max_bytes` on a per-app subclass)."""
+
+    import_max_bytes: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if imports.is_import_upload(self.method, self.path):
+            self.body = self.body_class(None, self.import_max_bytes)
 
     def on_json_loading_failed(self, error: Exception | None) -> NoReturn:
         raise InvalidJson()
 
 
+class Router:
+    """The ASGI application innera serves: ``/v1/ws`` sockets go straight to the realtime
+    endpoint (:mod:`innera.api.ws`, no framework per long-lived socket); everything else to
+    the Quart app."""
+
+    def __init__(self, svc: Services, app: QuartTrio) -> None:
+        self.svc = svc
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and scope["path"] == ws.PATH:
+            await ws.serve(self.svc, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_asgi(svc: Services) -> Router:
+    """What the HTTP server runs: :class:`Router` over :func:`create_app`."""
+    return Router(svc, create_app(svc))
+
+
 def create_app(svc: Services) -> QuartTrio:
     app = QuartTrio("innera")
-    app.request_class = InneraRequest
+    app.request_class = type("InneraRequest", (InneraRequest,),
+                             {"import_max_bytes": svc.settings.import_max_bytes})
     app.extensions["innera"] = svc
     app.config.update(
         MAX_CONTENT_LENGTH=svc.settings.max_body_bytes,
@@ -152,7 +185,8 @@ def create_app(svc: Services) -> QuartTrio:
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
-    for resource in (auth, me, entries, search, attachments, notifications, devices, ws):
+    for resource in (auth, me, entries, search, attachments, notifications, devices, exports,
+                     imports):
         app.register_blueprint(resource.blueprint)
     if svc.settings.env == "test":
         from innera.api import debug

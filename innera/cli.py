@@ -1,7 +1,8 @@
-"""``innera serve | worker | migrate | check-config | jobs stats|failed|retry | --version``.
+"""``innera serve | worker | migrate | check-config | jobs stats|failed|retry | keys … | --version``
 
 Exit codes: 0 success; 1 a failure at run time (a service did not start, the shutdown
-deadline passed); 2 an invalid configuration or invalid arguments.
+deadline passed, a key rotation refused while another is unfinished); 2 an invalid
+configuration or invalid arguments (including a key version ``keys rotate`` cannot use).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import logging
 import sys
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -17,6 +19,9 @@ from innera import __version__
 from innera.config import ConfigError, Settings, load_settings
 from innera.observability.logging import configure_logging
 from innera.observability.metrics import QUEUES
+
+if TYPE_CHECKING:
+    from innera.redis import Redis
 
 EXIT_CONFIG = 2
 log = logging.getLogger("innera.cli")
@@ -40,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     failed.add_argument("queue", nargs="?", choices=QUEUES, help="one queue (default: all)")
     retry = jobs.add_parser("retry", help="move a failed job back to waiting")
     retry.add_argument("job_id")
+    keys = commands.add_parser(
+        "keys", help="master encryption keys: data keys per version, rotation").add_subparsers(
+        dest="keys_command", metavar="KEYS_COMMAND", required=True)
+    keys.add_parser("status", help="configured master key versions, data keys per version, "
+                                   "the latest rotation")
+    rotate = keys.add_parser(
+        "rotate", help="re-wrap every data key with master key VERSION (a background job)")
+    rotate.add_argument("--to", type=int, required=True, metavar="VERSION", dest="to_version",
+                        help="the newest version in INNERA_MEK, configured beside the old")
+    rotate.add_argument("--batch-size", type=int, default=500, metavar="N",
+                        help="data keys re-wrapped per transaction (default 500)")
     return parser
 
 
@@ -71,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_migrate, settings)
         if args.command == "jobs":
             return trio.run(_jobs, settings, args)
+        if args.command == "keys":
+            return trio.run(_keys, settings, args)
     except BaseException as exc:  # the reason is logged, the exit code says it
         if isinstance(exc, KeyboardInterrupt):
             return 1
@@ -108,11 +126,104 @@ async def _jobs(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{job.queue}  {job.id}  attempts={job.attempts}/{job.max_attempts}  "
                       f"error={job.error}")
             return 0
-        if await admin.retry(redis, args.job_id):
-            print(f"{args.job_id}: moved back to waiting")
-            return 0
-        print(f"innera: no failed job with id {args.job_id}", file=sys.stderr)
-        return 1
+        return await _retry(stack, settings, redis, args.job_id)
+
+
+async def _retry(stack: AsyncExitStack, settings: Settings, redis: Redis, job_id: str) -> int:
+    """A failed job back to waiting. A job of a job table (``export_jobs:<id>`` …) is
+    reopened in its table first (failed → pending), else its worker would refuse to run a
+    job the table says is finished; a reopened job Redis no longer holds is enqueued again."""
+    from innera.jobs import tables
+    from innera.process import open_database
+    from innera.queue import admin
+
+    try:
+        table, row_id = tables.parse_queue_job_id(job_id)
+    except ValueError:
+        table = None
+    reopened = None
+    if table is not None:
+        pool = await open_database(stack, settings, migrations=False)
+        reopened = await tables.reopen_failed(pool, table, row_id)
+    if await admin.retry(redis, job_id):
+        print(f"{job_id}: moved back to waiting")
+        return 0
+    if table is not None and reopened is not None:
+        await tables.enqueue(redis, table, reopened)
+        print(f"{job_id}: reopened in {table} and enqueued again")
+        return 0
+    print(f"innera: no failed job with id {job_id}", file=sys.stderr)
+    return 1
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    """``innera keys status | rotate --to VERSION`` with the configured INNERA_MEK, against
+    the configured database (and Redis, to enqueue the rotation)."""
+    from innera.crypto import rotation
+    from innera.crypto.keyring import KeyringError, load_keyring_async
+    from innera.observability.metrics import Metrics
+    from innera.process import open_database, open_redis
+
+    try:
+        keyring = await load_keyring_async(settings.mek, settings.mek_file, settings.data_dir,
+                                           settings.production)
+    except (KeyringError, OSError) as exc:
+        print(f"innera: the master key is unusable: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    versions = frozenset(keyring.keys)
+    async with AsyncExitStack() as stack:
+        try:
+            if args.keys_command == "rotate":
+                rotation.check_target(versions, args.to_version)
+            db = await open_database(stack, settings, migrations=False)
+            if args.keys_command == "status":
+                _print_key_status(versions, await rotation.dek_counts(db),
+                                  await rotation.latest_rotation(db))
+                return 0
+            redis = await open_redis(stack, settings, Metrics())
+            job = await rotation.start_rotation(db, redis, versions, args.to_version,
+                                                batch_size=args.batch_size)
+        except rotation.InvalidRotation as exc:
+            print(f"innera: cannot rotate: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except rotation.RotationInProgress as exc:
+            print(f"innera: {exc}", file=sys.stderr)
+            return 1
+    print(f"key rotation {job.job_id} submitted: {job.to_rewrap} data key(s) to re-wrap "
+          f"from master key version {job.from_version}"
+          f"{' (and later)' if job.from_version < job.to_version - 1 else ''} to "
+          f"{job.to_version}; follow it with: innera keys status")
+    return 0
+
+
+def _print_key_status(versions: frozenset[int], counts: dict[int, int],
+                      latest: dict[str, Any] | None) -> None:
+    from innera.jobs.tables import queue_job_id
+
+    current = max(versions)
+    print(f"master key versions configured: {', '.join(map(str, sorted(versions)[::-1]))} "
+          f"(current: {current}, wraps new data keys)")
+    print("data keys per master key version:")
+    for version in sorted(versions | set(counts), reverse=True):
+        note = " (current)" if version == current else ""
+        if version not in versions:
+            note = " (NOT CONFIGURED: these data keys cannot be unwrapped)"
+        print(f"  version {version}: {counts.get(version, 0)}{note}")
+    removable = sorted(v for v in versions if v != current and not counts.get(v))
+    if removable:
+        print(f"no data key uses version(s) {', '.join(map(str, removable))}: "
+              f"they can be removed from INNERA_MEK")
+    if latest is None:
+        print("latest rotation: none")
+        return
+    print(f"latest rotation: {queue_job_id('key_rotation_jobs', latest['id'])} version "
+          f"{latest['from_version']} -> {latest['to_version']}: {latest['status']}, "
+          f"progress {float(latest['progress']):.0%}, attempts {latest['attempts']}")
+    times = [f"{name} {latest[f'{name}_at']:%Y-%m-%d %H:%M:%S %Z}"
+             for name in ("created", "started", "finished") if latest[f"{name}_at"]]
+    print(f"  {', '.join(times)}")
+    if latest["error"]:
+        print(f"  error: {latest['error']}")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

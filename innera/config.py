@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENVIRONMENTS = ("development", "test", "production")
+PUSH_PROVIDERS = ("none", "expo", "fcm", "webhook")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "critical")
 
 
@@ -109,6 +110,17 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REQUEST_TIMEOUT_S", "30",
              "longest an API operation may run; past it: 503 request_timeout (its queries are "
              "cancelled server-side)"),
+    Variable("PUSH_PROVIDER", "none",
+             "none | expo | fcm | webhook: where push notifications go (none: not sent)"),
+    Variable("PUSH_URL", None,
+             "push provider endpoint; default for expo: Expo's send API; required for fcm "
+             "(`…/v1/projects/PROJECT/messages:send`) and webhook"),
+    Variable("PUSH_ACCESS_TOKEN", None,
+             "bearer token sent to the push provider (Expo access token, FCM OAuth token, "
+             "webhook secret)", True),
+    Variable("PUSH_TIMEOUT_S", "10", "longest wait for one push provider request"),
+    Variable("IMPORT_MAX_BYTES", "52428800", "largest import upload (50 MiB)"),
+    Variable("EXPORT_URL_TTL_S", "86400", "lifetime of an export's download link (24 h)"),
 )
 VARIABLE_NAMES = frozenset(v.name for v in VARIABLES) | {"NODE_ENV"}
 
@@ -158,6 +170,12 @@ class Settings:
     shutdown_timeout_s: float
     max_body_bytes: int
     request_timeout_s: float
+    push_provider: str = "none"
+    push_url: str | None = None
+    push_access_token: str | None = field(default=None, repr=False)
+    push_timeout_s: float = 10.0
+    import_max_bytes: int = 52_428_800
+    export_url_ttl_s: int = 86_400
 
     @property
     def production(self) -> bool:
@@ -248,6 +266,12 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "SHUTDOWN_TIMEOUT_S": f"{s.shutdown_timeout_s:g}",
         "MAX_BODY_BYTES": str(s.max_body_bytes),
         "REQUEST_TIMEOUT_S": f"{s.request_timeout_s:g}",
+        "PUSH_PROVIDER": s.push_provider,
+        "PUSH_URL": s.push_url,
+        "PUSH_ACCESS_TOKEN": s.push_access_token,
+        "PUSH_TIMEOUT_S": f"{s.push_timeout_s:g}",
+        "IMPORT_MAX_BYTES": str(s.import_max_bytes),
+        "EXPORT_URL_TTL_S": str(s.export_url_ttl_s),
     }
 
 
@@ -443,6 +467,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         shutdown_timeout_s=r.number("SHUTDOWN_TIMEOUT_S", minimum=0),
         max_body_bytes=r.integer("MAX_BODY_BYTES", minimum=1),
         request_timeout_s=r.number("REQUEST_TIMEOUT_S", minimum=0),
+        push_provider=r.choice("PUSH_PROVIDER", PUSH_PROVIDERS),
+        push_url=r.url("PUSH_URL", ("http", "https")),
+        push_access_token=r.raw("PUSH_ACCESS_TOKEN"),
+        push_timeout_s=r.number("PUSH_TIMEOUT_S", minimum=0.1),
+        import_max_bytes=r.integer("IMPORT_MAX_BYTES", minimum=1),
+        export_url_ttl_s=r.integer("EXPORT_URL_TTL_S", minimum=60, maximum=7 * 86400),
     )
     _check_consistency(settings, r.problems)
     if r.problems:
@@ -457,6 +487,8 @@ def _check_consistency(s: Settings, problems: list[str]) -> None:
         problems.append("REDIS_SENTINEL_MASTER is required when REDIS_SENTINELS is set")
     if s.redis_sentinel_master and not s.redis_sentinels:
         problems.append("REDIS_SENTINELS is required when REDIS_SENTINEL_MASTER is set")
+    if s.push_provider in ("fcm", "webhook") and not s.push_url:
+        problems.append(f"PUSH_URL is required when PUSH_PROVIDER={s.push_provider}")
     if s.mek and s.mek_file:
         problems.append("set INNERA_MEK or INNERA_MEK_FILE, not both")
     if s.mek:

@@ -2,7 +2,9 @@
 unread count.
 
 Creating (:func:`create_notification`): insert, invalidate the unread count, publish
-``notification.created`` on the user's WebSocket channel, enqueue the push job.
+``notification.created`` on the user's WebSocket channel, enqueue the push job
+(:func:`enqueue_push`: ``push:<notificationId>`` on ``push-notifications``, handled by
+``workers/push.py``; nothing with ``PUSH_PROVIDER=none``).
 
 The unread count cache
 ----------------------
@@ -46,6 +48,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from innera.errors import DatabaseUnavailable
+from innera.queue.jobs import JobQueue
 from innera.realtime.events import publish_to_user
 from innera.redis import UNAVAILABLE_ERRORS, Redis
 
@@ -178,7 +181,6 @@ async def create_notification(svc: Any, user_id: str, *, kind: str, title: str, 
     notification = serialize(row)
     await invalidate_unread(svc.redis, user_id)
     await publish_to_user(svc.redis, user_id, "notification.created", notification)
-    # >>> PUSH: replaced by the real enqueue when the job queue lands (jobs issue).
     await enqueue_push(svc, notification)
     return notification
 
@@ -194,12 +196,30 @@ def _has_nul(value: Any) -> bool:
 
 
 async def enqueue_push(svc: Any, notification: dict[str, Any]) -> None:
-    """Enqueue the push job for ``notification`` (queue ``push-notifications``).
-
-    NO-OP FOR NOW: the job queue arrives with the jobs issue, which replaces this body.
-    :func:`create_notification` already calls it after the row is committed.
+    """Enqueue the push job ``push:<notificationId>`` (queue ``push-notifications``, payload
+    ``{notification_id}``) for a committed ``notification``; nothing when
+    ``PUSH_PROVIDER=none``. Best effort, like the rest after the commit: shielded (a cancelled
+    request must not skip it) and bounded; Redis unavailable or too slow is counted through
+    ``redis.record_error`` and logged; no error is raised (the notification exists, unpushed).
     """
-    del svc, notification
+    if svc.settings.push_provider == "none":
+        return
+    job_id = f"push:{notification['id']}"
+    try:
+        with trio.move_on_after(REDIS_TIMEOUT_S) as scope:
+            scope.shield = True
+            await JobQueue(svc.redis, "push-notifications").enqueue(
+                {"notification_id": notification["id"]}, job_id=job_id)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"enqueue took over {REDIS_TIMEOUT_S:g} s")
+    except UNAVAILABLE_ERRORS as exc:
+        if scope.cancel_called and not isinstance(exc, TimeoutError):
+            exc = TimeoutError(f"enqueue took over {REDIS_TIMEOUT_S:g} s")
+        svc.redis.record_error(exc)
+        log.warning("push job %s not enqueued (Redis unavailable): the notification is not "
+                    "pushed: %s", job_id, exc)
+    except Exception:  # the row is committed: failing the request would invite a duplicate
+        log.exception("push job %s not enqueued: the notification is not pushed", job_id)
 
 
 # --- marking read ---------------------------------------------------------------------

@@ -13,7 +13,8 @@
             3. Redis client; then the auth and guard services built on both (a supervised
                cleaner task when refresh tokens live in PostgreSQL)
             4. pub/sub listener, WebSocket hub  (realtime issue)
-            5. job reconciler, job workers      (innera/jobs; unless INNERA_WORKERS=0)
+            5. job reconciler, upload sweeper,  (innera/jobs; unless INNERA_WORKERS=0)
+               job workers                      (workers/)
             6. HTTP server                      (innera/http: Hypercorn now)
 
 Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
@@ -31,11 +32,12 @@ started are stopped in reverse order, and the CLI exits non-zero with the reason
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -59,6 +61,7 @@ from innera.guards.idempotency import Idempotency
 from innera.guards.ratelimit import RateLimiter
 from innera.jobs.reconciler import RECONCILE_INTERVAL_S, run_reconciler
 from innera.jobs.runtime import worker_queues
+from innera.jobs.upload_sweeper import run_upload_sweeper
 from innera.local_secrets import derive_key
 from innera.observability import sentry
 from innera.observability.metrics import Metrics
@@ -169,12 +172,30 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     )
 
 
+@contextmanager
+def frozen_start_up_heap() -> Iterator[None]:
+    """What start-up built (modules, the app and its routes, clients) lives as long as the
+    process: it is moved out of the collector's generations (``gc.freeze``), so that a full
+    collection, which pauses the event loop, traverses only what the traffic created. Undone
+    on the way out (in-process test servers come and go)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
-    """Step 5: the reconciler (one pass before it reports started), then the job workers of
-    the registered queues; on exit the workers stop claiming and get until
-    SHUTDOWN_TIMEOUT_S − 5 s (at least 1 s) to finish their current jobs."""
+    """Step 5: the reconciler (one pass before it reports started), the sweeper of uploads
+    never completed, then the job workers of the registered queues; on exit the workers stop
+    claiming and get until SHUTDOWN_TIMEOUT_S − 5 s (at least 1 s) to finish their current
+    jobs."""
     await stack.enter_async_context(supervised(
         partial(run_reconciler, svc.db, svc.redis, interval_s=RECONCILE_INTERVAL_S)))
+    await stack.enter_async_context(supervised(
+        partial(run_upload_sweeper, svc.db, svc.storage,
+                url_ttl_s=svc.settings.attachment_url_ttl_s)))
     queues = worker_queues(svc)
     if queues:
         await stack.enter_async_context(job_workers(
@@ -215,7 +236,7 @@ async def run_process(
     on_started: Callable[[Started], None] | None = None,
 ) -> int:
     """Run innera until a signal (or a fatal error). Returns the exit code."""
-    from innera.app import create_app
+    from innera.app import create_asgi
     from innera.http import serve_http
 
     async with process_services(settings) as (stack, svc):
@@ -225,19 +246,20 @@ async def run_process(
         # 5. the job reconciler and workers (stopped after the HTTP drain)
         if settings.workers:
             await open_jobs(stack, svc)
-        app = create_app(svc)
-        async with trio.open_nursery() as http:
-            addresses = await http.start(
-                serve_http, app, settings.host, settings.port, lifecycle.draining)
-            log.info("innera listening on %s",
-                     ", ".join(f"http://{h}:{p}" for h, p in addresses))
-            if on_started is not None:
-                on_started(Started(svc, addresses))
-            await lifecycle.shutdown_requested.wait()
-            log.info("shutting down: readiness 503, listeners closed, draining requests")
-            lifecycle.draining.set()
-            closed = await svc.hub.close_all(*SERVER_RESTARTING)
-            log.info("closed %d WebSocket(s) with 4000 Server restarting", closed)
+        app = create_asgi(svc)
+        with frozen_start_up_heap():
+            async with trio.open_nursery() as http:
+                addresses = await http.start(
+                    serve_http, app, settings.host, settings.port, lifecycle.draining)
+                log.info("innera listening on %s",
+                         ", ".join(f"http://{h}:{p}" for h, p in addresses))
+                if on_started is not None:
+                    on_started(Started(svc, addresses))
+                await lifecycle.shutdown_requested.wait()
+                log.info("shutting down: readiness 503, listeners closed, draining requests")
+                lifecycle.draining.set()
+                closed = await svc.hub.close_all(*SERVER_RESTARTING)
+                log.info("closed %d WebSocket(s) with 4000 Server restarting", closed)
         log.info("HTTP drained; stopping workers, Redis, the DB pool and embedded servers")
     return EXIT_OK
 

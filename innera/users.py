@@ -93,7 +93,3 @@ async def set_password_hash(pool: Pool, user_id: str, password_hash: str) -> Non
         await conn.execute("UPDATE users SET password_hash = %s WHERE id = %s",
                            (password_hash, user_id))
 
-
-async def set_status(pool: Pool, user_id: str, status: str) -> None:
-    async with pool.connection() as conn:
-        await conn.execute("UPDATE users SET status = %s WHERE id = %s", (status, user_id))

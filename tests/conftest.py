@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.server",
     "tests.fixtures.proxy",
     "tests.fixtures.s3",
+    "tests.fixtures.push_provider",
 ]

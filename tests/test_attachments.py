@@ -449,3 +449,37 @@ async def test_readiness_checks_the_configured_store(server: RunningServer, stor
     assert r.json()["checks"]["storage:responseTime"][0]["status"] == "pass"
     assert type(server.services.storage).__name__ == {"local": "LocalStorage",
                                                        "s3": "S3Storage"}[store]
+
+
+async def test_uploads_never_completed_are_swept_after_their_url_expired(
+        server: RunningServer) -> None:
+    from innera.jobs.upload_sweeper import sweep_once
+
+    account = await signup(server.client)
+    entry_id = await make_entry(server, account)
+    uploaded_not_completed = await declare(server, account, entry_id)
+    assert (await upload(server, uploaded_not_completed, b"12345")).status_code in (200, 204)
+    never_uploaded = await declare(server, account, entry_id)
+    ready = await declare(server, account, entry_id)
+    assert (await upload(server, ready, b"abcde")).status_code in (200, 204)
+    r = await server.client.post(f"/v1/attachments/{ready['attachment']['id']}/complete",
+                                 headers=account.auth)
+    assert r.status_code == 200, r.text
+    fresh = await declare(server, account, entry_id)
+    old = [uploaded_not_completed, never_uploaded, ready]
+    async with server.services.db.connection() as conn:
+        await conn.execute(
+            "UPDATE attachments SET created_at = now() - interval '2 hours' WHERE id = ANY(%s)",
+            ([c["attachment"]["id"] for c in old],))
+
+    assert await sweep_once(server.services.db, server.services.storage,
+                            older_than_s=3600) == 2
+    for gone in (uploaded_not_completed, never_uploaded):
+        attachment_id = gone["attachment"]["id"]
+        r = await server.client.get(f"/v1/attachments/{attachment_id}", headers=account.auth)
+        assert r.status_code == 404
+        assert await stored_size(server, account, entry_id, attachment_id) is None
+    r = await server.client.get(f"/v1/attachments/{ready['attachment']['id']}",
+                                headers=account.auth)
+    assert r.status_code == 200  # completed uploads are never swept, whatever their age
+    assert await row_count(server, "id = %s", fresh["attachment"]["id"]) == 1

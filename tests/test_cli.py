@@ -96,3 +96,13 @@ async def test_jobs_stats_failed_and_retry(redis_url: str, redis) -> None:  # ty
     assert (await queue.get("export-bad")).status == "waiting"  # type: ignore[union-attr]
     missing = await trio.to_thread.run_sync(lambda: run_cli("jobs", "retry", "nope", env=env))
     assert missing.returncode == 1 and "no failed job" in missing.stderr
+
+
+def test_keys_commands_reject_bad_arguments_with_exit_2() -> None:
+    missing = run_cli("keys", "rotate")
+    assert missing.returncode == 2 and "--to" in missing.stderr
+    not_a_number = run_cli("keys", "rotate", "--to", "two")
+    assert not_a_number.returncode == 2 and "invalid int value: 'two'" in not_a_number.stderr
+    bad_key = run_cli("keys", "status", env={"INNERA_MEK": "2:c2hvcnQ="})
+    assert bad_key.returncode == 2
+    assert "INNERA_MEK is invalid: key version 2 is not base64 of 32 bytes" in bad_key.stderr

@@ -230,6 +230,8 @@ async def test_a_slow_client_is_closed_with_1013_and_a_fast_one_gets_everything(
                     await wait_for(lambda n=n: len(received) > n, 10)
         assert received == list(range(count))
         assert hub.slow_closed == 1
+        metrics = (await server.client.get("/metrics")).text
+        assert "innera_ws_slow_clients_closed_total 1.0" in metrics
         # the slow client reads its backlog (what the kernel buffered), then the 1013 close
         assert (await receive_close(slow, 20)).code == 1013
         await wait_for(lambda: gauge(server) == 1)
@@ -313,7 +315,7 @@ async def test_deleting_the_account_closes_its_sockets(server: RunningServer) ->
                                  headers=alice.auth)
     token = r.json()["reauthToken"]
     r = await server.client.delete("/v1/me", headers={**alice.auth, "x-reauth-token": token})
-    assert r.status_code == 204
+    assert r.status_code == 202
     assert await receive_close(mine) == Closed(4003, "Account deleted")
     await theirs.send_text('{"type":"ping"}')
     assert (await receive_json(theirs))["type"] == "pong"

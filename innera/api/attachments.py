@@ -177,7 +177,7 @@ def _is_storage_failure(exc: BaseException) -> bool:
 
 
 @contextmanager
-def _storage_errors() -> Iterator[None]:
+def storage_errors() -> Iterator[None]:
     """A failing store (S3 error or timeout, disk error) → 503 ``storage_unavailable``."""
     try:
         yield
@@ -233,7 +233,7 @@ async def delete_entry_objects(svc: Any, user_id: str, entry_id: str) -> int:
         prefix = entry_prefix(user_id, entry_id)
     except InvalidKey:
         return 0
-    with _storage_errors():
+    with storage_errors():
         return await _storage(svc).delete_prefix(prefix)
 
 
@@ -259,7 +259,7 @@ async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUplo
             "type": "less_than_equal"}])
     attachment_id = str(uuid.uuid4())
     ttl = svc.settings.attachment_url_ttl_s
-    with _storage_errors():
+    with storage_errors():
         url = await _storage(svc).presign_put(
             object_key(user_id, entry_id, attachment_id), body.contentType, body.size, ttl)
     async with svc.db.connection() as conn:
@@ -304,7 +304,7 @@ async def complete_attachment(attachment_id: str) -> AttachmentOnlyOut:
     row = await _fetch(svc, g.user_id, attachment_id)
     if row["status"] == "ready":
         return AttachmentOnlyOut(attachment=_out(row))
-    with _storage_errors():
+    with storage_errors():
         size = await _storage(svc).head(_key(row))
     if size is None:
         raise UploadIncomplete("Nothing has been uploaded for this attachment yet")
@@ -331,7 +331,7 @@ async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
     if row["status"] != "ready":
         raise AttachmentNotReady()
     ttl = svc.settings.attachment_url_ttl_s
-    with _storage_errors():
+    with storage_errors():
         url = await _storage(svc).presign_get(_key(row), row["filename"], row["content_type"],
                                               ttl)
     return AttachmentDownloadOut(attachment=_out(row), downloadUrl=url, expiresIn=ttl)
@@ -343,7 +343,7 @@ async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
 async def delete_attachment(attachment_id: str) -> None:
     svc = services()
     row = await _fetch(svc, g.user_id, attachment_id)
-    with _storage_errors():  # the object first: a failure leaves the row, so a retry works
+    with storage_errors():  # the object first: a failure leaves the row, so a retry works
         await _storage(svc).delete(_key(row))
     async with svc.db.connection() as conn:
         await conn.execute("DELETE FROM attachments WHERE id = %s AND user_id = %s",
@@ -414,7 +414,7 @@ async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
             (attachment_id, user_id, entry_id))
         if await cur.fetchone() is None:
             raise NotFound("Attachment not found")
-    with trio.move_on_after(TRANSFER_TIMEOUT_S) as transfer, _storage_errors():
+    with trio.move_on_after(TRANSFER_TIMEOUT_S) as transfer, storage_errors():
         await storage.write(key, _body_chunks(request.body), size=grant.size)
     if transfer.cancelled_caught:
         raise UploadTimeout()
@@ -430,7 +430,7 @@ async def local_download(user_id: str, entry_id: str, attachment_id: str) -> Res
     storage = _local_storage(svc)
     key = f"{user_id}/{entry_id}/{attachment_id}"
     grant = storage.verify("GET", key, request.args)
-    with _storage_errors():
+    with storage_errors():
         size = await storage.head(key)
     if size is None:
         raise NotFound("Attachment not found")

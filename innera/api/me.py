@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING, Any
+
+from psycopg.errors import UniqueViolation
+from psycopg.rows import dict_row
 from pydantic import Field
 from quart import Blueprint, g
 
 from innera.api.context import services
+from innera.api.jobs import JobOut, job_out
 from innera.api.operation import operation
 from innera.api.schemas import Model, UserOut
 from innera.auth.errors import InvalidCredentials
-from innera.users import password_hash_of, set_password_hash, set_status
+from innera.errors import Unauthorized
+from innera.jobs import tables
+from innera.realtime.events import close_user_everywhere
+from innera.redis import UNAVAILABLE_ERRORS
+from innera.users import password_hash_of, set_password_hash
+
+if TYPE_CHECKING:
+    from innera.services import Services
+
+log = logging.getLogger("innera.api.me")
 
 blueprint = Blueprint("me", __name__, url_prefix="/v1/me")
+
+DELETION_TABLE = "account_deletion_jobs"
+#: the close code and reason of a deleted account's sockets
+ACCOUNT_DELETED = (4003, "Account deleted")
 
 
 class PasswordChangeIn(Model):
@@ -39,11 +58,58 @@ async def change_password(body: PasswordChangeIn) -> None:
 
 
 @operation(blueprint, "DELETE", "", summary="Delete the account",
-           description="Needs x-reauth-token. Sign-in stops at once and every token is "
-                       "revoked; the data is purged by the account-deletion job.",
-           status=204, reauth=True, errors=(401, 403, 429))
-async def delete_me() -> None:
+           description="Needs x-reauth-token. At once: sign-in and every token of the user "
+                       "stop working, and the user's sockets are closed with 4003 \"Account "
+                       "deleted\" on every instance. The account-deletion job returned (202) "
+                       "then purges the user's entries, attachments (and their files), "
+                       "notifications, devices, tokens and keys, and finally the account. A "
+                       "request racing one that started the deletion returns the same job.",
+           response=JobOut, status=202, reauth=True, errors=(401, 403, 429))
+async def delete_me() -> JobOut:
     svc = services()
-    await set_status(svc.db, g.user_id, "deleted")
-    await svc.refresh_tokens.revoke_user(g.user_id)
-    svc.hub.close_user(g.user_id, 4003, "Account deleted")  # this instance's sockets
+    user_id = g.user_id
+    # first: a failure here (503) leaves the account as it was, so the client can retry
+    await svc.refresh_tokens.revoke_user(user_id)
+    row = await _start_deletion(svc, user_id)
+    if row is None:  # the account's deletion finished while this request was on its way
+        raise Unauthorized("This account is no longer active",
+                           headers={"WWW-Authenticate": "Bearer"})
+    svc.hub.close_user(user_id, *ACCOUNT_DELETED)  # this instance's sockets, even without Redis
+    await close_user_everywhere(svc.redis, user_id, *ACCOUNT_DELETED)
+    return job_out(row)
+
+
+async def _start_deletion(svc: Services, user_id: str) -> dict[str, Any] | None:
+    """Disable the account and create its deletion job in one transaction (row lock on the
+    user: concurrent requests serialise; the second finds the account disabled and gets the
+    first one's job), then enqueue it. The unfinished job of the user, or None."""
+    async with svc.db.connection() as conn:
+        async with conn.transaction():
+            cur = await conn.execute(
+                "UPDATE users SET status = 'deleted' WHERE id = %s AND status = 'active'",
+                (user_id,))
+            if cur.rowcount == 1:
+                try:
+                    async with conn.transaction():  # savepoint
+                        await tables.create_job(conn, DELETION_TABLE, user_id=user_id,
+                                                payload={})
+                except UniqueViolation:  # one is unfinished already (migration 0009)
+                    pass
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT id, status, progress, error, created_at, started_at, finished_at "
+                "FROM account_deletion_jobs WHERE user_id = %s "
+                "AND status IN ('pending', 'running') ORDER BY created_at DESC LIMIT 1",
+                (user_id,))
+            row = await cur.fetchone()
+    if row is None:
+        return None
+    # Enqueued after the commit (tables.submit would enqueue inside the transaction, and a
+    # worker could look for the row before it is visible). Without Redis, the reconciler
+    # enqueues it later. The queue payload does not name the user: the handler reads the row.
+    try:
+        await tables.enqueue(svc.redis, DELETION_TABLE, {"id": row["id"], "user_id": None})
+    except UNAVAILABLE_ERRORS as exc:
+        svc.redis.record_error(exc)
+        log.warning("account deletion job %s not enqueued (Redis unavailable); the reconciler "
+                    "will enqueue it", row["id"])
+    return row

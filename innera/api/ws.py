@@ -1,9 +1,14 @@
 """``GET /v1/ws``: the realtime socket of a signed-in device.
 
+This is a plain ASGI endpoint, not a Quart route: :class:`innera.app.Router` hands it the
+``websocket`` scopes of ``/v1/ws``. A socket lives for hours, and going through the framework
+cost every socket Quart-trio's websocket machinery (a context, a nursery and tasks, channels)
+for nothing this endpoint uses.
+
 Authentication: ``Authorization: Bearer <access token>`` or ``?access_token=``. A missing,
 invalid or expired token, or an inactive user, is refused during the handshake with an HTTP
-401 (Hypercorn supports the ASGI ``websocket.http.response`` extension, so Quart sends the
-handler's response instead of accepting).
+401 (the ASGI ``websocket.http.response`` extension, which Hypercorn supports; without it the
+handshake is closed with 4001 "Unauthorized").
 
 Server → client: ``{"type": ..., "data": {...}}`` events from the user's Redis channel, and
 ``{"type": "ping"}`` every :data:`PING_INTERVAL_S`. Client → server: ``{"type": "ping"}`` →
@@ -19,7 +24,7 @@ Closes: 1009 for a message over 64 KiB (Hypercorn, ``websocket_max_message_size`
 the outbound queue is full (hub), 4001 "Token expired" at the token's ``exp``, 4000 "Server
 restarting" on shutdown, and whatever :meth:`Hub.close_user` is given.
 
-One socket is two tasks: this handler reads; a writer owns every send (events, replies,
+One socket is two tasks: :func:`serve` reads; a writer owns every send (events, replies,
 pings) from the socket's bounded queue and also keeps the ping and expiry deadlines.
 """
 
@@ -28,21 +33,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import jwt
 import trio
-from quart import Blueprint, Response, websocket
 
 from innera.errors import Unauthorized, error_body
 from innera.observability import sentry
-from innera.realtime.hub import TOKEN_EXPIRED, Socket
+from innera.realtime.hub import TOKEN_EXPIRED, UNAUTHORIZED, Socket
 from innera.users import get_active_user
+
+if TYPE_CHECKING:
+    from innera.services import Services
 
 log = logging.getLogger("innera.realtime")
 
-blueprint = Blueprint("ws", __name__, url_prefix="/v1")
-
+PATH = "/v1/ws"
 PING_INTERVAL_S = 30.0
 PONG_TIMEOUT_S = 10.0
 PING_TIMEOUT = (4002, "Ping timeout")
@@ -50,9 +58,16 @@ INTERNAL_ERROR = (1011, "Internal error")
 SEND_TIMEOUT_S = 10.0  # one frame not written within this: the peer is too slow
 CLOSE_TIMEOUT_S = 2.0
 SUBSCRIBE_WAIT_S = 1.0  # the handshake waits this long at most for the user's channel
+HANDSHAKE_TIMEOUT_S = 10.0
 
 PING = json.dumps({"type": "ping"})
 PONG = json.dumps({"type": "pong"})
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+#: what a send to a peer that has gone raises (the connection is being torn down)
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 def _error(code: str, message: str) -> str:
@@ -60,54 +75,78 @@ def _error(code: str, message: str) -> str:
                       separators=(",", ":"))
 
 
-def _token() -> str:
-    scheme, _, value = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return websocket.args.get("access_token", "").strip()
+def _token(scope: Message) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return (query.get("access_token") or [""])[0].strip()
 
 
-def _unauthorized(message: str) -> Response:
-    from innera.app import json_response
+async def _refuse(scope: Message, send: Send, message: str) -> None:
+    """Answer the handshake with HTTP 401 (or close with 4001 without the extension)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": UNAUTHORIZED[0],
+                    "reason": UNAUTHORIZED[1]})
+        return
+    body = json.dumps(error_body("unauthorized", message, None)).encode()
+    await send({"type": "websocket.http.response.start", "status": 401, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", b"Bearer")]})
+    await send({"type": "websocket.http.response.body", "body": body})
 
-    return json_response(error_body("unauthorized", message, None), 401,
-                         headers={"WWW-Authenticate": "Bearer"})
 
-
-@blueprint.websocket("/ws")
-async def ws() -> Response | None:
-    from innera.app import services
-
-    svc = services()
-    token = _token()
-    try:
-        user_id = svc.access_tokens.verify(token)
-    except Unauthorized as exc:
-        return _unauthorized(exc.message)
+def _verify_token(svc: Services, scope: Message) -> tuple[str, float]:
+    """The user id and the token's remaining lifetime; :class:`Unauthorized` otherwise."""
+    token = _token(scope)
+    user_id = svc.access_tokens.verify(token)
     # verified just above: reading exp needs no second signature check
     exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
     remaining = exp - time.time()
     if remaining <= 0:  # verify() tolerates a few seconds of skew; a socket would not
-        return _unauthorized("Access token expired")
-    if await get_active_user(svc.db, user_id) is None:
-        return _unauthorized("This account is no longer active")
+        raise Unauthorized("Access token expired")
+    return user_id, remaining
+
+
+async def serve(svc: Services, scope: Message, receive: Receive, send: Send) -> None:
+    """The ASGI application of one ``/v1/ws`` socket."""
+    with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            user_id, remaining = _verify_token(svc, scope)
+        except Unauthorized as exc:
+            await _refuse(scope, send, exc.message)
+            return
+    if handshake.cancelled_caught:
+        return
     expires_at = trio.current_time() + remaining
 
     with sentry.task_scope(task="websocket", user_id=user_id):
         async with svc.hub.connection(user_id) as sock:
             await svc.hub.wait_subscribed(user_id, SUBSCRIBE_WAIT_S)
-            await websocket.accept()
+            # checked once the user's channel is subscribed: an account deleted after this
+            # check reaches this socket through the channel's close message
+            if await get_active_user(svc.db, user_id) is None:
+                await _refuse(scope, send, "This account is no longer active")
+                return
+            await send({"type": "websocket.accept"})
             try:
                 with sock.scope:
-                    await _serve(sock, websocket._get_current_object(), expires_at)
+                    await _serve(sock, receive, send, expires_at)
             except Exception as exc:
                 log.exception("websocket of user %s failed", user_id)
                 sentry.capture_task_exception(exc, task="websocket")
                 sock.close(*INTERNAL_ERROR)
             if sock.close_code is not None:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await websocket.close(sock.close_code, sock.close_reason)
-    return None
+                    try:
+                        await send({"type": "websocket.close", "code": sock.close_code,
+                                    "reason": sock.close_reason})
+                    except _GONE:
+                        pass
 
 
 class _Peer:
@@ -117,14 +156,20 @@ class _Peer:
         self.last_seen = trio.current_time()
 
 
-async def _serve(sock: Socket, ws: Any, expires_at: float) -> None:
+async def _serve(sock: Socket, receive: Receive, send: Send, expires_at: float) -> None:
+    """Read until the peer disconnects (the writer is then cancelled) or the socket's scope is
+    cancelled (a close requested by the writer or the hub)."""
     peer = _Peer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_write, sock, ws, peer, expires_at)
+        nursery.start_soon(_write, sock, send, peer, expires_at)
         while True:
-            message = await ws.receive()
+            message = await receive()
+            if message["type"] != "websocket.receive":  # websocket.disconnect
+                nursery.cancel_scope.cancel()
+                return
             peer.last_seen = trio.current_time()
-            reply = _answer(message)
+            data = message.get("text")
+            reply = _answer(data if data is not None else message.get("bytes") or b"")
             if reply is not None:
                 sock.offer(reply)
 
@@ -143,7 +188,7 @@ def _answer(message: str | bytes) -> str | None:
                   if kind is not None else "A message needs a string \"type\"")
 
 
-async def _write(sock: Socket, ws: Any, peer: _Peer, expires_at: float) -> None:
+async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float) -> None:
     """The socket's only sender: the queue, the server's pings, the expiry."""
     outbox = sock.outbox
     next_ping = trio.current_time() + PING_INTERVAL_S
@@ -156,7 +201,11 @@ async def _write(sock: Socket, ws: Any, peer: _Peer, expires_at: float) -> None:
         with trio.move_on_at(deadline):
             message = await outbox.receive()
             with trio.move_on_after(SEND_TIMEOUT_S) as send_scope:
-                await ws.send(message)
+                try:
+                    await send({"type": "websocket.send", "text": message})
+                except _GONE:  # the connection is gone: nothing more to send or read
+                    sock.scope.cancel()
+                    return
             if send_scope.cancelled_caught:
                 sock.close(1013, "Too slow")
                 return

@@ -19,7 +19,9 @@ from innera.observability.metrics import Metrics
 DEK_BYTES = 32
 
 
-def _context(user_id: str) -> bytes:
+def dek_context(user_id: str) -> bytes:
+    """The associated data binding a wrapped DEK to its user (the MEK version is added by
+    the key provider)."""
     return f"dek:{user_id}".encode()
 
 
@@ -37,7 +39,7 @@ class DataKeys:
         """Make and store the user's DEK (call inside the sign-up transaction)."""
         dek = os.urandom(DEK_BYTES)
         try:
-            version, wrapped = await self.provider.wrap(dek, _context(user_id))
+            version, wrapped = await self.provider.wrap(dek, dek_context(user_id))
         except Exception as exc:
             raise crypto_failed(self.metrics, "encrypt", exc, user_id=user_id) from exc
         await conn.execute(
@@ -58,7 +60,7 @@ class DataKeys:
         try:
             if row is None:
                 raise UnwrapError("the user has no data key")
-            dek = await self.provider.unwrap(row[0], bytes(row[1]), _context(user_id))
+            dek = await self.provider.unwrap(row[0], bytes(row[1]), dek_context(user_id))
         except UnwrapError as exc:
             raise crypto_failed(self.metrics, "decrypt", exc, user_id=user_id) from exc
         self._remember(user_id, dek)

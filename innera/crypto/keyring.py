@@ -107,8 +107,15 @@ class KeyProvider(Protocol):
     @property
     def current_version(self) -> int: ...
 
-    async def wrap(self, plaintext: bytes, context: bytes) -> tuple[int, bytes]:
-        """Seal ``plaintext`` with the current master key; ``context`` is bound to it."""
+    @property
+    def versions(self) -> frozenset[int]:
+        """Every configured master key version (each can unwrap)."""
+        ...
+
+    async def wrap(self, plaintext: bytes, context: bytes, *, version: int | None = None
+                   ) -> tuple[int, bytes]:
+        """Seal ``plaintext`` with the current master key (or the configured ``version``);
+        ``context`` is bound to it."""
         ...
 
     async def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes:
@@ -125,6 +132,10 @@ class LocalKeyProvider:
     @property
     def current_version(self) -> int:
         return self.keyring.current_version
+
+    @property
+    def versions(self) -> frozenset[int]:
+        return frozenset(self.keyring.keys)
 
     async def wrap(self, plaintext: bytes, context: bytes, *, version: int | None = None
                    ) -> tuple[int, bytes]:

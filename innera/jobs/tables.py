@@ -64,10 +64,12 @@ def parse_queue_job_id(queue_id: str) -> tuple[str, uuid.UUID]:
 def queue_payload(table: str, row: dict[str, Any]) -> dict[str, Any]:
     """What goes on the Redis queue for a row (the same at submit and on reconciliation):
     the row's identity; the handler reads the rest from the table."""
+    user = row.get("user_id")
     return {
         "table": table,
         "id": str(row["id"]),
-        "user_id": None if row.get("user_id") is None else str(row["user_id"]),
+        # an account deletion's job must not spread the id it is erasing into Redis
+        "user_id": None if user is None or table == "account_deletion_jobs" else str(user),
     }
 
 
@@ -85,10 +87,11 @@ def _t(table: str) -> sql.Identifier:
 
 
 async def create_job(db: Db, table: str, *, user_id: uuid.UUID | str | None,
-                     payload: dict[str, Any]) -> uuid.UUID:
-    """Insert a pending job; returns its id. Key rotations have no user: their
+                     payload: dict[str, Any], job_id: uuid.UUID | None = None) -> uuid.UUID:
+    """Insert a pending job; returns its id (``job_id`` when given: a caller that must
+    name a file after the job before the row exists). Key rotations have no user: their
     ``payload`` carries ``from_version`` and ``to_version`` (also stored as columns)."""
-    job_id = uuid.uuid4()
+    job_id = job_id or uuid.uuid4()
     if table in USERLESS:
         if user_id is not None:
             raise ValueError(f"{table} jobs have no user")
@@ -115,11 +118,11 @@ async def enqueue(redis: Redis, table: str, row: dict[str, Any]) -> str:
 
 
 async def submit(svc_db: Db, redis: Redis, kind: str, *, user_id: uuid.UUID | str | None,
-                 payload: dict[str, Any]) -> str:
-    """Insert a pending job in table ``kind``, then enqueue it; returns the queue job id
-    (``"<kind>:<id>"``). If Redis is unavailable the job stays pending in the table and the
-    reconciler enqueues it later (logged, not raised)."""
-    job_id = await create_job(svc_db, kind, user_id=user_id, payload=payload)
+                 payload: dict[str, Any], job_id: uuid.UUID | None = None) -> str:
+    """Insert a pending job in table ``kind`` (with id ``job_id`` when given), then enqueue
+    it; returns the queue job id (``"<kind>:<id>"``). If Redis is unavailable the job stays
+    pending in the table and the reconciler enqueues it later (logged, not raised)."""
+    job_id = await create_job(svc_db, kind, user_id=user_id, payload=payload, job_id=job_id)
     row = {"id": job_id, "user_id": user_id}
     try:
         return await enqueue(redis, kind, row)
@@ -159,6 +162,19 @@ async def mark_failed(db: Db, table: str, job_id: uuid.UUID | str, error: str) -
         "UPDATE {} SET status = 'failed', error = %s, finished_at = now() "
         "WHERE id = %s AND status IN ('pending', 'running')").format(_t(table))
     return await _update(db, query, (error[:ERROR_MAX_CHARS], job_id))
+
+
+async def reopen_failed(db: Db, table: str, job_id: uuid.UUID | str) -> dict[str, Any] | None:
+    """failed → pending, for an operator's retry (``innera jobs retry``): attempts, error and
+    finish time cleared. Returns the row's identity (for :func:`enqueue`), or None when the
+    job is not failed (or unknown)."""
+    user = sql.SQL("NULL::uuid AS user_id" if table in USERLESS else "user_id")
+    query = sql.SQL(
+        "UPDATE {} SET status = 'pending', attempts = 0, error = NULL, finished_at = NULL "
+        "WHERE id = %s AND status = 'failed' RETURNING id, {}").format(_t(table), user)
+    async with _connection(db) as conn:
+        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,))
+        return await cur.fetchone()
 
 
 async def _update(db: Db, query: sql.Composed, params: tuple[Any, ...]) -> bool:

@@ -85,13 +85,20 @@ class Metrics:
             buckets=SEARCH_BUCKETS, registry=r)
         self.ws_connections = Gauge(
             "innera_ws_connections_active", "Active WebSocket connections", registry=r)
+        self.ws_slow_closed = Counter(
+            "innera_ws_slow_clients_closed_total",
+            "WebSockets closed with 1013 because their outbound queue was full", registry=r)
         self.redis_errors = Counter(
             "innera_redis_errors_total", "Redis connection errors", registry=r)
         self.push_sent = Counter(
             "innera_push_notifications_sent_total", "Push notifications delivered", registry=r)
         self.push_failed = Counter(
-            "innera_push_notifications_failed_total", "Push notifications that failed",
-            registry=r)
+            "innera_push_notifications_failed_total",
+            "Push notifications not delivered, by reason: unregistered (the provider says the "
+            "token is dead; the device is removed), rejected (other 4xx), unreachable (still "
+            "failing on the last attempt)", ["reason"], registry=r)
+        for reason in ("unregistered", "rejected", "unreachable"):
+            self.push_failed.labels(reason=reason)
         self.crypto_errors = Counter(
             "innera_crypto_errors_total", "Encryption/decryption errors", ["operation"],
             registry=r)

@@ -8,7 +8,8 @@ task's socket.
 Outbound messages go through a bounded queue per socket (:data:`QUEUE_SIZE`): the pub/sub
 listener only ever calls :meth:`Hub.deliver`, which uses ``send_nowait``, so a slow client
 never slows the listener nor the other clients. A socket whose queue is full is closed with
-1013 "Too slow" (counted in :attr:`Hub.slow_closed` and logged).
+1013 "Too slow" (counted in :attr:`Hub.slow_closed` and
+``innera_ws_slow_clients_closed_total``, and logged).
 
 The hub also tells the pub/sub listener (``innera/realtime/listener.py``) which users have
 local sockets: :attr:`Hub.changed` is set whenever a user's first socket opens or last one
@@ -75,6 +76,7 @@ class Socket:
                         self.user_id, QUEUE_SIZE)
             if self.hub is not None:
                 self.hub.slow_closed += 1
+                self.hub.metrics.ws_slow_closed.inc()
             self.close(*TOO_SLOW)
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -11,7 +11,8 @@ Two tasks share one pub/sub session:
   between the hub's users and what is subscribed;
 - the reader takes messages with ``get_message(timeout=...)`` (bounded waits on coredis'
   in-memory queue, never a cancelled socket read) and hands them to :meth:`Hub.deliver`,
-  which never waits.
+  which never waits. A control message (``control.close``, see ``innera/realtime/events.py``)
+  is not delivered: it closes the user's local sockets (:meth:`Hub.close_user`).
 
 When Redis drops, sockets stay open; the error is counted (``redis.record_error`` →
 ``innera_redis_errors_total``), the listener reconnects with a bounded exponential backoff
@@ -29,7 +30,7 @@ from coredis.patterns.pubsub import PubSub
 from coredis.retry import NoRetryPolicy
 
 from innera.observability import sentry
-from innera.realtime.events import user_channel
+from innera.realtime.events import is_control, parse_close, user_channel
 from innera.realtime.hub import Hub
 from innera.redis import UNAVAILABLE_ERRORS, Redis
 
@@ -127,7 +128,23 @@ async def _read(pubsub: PubSub[str], hub: Hub) -> None:
             data = message["data"]
             if isinstance(data, bytes):
                 data = data.decode("utf-8", "replace")
-            hub.deliver(channel[len(CHANNEL_PREFIX):], str(data))
+            user_id, text = channel[len(CHANNEL_PREFIX):], str(data)
+            if is_control(text):
+                _control(hub, user_id, text)
+            else:
+                hub.deliver(user_id, text)
+
+
+def _control(hub: Hub, user_id: str, message: str) -> None:
+    """A control message of a user channel: acted on here, never forwarded to a client."""
+    close = parse_close(message)
+    if close is None:
+        log.warning("ignored a malformed control message on the channel of user %s", user_id)
+        return
+    closed = hub.close_user(user_id, *close)
+    if closed:
+        log.info("closed %d socket(s) of user %s with %d (control message)", closed, user_id,
+                 close[0])
 
 
 async def _sync(pubsub: PubSub[str], hub: Hub, ready: Callable[[], None]) -> None:

@@ -1,7 +1,8 @@
 """Attachment storage behind one interface: S3 (or any S3-compatible endpoint) in
 production, a directory under the data dir on the embedded default.
 
-Objects are addressed by keys ``{userId}/{entryId}/{attachmentId}`` (``innera.storage.keys``).
+Objects are addressed by keys ``{userId}/{entryId}/{attachmentId}`` and job files
+``{userId}/exports|imports/{jobId}`` (``innera.storage.keys``).
 Clients move the bytes themselves, through short-lived URLs: presigned S3 URLs, or signed URLs
 on innera itself for the local store (``innera.storage.local``). Nothing here blocks the
 event loop: boto3 runs in worker threads behind a limiter, local file I/O through Trio's
@@ -10,9 +11,10 @@ thread-backed file API.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
-from innera.storage.keys import InvalidKey, entry_prefix, object_key
+from innera.storage.keys import InvalidKey, entry_prefix, job_file_key, object_key, user_prefix
 from innera.storage.local import LocalStorage
 from innera.storage.names import content_disposition, sanitize_filename
 from innera.storage.s3 import S3Storage
@@ -41,8 +43,17 @@ class Storage(Protocol):
         """Delete the object (no error when it does not exist)."""
 
     async def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under an entry prefix ``{userId}/{entryId}/``; returns how
-        many were deleted."""
+        """Delete every object under a prefix: ``{userId}/`` (everything of a user) or
+        ``{userId}/{entryId}/``; returns how many were deleted."""
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str,
+                         max_bytes: int | None = None) -> int:
+        """Store a stream of unknown length under a job file key; returns its size. Nothing
+        is stored when it fails (:class:`~innera.errors.PayloadTooLarge` past
+        ``max_bytes``)."""
+
+    def get_stream(self, key: str) -> AsyncIterator[bytes]:
+        """The whole object in chunks (:class:`FileNotFoundError` when it is absent)."""
 
 
 __all__ = [
@@ -52,6 +63,8 @@ __all__ = [
     "Storage",
     "content_disposition",
     "entry_prefix",
+    "job_file_key",
     "object_key",
     "sanitize_filename",
+    "user_prefix",
 ]

@@ -1,7 +1,8 @@
 """Attachments on local disk (the embedded default).
 
-Objects live at ``<root>/<userId>/<entryId>/<attachmentId>`` (every component a validated
-UUID, so a key cannot leave the root). Uploads stream to a temporary file next to the target
+Objects live at ``<root>/<key>`` (``<userId>/<entryId>/<attachmentId>``, or a job file
+``<userId>/exports|imports/<jobId>``; every component validated, so a key cannot leave the
+root). Uploads stream to a temporary file next to the target
 and are renamed into place only when complete; the bytes are never held whole in memory.
 
 Upload and download URLs imitate presigned S3 URLs: a path on innera itself
@@ -70,6 +71,12 @@ class Grant:
     content_type: str
     size: int | None = None  # uploads: the exact number of bytes
     filename: str | None = None  # downloads: the Content-Disposition name
+
+
+def _ignore_missing(function: Any, path: str, exc_info: Any) -> None:
+    """``rmtree`` error handler: something already gone is fine (a concurrent delete)."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 class LocalStorage:
@@ -168,20 +175,23 @@ class LocalStorage:
                 break
 
     async def delete_prefix(self, prefix: str) -> int:
-        """Delete every object of an entry (``{userId}/{entryId}/``); returns how many."""
-        user, entry = split_prefix(prefix)
-        return await trio.to_thread.run_sync(self._delete_tree, self.root / user / entry)
+        """Delete every object under a user, entry or folder prefix (``{userId}/``,
+        ``{userId}/{entryId}/``); returns how many."""
+        return await trio.to_thread.run_sync(
+            self._delete_tree, self.root.joinpath(*split_prefix(prefix)))
 
     def _delete_tree(self, directory: Path) -> int:
         try:
-            count = sum(1 for p in directory.iterdir() if not p.name.startswith("."))
+            count = sum(1 for p in directory.rglob("*")
+                        if p.is_file() and not p.name.startswith("."))
         except FileNotFoundError:
             return 0
-        shutil.rmtree(directory, ignore_errors=True)
-        try:
-            directory.parent.rmdir()
-        except OSError:
-            pass
+        shutil.rmtree(directory, onerror=_ignore_missing)  # any other failure raises
+        if directory.parent != self.root:
+            try:
+                directory.parent.rmdir()
+            except OSError:
+                pass
         return count
 
     async def write(self, key: str, chunks: AsyncIterable[bytes], *, size: int) -> int:
@@ -189,6 +199,17 @@ class LocalStorage:
         (:class:`~innera.errors.PayloadTooLarge` as soon as the body goes past ``size``,
         :class:`SizeMismatch` when it ends short). Written to a temporary file in the same
         directory, flushed to disk, then renamed over the object."""
+        return await self._write(key, chunks, size=size, max_bytes=size)
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str,
+                         max_bytes: int | None = None) -> int:
+        """Store a stream of unknown length (job files); returns its size. Past
+        ``max_bytes``: :class:`~innera.errors.PayloadTooLarge` and nothing is stored."""
+        del content_type  # the local store keeps no metadata; downloads sign their type
+        return await self._write(key, chunks, size=None, max_bytes=max_bytes)
+
+    async def _write(self, key: str, chunks: AsyncIterable[bytes], *, size: int | None,
+                     max_bytes: int | None) -> int:
         path = self.path_of(key)
         await trio.Path(path.parent).mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
@@ -201,16 +222,18 @@ class LocalStorage:
                 buffer = bytearray()
                 async for chunk in chunks:
                     total += len(chunk)
-                    if total > size:
+                    if max_bytes is not None and total > max_bytes:
                         raise PayloadTooLarge(
-                            f"The body is larger than the declared size ({size} bytes)")
+                            f"The body is larger than the declared size ({size} bytes)"
+                            if size is not None else
+                            f"The body is larger than the limit ({max_bytes} bytes)")
                     buffer += chunk
                     if len(buffer) >= _WRITE_BUFFER:
                         await out.write(bytes(buffer))
                         buffer.clear()
                 if buffer:
                     await out.write(bytes(buffer))
-                if total != size:
+                if size is not None and total != size:
                     raise SizeMismatch(f"The body has {total} bytes, {size} were declared")
                 await out.flush()
                 await trio.to_thread.run_sync(os.fsync, out.fileno())
@@ -222,6 +245,12 @@ class LocalStorage:
                     cleanup.deadline = trio.current_time() + 5
                     await trio.Path(temp).unlink(missing_ok=True)
         return total
+
+    async def get_stream(self, key: str) -> AsyncIterator[bytes]:
+        """The whole object, in chunks (:class:`FileNotFoundError` when it is absent)."""
+        async with await trio.open_file(self.path_of(key), "rb") as src:
+            while chunk := await src.read(READ_CHUNK):
+                yield chunk
 
     async def read(self, key: str, size: int) -> AsyncIterator[bytes]:
         """The first ``size`` bytes of the object, in chunks (opened when iterated)."""

@@ -11,15 +11,23 @@ content type and ``Content-Disposition: attachment`` as response overrides.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import trio
 
+from innera.errors import PayloadTooLarge
 from innera.storage.keys import split_key, split_prefix
 from innera.storage.names import content_disposition
 
+log = logging.getLogger("innera.storage")
+
 #: ``DeleteObjects`` takes at most 1000 keys.
 _DELETE_BATCH = 1000
+#: multipart part size for streamed uploads (S3's minimum is 5 MiB, except the last part)
+PART_BYTES = 8 * 1024 * 1024
+READ_CHUNK = 256 * 1024
 
 
 class S3Storage:
@@ -110,9 +118,84 @@ class S3Storage:
         split_key(key)
         await self.call("delete_object", Bucket=self.bucket, Key=key)  # absent: no error
 
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str,
+                         max_bytes: int | None = None) -> int:
+        """Store a stream of unknown length (job files) with a multipart upload: at most one
+        part (8 MiB) is held in memory; on any failure the upload is aborted, so nothing is
+        stored. Past ``max_bytes``: :class:`~innera.errors.PayloadTooLarge`."""
+        split_key(key)
+        buffer = bytearray()
+        total = 0
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise PayloadTooLarge(f"The body is larger than the limit ({max_bytes} bytes)")
+                buffer += chunk
+                if len(buffer) >= PART_BYTES:
+                    if upload_id is None:
+                        created = await self.call("create_multipart_upload", Bucket=self.bucket,
+                                                  Key=key, ContentType=content_type)
+                        upload_id = created["UploadId"]
+                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1,
+                                                         bytes(buffer)))
+                    buffer.clear()
+            if upload_id is None:  # small: one PUT
+                await self.call("put_object", Bucket=self.bucket, Key=key, Body=bytes(buffer),
+                                ContentType=content_type)
+                return total
+            if buffer:
+                parts.append(await self._upload_part(key, upload_id, len(parts) + 1,
+                                                     bytes(buffer)))
+            await self.call("complete_multipart_upload", Bucket=self.bucket, Key=key,
+                            UploadId=upload_id, MultipartUpload={"Parts": parts})
+            upload_id = None
+            return total
+        finally:
+            if upload_id is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(self.call_timeout_s):
+                    try:
+                        await self.call("abort_multipart_upload", Bucket=self.bucket, Key=key,
+                                        UploadId=upload_id)
+                    except Exception:  # the bucket's lifecycle rule is the backstop
+                        log.warning("could not abort the multipart upload of %s", key)
+
+    async def _upload_part(self, key: str, upload_id: str, number: int, body: bytes
+                           ) -> dict[str, Any]:
+        done = await self.call("upload_part", Bucket=self.bucket, Key=key, UploadId=upload_id,
+                               PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": done["ETag"]}
+
+    async def get_stream(self, key: str) -> AsyncIterator[bytes]:
+        """The whole object, in chunks read off the event loop (:class:`FileNotFoundError`
+        when it is absent)."""
+        from botocore.exceptions import ClientError
+
+        split_key(key)
+        try:
+            found = await self.call("get_object", Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(key) from None
+            raise
+        body = found["Body"]
+        try:
+            while True:
+                with trio.fail_after(self.call_timeout_s):
+                    chunk = await trio.to_thread.run_sync(body.read, READ_CHUNK,
+                                                          limiter=self.limiter,
+                                                          abandon_on_cancel=True)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            body.close()
+
     async def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under an entry prefix (``{userId}/{entryId}/``); returns how
-        many were deleted."""
+        """Delete every object under a user, entry or folder prefix (``{userId}/``,
+        ``{userId}/{entryId}/``); returns how many were deleted."""
         split_prefix(prefix)
         deleted = 0
         token: str | None = None

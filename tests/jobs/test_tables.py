@@ -107,8 +107,41 @@ async def test_submit_inserts_then_enqueues_with_the_deterministic_id(
     assert table == kind and queue_id == f"{kind}:{row_id}"
     info = await JobQueue(redis, queue).get(queue_id)
     assert info is not None and info.status == "waiting"
-    assert info.payload == {"table": kind, "id": str(row_id),
-                            "user_id": None if user is None else str(user)}
+    # an account deletion's queue job does not carry the id it is erasing
+    carried = None if user is None or kind == "account_deletion_jobs" else str(user)
+    assert info.payload == {"table": kind, "id": str(row_id), "user_id": carried}
     if user is not None:
         job = await tables.get_job(db_pool, kind, user, row_id)
         assert job is not None and job["status"] == "pending" and job["payload"] == payload
+
+
+async def test_cli_retry_reopens_a_failed_table_job_so_it_runs_again(
+        db_pool: Pool, redis: Redis, database_url: str, redis_url: str) -> None:
+    import trio
+
+    from tests.test_cli import run_cli
+
+    user = await make_user(db_pool)
+    queue_id = await tables.submit(db_pool, redis, "export_jobs", user_id=user, payload={})
+    _, row_id = tables.parse_queue_job_id(queue_id)
+    queue = JobQueue(redis, "export-jobs")
+    [job] = await queue.claim()
+    assert await tables.mark_running(db_pool, "export_jobs", row_id)
+    assert await tables.mark_failed(db_pool, "export_jobs", row_id, "disk full")
+    assert await queue.fail(job, "disk full", permanent=True) == "failed"
+
+    env = {"REDIS_URL": redis_url, "DATABASE_URL": database_url, "INNERA_ENV": "test"}
+    out = await trio.to_thread.run_sync(lambda: run_cli("jobs", "retry", queue_id, env=env))
+    assert out.returncode == 0, out.stderr
+    row = await tables.get_job(db_pool, "export_jobs", user, row_id)
+    assert row is not None and (row["status"], row["error"], row["attempts"]) == (
+        "pending", None, 0)
+    assert (await queue.get(queue_id)).status == "waiting"  # type: ignore[union-attr]
+    assert await tables.mark_running(db_pool, "export_jobs", row_id)  # a worker may run it
+
+    # Redis lost the failed record: the reopened job is enqueued again
+    assert await tables.mark_failed(db_pool, "export_jobs", row_id, "again")
+    await redis.client.flushdb()
+    out = await trio.to_thread.run_sync(lambda: run_cli("jobs", "retry", queue_id, env=env))
+    assert out.returncode == 0 and "enqueued again" in out.stdout, out.stderr
+    assert (await queue.get(queue_id)).status == "waiting"  # type: ignore[union-attr]

@@ -1,0 +1,201 @@
+"""``/v1/exports``: the signed-in user's data exports (one ZIP archive of every entry,
+decrypted, and every ready attachment; the format is ``docs/export-format.md``).
+
+- ``POST /v1/exports`` (no body, or ``{}``) → **202** with the job (:class:`JobOut`) as the
+  body and ``Location: /v1/exports/{id}``. While the user already has an export pending or
+  running, that job is answered (202 again) and no second one is started. The archive is
+  built by the ``export-jobs`` worker (``workers/exports.py``), which sends ``job.progress``
+  events over the user's WebSocket and, when it is ready, an ``export.ready`` notification
+  whose data carries ``exportId``, ``downloadUrl`` and ``expiresAt``.
+- ``GET /v1/exports/{id}`` → the job; once ``completed`` it carries a fresh ``downloadUrl``
+  (valid ``expiresIn`` = EXPORT_URL_TTL_S seconds, 24 h by default) to
+  ``innera-export-YYYY-MM-DD.zip`` (the date the export was requested, UTC).
+- ``GET /v1/exports`` → the user's exports, newest first (``{items, nextCursor}``; ``limit``
+  1..100, default 20). Items carry no ``downloadUrl``: read the job for one.
+
+Download URLs are absolute with S3 and relative to the API's base URL with the local store
+(``/v1/attachments/local/{userId}/exports/{jobId}?…``, served without Authorization), like
+attachment URLs. Another user's export, an unknown or a malformed id: 404 ``not_found``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from pydantic import Field
+from quart import Blueprint, Response, g, request
+
+from innera.api.attachments import storage_errors
+from innera.api.context import services
+from innera.api.jobs import JobOut, job_out
+from innera.api.operation import operation, validate
+from innera.api.schemas import Model
+from innera.errors import InvalidJson, NotFound
+from innera.ids import canonical_uuid
+from innera.jobs import tables
+from innera.redis import UNAVAILABLE_ERRORS
+from innera.storage.keys import job_file_key
+
+log = logging.getLogger("innera.exports")
+
+blueprint = Blueprint("exports", __name__, url_prefix="/v1/exports")
+
+TABLE = "export_jobs"
+CONTENT_TYPE = "application/zip"
+CURSOR_PURPOSE = "exports"
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+_COLUMNS = ("id, user_id, status, attempts, progress, error, payload, created_at, "
+            "started_at, finished_at, updated_at")
+
+
+class ExportIn(Model):
+    """Nothing to choose (yet): an empty object, or no body at all."""
+
+
+class ExportPage(Model):
+    items: list[JobOut]
+    nextCursor: str | None = Field(description="Pass as ?cursor= for the next page; null on "
+                                               "the last page")
+
+
+class ExportListQuery(Model):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    cursor: str | None = Field(None, max_length=200)
+
+
+# --- the archive and its link (also used by the worker) -------------------------------------
+
+
+def archive_key(user_id: str, job_id: str) -> str:
+    """Where the archive of an export lives: ``{userId}/exports/{jobId}``."""
+    return job_file_key(user_id, "exports", job_id)
+
+
+def archive_filename(requested_at: datetime) -> str:
+    """The download name: ``innera-export-YYYY-MM-DD.zip`` (UTC date of the request)."""
+    return f"innera-export-{requested_at.astimezone(UTC).date().isoformat()}.zip"
+
+
+async def download_link(svc: Any, user_id: str, job_id: str, requested_at: datetime
+                        ) -> tuple[str, int]:
+    """A fresh download URL of a completed export and its lifetime in seconds
+    (EXPORT_URL_TTL_S)."""
+    ttl = svc.settings.export_url_ttl_s
+    url = await svc.storage.presign_get(archive_key(user_id, job_id),
+                                        archive_filename(requested_at), CONTENT_TYPE, ttl)
+    return url, ttl
+
+
+# --- submitting -----------------------------------------------------------------------------
+
+
+async def submit_export(svc: Any, user_id: str) -> dict[str, Any]:
+    """The user's unfinished export, or a new one (inserted, then enqueued). Serialised per
+    user by a transaction-scoped advisory lock, so two requests at once start one job."""
+    async with svc.db.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                           (f"export_jobs:{user_id}",))
+        cur = await conn.cursor(row_factory=dict_row).execute(
+            f"SELECT {_COLUMNS} FROM export_jobs WHERE user_id = %s "
+            "AND status IN ('pending', 'running') ORDER BY created_at DESC LIMIT 1", (user_id,))
+        row = await cur.fetchone()
+        if row is not None:
+            return row
+        job_id = await tables.create_job(conn, TABLE, user_id=user_id, payload={})
+    # enqueued only once the row is committed: a worker must find it
+    try:
+        await tables.enqueue(svc.redis, TABLE, {"id": job_id, "user_id": user_id})
+    except UNAVAILABLE_ERRORS as exc:  # the reconciler enqueues pending rows later
+        svc.redis.record_error(exc)
+        log.warning("job %s: not enqueued (Redis unavailable); the reconciler will enqueue it",
+                    tables.queue_job_id(TABLE, job_id))
+    row = await tables.get_job(svc.db, TABLE, user_id, job_id)
+    assert row is not None
+    return row
+
+
+async def _check_body() -> None:
+    """No body, or a JSON object :class:`ExportIn` accepts (400/422 otherwise)."""
+    raw = await request.get_data(as_text=False)
+    if not raw.strip():
+        return
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJson() from None
+    validate(ExportIn, data)
+
+
+async def _out(svc: Any, row: dict[str, Any]) -> JobOut:
+    """The job; a completed one with a fresh download link."""
+    if row["status"] != "completed":
+        return job_out(row)
+    with storage_errors():
+        url, ttl = await download_link(svc, str(row["user_id"]), str(row["id"]),
+                                       row["created_at"])
+    return job_out(row, download_url=url, expires_in=ttl)
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+@operation(blueprint, "POST", "", summary="Export every entry and attachment (ZIP)",
+           description="No body, or `{}`. Answers 202 with the job and `Location: "
+                       "/v1/exports/{id}`; poll that (or listen for `job.progress` on the "
+                       "WebSocket, and for the `export.ready` notification). While an export "
+                       "of the user is pending or running, that job is answered and no second "
+                       "one starts. Format: docs/export-format.md.",
+           response=JobOut, status=202, errors=(400, 422, 429))
+async def start_export() -> Response:
+    svc = services()
+    await _check_body()
+    row = await submit_export(svc, g.user_id)
+    out = job_out(row)
+    return Response(out.model_dump_json(), status=202, content_type="application/json",
+                    headers={"Location": f"{blueprint.url_prefix}/{out.id}"})
+
+
+@operation(blueprint, "GET", "", summary="The user's exports, newest first",
+           description="Items carry no downloadUrl: read the export for one.",
+           query=ExportListQuery, response=ExportPage, errors=(400, 422, 429))
+async def list_exports(query: ExportListQuery) -> ExportPage:
+    svc = services()
+    user_id: str = g.user_id
+    where, params = "user_id = %s", [user_id]
+    if query.cursor is not None:
+        created_at, after_id = svc.cursors.decode(CURSOR_PURPOSE, user_id, query.cursor)
+        where += " AND (created_at, id) < (%s, %s)"
+        params += [created_at, after_id]
+    async with svc.db.connection() as conn:
+        cur = await conn.cursor(row_factory=dict_row).execute(
+            f"SELECT {_COLUMNS} FROM export_jobs WHERE {where} "
+            "ORDER BY created_at DESC, id DESC LIMIT %s", (*params, query.limit + 1))
+        rows = await cur.fetchall()
+    more = len(rows) > query.limit
+    rows = rows[:query.limit]
+    cursor = (svc.cursors.encode(CURSOR_PURPOSE, user_id,
+                                 (rows[-1]["created_at"], str(rows[-1]["id"])))
+              if more else None)
+    return ExportPage(items=[job_out(r) for r in rows], nextCursor=cursor)
+
+
+@operation(blueprint, "GET", "/<export_id>", summary="An export, with its download link "
+           "once completed",
+           description="`downloadUrl` (fresh on every read, valid `expiresIn` seconds) is "
+                       "present when the status is completed: absolute with S3, relative to "
+                       "the API's base URL with the local store; no Authorization header.",
+           response=JobOut, errors=(404, 429))
+async def get_export(export_id: str) -> JobOut:
+    svc = services()
+    job_id = canonical_uuid(export_id)
+    row = None if job_id is None else await tables.get_job(svc.db, TABLE, g.user_id,
+                                                             uuid.UUID(job_id))
+    if row is None:
+        raise NotFound("Export not found")
+    return await _out(svc, row)

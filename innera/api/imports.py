@@ -1,0 +1,146 @@
+"""``/v1/imports``: importing entries from a file, as a job.
+
+``POST /v1/imports`` takes the file itself as the raw body (no multipart): an innera export
+(``application/zip``, ``docs/export-format.md``) or a Day One JSON export (the ``.zip``, or
+its ``Journal.json`` as ``application/json``). Any other Content-Type is 415
+``unsupported_media_type``; a body over IMPORT_MAX_BYTES is 413 ``payload_too_large`` (at once
+from Content-Length, else when the stream passes the limit) and nothing is stored; an empty
+body is 400 ``empty_upload``. The body is streamed into storage
+(``{userId}/imports/{jobId}``), then the job is submitted: 202 with the job resource and a
+``Location`` header. If storing or submitting fails, the stored file is removed.
+
+``GET /v1/imports/{id}`` → the job; once completed its ``result`` says what was done
+(``{"imported": n, "skipped": m, "format": ..., "attachments": k}``). Another user's id, an
+unknown or a malformed one → 404 alike. The file is checked and imported by
+``workers/imports.py``; a bad file fails the job with a message naming the problem.
+
+The app's MAX_BODY_BYTES (1 MiB) does not apply to the upload: the app's request class gives
+this route a body bounded by IMPORT_MAX_BYTES instead (:func:`is_import_upload`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+
+import trio
+from quart import Blueprint, Response, g, request
+
+from innera.api.attachments import UPLOAD_IDLE_TIMEOUT_S, UploadTimeout, storage_errors
+from innera.api.context import services
+from innera.api.jobs import JobOut, job_out
+from innera.api.operation import operation
+from innera.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from innera.ids import canonical_uuid
+from innera.jobs import tables
+from innera.storage.keys import job_file_key
+
+log = logging.getLogger("innera.api.imports")
+
+blueprint = Blueprint("imports", __name__, url_prefix="/v1/imports")
+
+TABLE = "import_jobs"
+FOLDER = "imports"
+CONTENT_TYPES = ("application/zip", "application/json")
+#: what some clients send for a zip (Windows browsers), stored as ``application/zip``
+ZIP_ALIASES = frozenset({"application/x-zip-compressed", "application/x-zip"})
+#: bound on removing a stored file after a failed submit
+CLEANUP_TIMEOUT_S = 10.0
+
+
+class EmptyUpload(BadRequest):
+    code, message = "empty_upload", "The body is empty: send the file to import"
+
+
+def is_import_upload(method: str, path: str) -> bool:
+    """The request is an import upload (its body may exceed MAX_BODY_BYTES)."""
+    return method == "POST" and path.rstrip("/") == blueprint.url_prefix
+
+
+async def _chunks(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The request body, each chunk awaited at most UPLOAD_IDLE_TIMEOUT_S."""
+    chunks = body.__aiter__()
+    while True:
+        with trio.move_on_after(UPLOAD_IDLE_TIMEOUT_S) as waited:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+        if waited.cancelled_caught:
+            raise UploadTimeout(f"No data received for {UPLOAD_IDLE_TIMEOUT_S:g} s")
+        if chunk:
+            yield chunk
+
+
+async def _remove(key: str) -> None:
+    """Delete a stored upload, whatever happens around (shielded, bounded, logged)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT_S):
+        try:
+            await services().storage.delete(key)
+        except Exception:
+            log.warning("could not delete the import upload %s", key, exc_info=True)
+
+
+@operation(blueprint, "POST", "", summary="Import entries from a file (as a job)",
+           description="The raw body is the file: an innera export (`application/zip`, see "
+                       "docs/export-format.md) or a Day One JSON export (its `.zip` as "
+                       "`application/zip`, or its `Journal.json` as `application/json`), at "
+                       "most IMPORT_MAX_BYTES (50 MiB). 415 for another Content-Type, 413 "
+                       "past the limit, 400 `empty_upload` for no body. 202: the job (poll "
+                       "`Location`); entries already imported from the same source are "
+                       "skipped, and a bad file fails the job without storing anything.",
+           response=JobOut, status=202, errors=(400, 408, 413, 415, 429))
+async def create_import() -> Response:
+    svc = services()
+    content_type = request.mimetype.lower()
+    if content_type in ZIP_ALIASES:
+        content_type = "application/zip"
+    if content_type not in CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            "Send the file as application/zip (an innera or Day One export) or "
+            "application/json (a Day One Journal.json)",
+            details={"contentType": content_type or None, "accepted": list(CONTENT_TYPES)})
+    maximum = svc.settings.import_max_bytes
+    length = request.content_length
+    if length is not None and length > maximum:
+        raise PayloadTooLarge(f"The file is larger than the limit ({maximum} bytes)")
+    if length == 0:
+        raise EmptyUpload()
+    job_id = uuid.uuid4()
+    key = job_file_key(g.user_id, FOLDER, str(job_id))
+    with storage_errors():  # put_stream stores nothing when it fails
+        size = await svc.storage.put_stream(key, _chunks(request.body),
+                                            content_type=content_type, max_bytes=maximum)
+    try:
+        if size == 0:
+            raise EmptyUpload()
+        await tables.submit(svc.db, svc.redis, TABLE, user_id=g.user_id, job_id=job_id,
+                            payload={"contentType": content_type, "size": size})
+        row = await tables.get_job(svc.db, TABLE, g.user_id, job_id)
+    except BaseException:
+        await _remove(key)
+        raise
+    assert row is not None
+    return Response(job_out(row).model_dump_json(), status=202,
+                    content_type="application/json",
+                    headers={"Location": f"{blueprint.url_prefix}/{job_id}"})
+
+
+@operation(blueprint, "GET", "/<job_id>", summary="An import job",
+           description="`result` (`{imported, skipped, format, attachments}`) once completed; "
+                       "`error` names the problem of a file that could not be imported.",
+           response=JobOut, errors=(404, 429))
+async def read_import(job_id: str) -> JobOut:
+    svc = services()
+    canonical = canonical_uuid(job_id)
+    row = None if canonical is None else await tables.get_job(svc.db, TABLE, g.user_id,
+                                                              canonical)
+    if row is None:
+        raise NotFound("No such import")
+    return job_out(row, result=(row.get("payload") or {}).get("result"))

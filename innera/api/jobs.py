@@ -1,0 +1,43 @@
+"""The job resource the API returns for exports, imports and account deletions:
+``{id, status, progress, error, createdAt, startedAt, finishedAt}`` plus ``downloadUrl`` /
+``expiresIn`` for a completed export."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from innera.api.schemas import Model
+
+
+class JobOut(Model):
+    id: str = Field(description="Job id (UUID)")
+    status: Literal["pending", "running", "completed", "failed"]
+    progress: float = Field(ge=0, le=1, description="0..1")
+    error: str | None = Field(None, description="Why the job failed (status failed)")
+    createdAt: str
+    startedAt: str | None = None
+    finishedAt: str | None = None
+    downloadUrl: str | None = Field(
+        None, description="Completed exports: a link to the archive")
+    expiresIn: int | None = Field(None, description="Seconds the downloadUrl stays valid")
+    result: dict[str, Any] | None = Field(
+        None, description="What the job did (e.g. entries imported and skipped)")
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_out(row: dict[str, Any], *, download_url: str | None = None,
+            expires_in: int | None = None, result: dict[str, Any] | None = None) -> JobOut:
+    """A job table row (as from :func:`innera.jobs.tables.get_job`) → :class:`JobOut`."""
+    return JobOut(
+        id=str(row["id"]), status=row["status"], progress=round(float(row["progress"]), 4),
+        error=row.get("error"), createdAt=_iso(row["created_at"]) or "",
+        startedAt=_iso(row.get("started_at")), finishedAt=_iso(row.get("finished_at")),
+        downloadUrl=download_url, expiresIn=expires_in, result=result)

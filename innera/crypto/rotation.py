@@ -1,0 +1,292 @@
+"""Master key (MEK) rotation: re-wrapping the per-user data keys (DEK) with a new MEK version.
+
+A rotation targets the newest configured version (the one that already wraps the data keys
+of new sign-ups) and re-wraps every DEK stored under an older version. The DEKs themselves do
+not change, so entries, their ciphertexts and the in-memory DEK cache stay valid; once no DEK
+uses an old version any more, that version can be removed from ``INNERA_MEK``.
+
+- :func:`check_target`, :func:`plan_rotation`: is a target version usable (against the
+  configured versions and the DEKs per version)? :class:`InvalidRotation` says why not.
+- :func:`start_rotation`: records the ``key_rotation_jobs`` row and enqueues it; refused with
+  :class:`RotationInProgress` while another rotation is pending or running (migration 0010
+  makes that a database rule). ``from_version`` is the oldest version still wrapping DEKs;
+  the job re-wraps every DEK *older than* ``to_version`` (several old versions at once).
+- :func:`rewrap_batch`, :func:`rewrap_all`: the work. Each batch is one transaction over the
+  next ``batch_size`` old DEKs by user id (keyset, ``FOR UPDATE``: a row being deleted is
+  waited for, not skipped; a row re-wrapped meanwhile by a stale worker drops out of the
+  batch). A restarted job simply starts again: rows already re-wrapped are no longer old. A
+  DEK that does not unwrap is counted and left exactly as it is.
+- :func:`dek_counts`, :func:`latest_rotation`: what ``innera keys status`` shows.
+
+Unwrapping and wrapping one DEK with the local provider costs ~4 µs (measured: 500 re-wraps
+≈ 2 ms), so it runs on the event loop, with a checkpoint every :data:`CHECKPOINT_EVERY` rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from innera.crypto.data_keys import dek_context
+from innera.crypto.keyring import KeyProvider, UnwrapError
+from innera.db.pool import Pool
+from innera.jobs import tables
+from innera.redis import Redis
+
+TABLE = "key_rotation_jobs"
+BATCH_SIZE = 500
+MAX_BATCH_SIZE = 10_000
+#: bound on one batch transaction (select, re-wrap, update) and on each count query
+BATCH_TIMEOUT_S = 60.0
+QUERY_TIMEOUT_S = 30.0
+CHECKPOINT_EVERY = 100
+#: passes over the table at most (a later pass only finds DEKs written behind the cursor)
+MAX_PASSES = 3
+#: user ids named in a failure message at most
+NAMED_FAILURES = 10
+
+_NIL = uuid.UUID(int=0)
+
+_SELECT_BATCH = """
+SELECT user_id, mek_version, wrapped_dek FROM user_keys
+WHERE mek_version < %s AND user_id > %s
+ORDER BY user_id LIMIT %s
+FOR UPDATE
+"""
+_UPDATE_BATCH = """
+UPDATE user_keys AS k SET mek_version = %s, wrapped_dek = v.wrapped_dek
+FROM unnest(%s::uuid[], %s::integer[], %s::bytea[]) AS v(user_id, old_version, wrapped_dek)
+WHERE k.user_id = v.user_id AND k.mek_version = v.old_version
+"""
+
+
+class InvalidRotation(ValueError):
+    """The target version cannot be rotated to with these keys (the message says why)."""
+
+
+class RotationInProgress(Exception):
+    """Another rotation is pending or running."""
+
+
+def _list(versions: Iterable[int]) -> str:
+    return ", ".join(str(v) for v in sorted(versions, reverse=True))
+
+
+def check_target(versions: frozenset[int], to_version: int) -> None:
+    """``to_version`` must be configured, be the newest version (it wraps new data keys) and
+    stand beside at least one older version."""
+    if to_version not in versions:
+        raise InvalidRotation(
+            f"master key version {to_version} is not configured in INNERA_MEK (configured: "
+            f"{_list(versions)}); configure it beside the current key, as "
+            f"INNERA_MEK={to_version}:NEW_KEY,{max(versions)}:CURRENT_KEY")
+    newest = max(versions)
+    if to_version != newest:
+        raise InvalidRotation(
+            f"master key version {to_version} is not the newest configured version "
+            f"({newest}): new data keys are wrapped by the newest version, rotate to it")
+    if len(versions) < 2:
+        example = (f"INNERA_MEK={to_version}:NEW_KEY,{to_version - 1}:OLD_KEY" if to_version > 1
+                   else "INNERA_MEK=2:NEW_KEY,1:OLD_KEY, then rotate to 2")
+        raise InvalidRotation(
+            f"INNERA_MEK configures only version {to_version}: configure the new key beside "
+            f"the old one(s) ({example}), or the data keys wrapped by an old version cannot "
+            f"be unwrapped")
+
+
+def plan_rotation(versions: frozenset[int], to_version: int, counts: dict[int, int]) -> int:
+    """Check the target against the keys and the DEKs per version; returns the
+    ``from_version`` to record (the oldest version still wrapping DEKs)."""
+    check_target(versions, to_version)
+    check_old_versions(versions, to_version, counts)
+    old = [v for v, n in counts.items() if v < to_version and n > 0]
+    return min(old) if old else min(versions)
+
+
+def check_old_versions(versions: frozenset[int], to_version: int,
+                       counts: dict[int, int]) -> None:
+    """Every version older than the target that still wraps DEKs must be configured."""
+    missing = {v: n for v, n in counts.items() if v < to_version and n > 0 and v not in versions}
+    if missing:
+        raise InvalidRotation(
+            f"{sum(missing.values())} data key(s) are wrapped by master key version(s) "
+            f"{_list(missing)}, which INNERA_MEK does not configure: configure them beside "
+            f"version {to_version} to re-wrap these keys")
+
+
+async def dek_counts(db: Pool) -> dict[int, int]:
+    """How many data keys each MEK version wraps (versions without any are absent)."""
+    with trio.fail_after(QUERY_TIMEOUT_S):
+        async with db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT mek_version, count(*) FROM user_keys GROUP BY 1 ORDER BY 1")
+            return {int(v): int(n) for v, n in await cur.fetchall()}
+
+
+async def latest_rotation(db: Pool) -> dict[str, Any] | None:
+    """The most recent ``key_rotation_jobs`` row, or None."""
+    with trio.fail_after(QUERY_TIMEOUT_S):
+        async with db.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM key_rotation_jobs ORDER BY created_at DESC, id LIMIT 1")
+            return await cur.fetchone()
+
+
+async def unfinished_rotation(db: Pool) -> dict[str, Any] | None:
+    with trio.fail_after(QUERY_TIMEOUT_S):
+        async with db.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                "SELECT * FROM key_rotation_jobs WHERE status IN ('pending', 'running') "
+                "ORDER BY created_at LIMIT 1")
+            return await cur.fetchone()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str  # the queue job id, "key_rotation_jobs:<uuid>"
+    from_version: int
+    to_version: int
+    to_rewrap: int  # DEKs on older versions when submitted
+
+
+def _busy(row: dict[str, Any] | None) -> RotationInProgress:
+    if row is None:
+        return RotationInProgress("another key rotation is already pending or running")
+    return RotationInProgress(
+        f"key rotation {tables.queue_job_id(TABLE, row['id'])} (version "
+        f"{row['from_version']} -> {row['to_version']}) is already {row['status']} "
+        f"({float(row['progress']):.0%}); wait for it to finish (innera keys status)")
+
+
+async def start_rotation(db: Pool, redis: Redis, versions: frozenset[int], to_version: int, *,
+                         batch_size: int = BATCH_SIZE) -> Submitted:
+    """Record and enqueue a rotation to ``to_version``; raises :class:`InvalidRotation` or
+    :class:`RotationInProgress`."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise InvalidRotation(f"the batch size must be 1..{MAX_BATCH_SIZE}, not {batch_size}")
+    counts = await dek_counts(db)
+    from_version = plan_rotation(versions, to_version, counts)
+    running = await unfinished_rotation(db)
+    if running is not None:
+        raise _busy(running)
+    payload = {"from_version": from_version, "to_version": to_version,
+               "batch_size": batch_size}
+    try:
+        job_id = await tables.submit(db, redis, TABLE, user_id=None, payload=payload)
+    except pg_errors.UniqueViolation:  # a rotation started meanwhile (migration 0010)
+        raise _busy(await unfinished_rotation(db)) from None
+    return Submitted(job_id, from_version, to_version,
+                     sum(n for v, n in counts.items() if v < to_version))
+
+
+@dataclass
+class Batch:
+    seen: int = 0
+    rewrapped: int = 0
+    failed: list[str] = field(default_factory=list)
+    last: uuid.UUID | None = None
+
+
+async def rewrap_batch(db: Pool, provider: KeyProvider, to_version: int, *,
+                       after: uuid.UUID = _NIL, limit: int = BATCH_SIZE) -> Batch:
+    """Re-wrap the next ``limit`` DEKs older than ``to_version`` with a user id above
+    ``after``, in one transaction. DEKs that do not unwrap are listed and not changed."""
+    batch = Batch()
+    user_ids: list[uuid.UUID] = []
+    old_versions: list[int] = []
+    rewrapped: list[bytes] = []
+    with trio.fail_after(BATCH_TIMEOUT_S):
+        async with db.connection() as conn, conn.transaction():
+            cur = await conn.execute(_SELECT_BATCH, (to_version, after, limit))
+            rows = await cur.fetchall()
+            for i, (user_id, version, wrapped) in enumerate(rows):
+                if i % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
+                    await trio.lowlevel.checkpoint()
+                context = dek_context(str(user_id))
+                try:
+                    dek = await provider.unwrap(version, bytes(wrapped), context)
+                except UnwrapError:
+                    batch.failed.append(str(user_id))
+                    continue
+                _, sealed = await provider.wrap(dek, context, version=to_version)
+                user_ids.append(user_id)
+                old_versions.append(version)
+                rewrapped.append(sealed)
+            if user_ids:
+                cur = await conn.execute(
+                    _UPDATE_BATCH, (to_version, user_ids, old_versions, rewrapped))
+                batch.rewrapped = cur.rowcount
+    batch.seen = len(rows)
+    batch.last = rows[-1][0] if rows else None
+    return batch
+
+
+@dataclass
+class Rewrapped:
+    """Where a rotation stands: counts taken when it (re)started, and what it did since."""
+
+    total: int  # every DEK
+    pending: int  # DEKs older than the target, at the start
+    rewrapped: int = 0
+    #: user ids whose DEK did not unwrap (left as they are), in the order met
+    failed: dict[str, None] = field(default_factory=dict)
+    #: DEKs still older than the target at the end that are not failures (written by an
+    #: instance without the target key while the rotation ran)
+    left_behind: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Share of the DEKs on the target version (or newer): 0..1."""
+        if self.total == 0:
+            return 1.0
+        return min(1.0, max(0.0, (self.total - self.pending + self.rewrapped) / self.total))
+
+    def failure_message(self) -> str:
+        failed = list(self.failed)
+        named = ", ".join(failed[:NAMED_FAILURES])
+        more = f" and {len(failed) - NAMED_FAILURES} more" if len(failed) > NAMED_FAILURES else ""
+        return (f"{len(failed)} data key(s) did not unwrap and were left on their old "
+                f"master key version (users {named}{more}); {self.rewrapped} re-wrapped")
+
+
+Progress = Callable[[float], Awaitable[None]]
+
+
+async def rewrap_all(db: Pool, provider: KeyProvider, to_version: int, *,
+                     batch_size: int = BATCH_SIZE, progress: Progress | None = None
+                     ) -> Rewrapped:
+    """Re-wrap every DEK older than ``to_version``, batch after batch (keyset by user id),
+    reporting the fraction of DEKs on the target after each; failures are collected, not
+    raised. A pass ends at an empty batch (a short one may only mean rows were deleted
+    meanwhile); old DEKs found behind the cursor afterwards get another pass (at most
+    :data:`MAX_PASSES`), the rest is counted in ``left_behind``."""
+    counts = await dek_counts(db)
+    state = Rewrapped(total=sum(counts.values()),
+                      pending=sum(n for v, n in counts.items() if v < to_version))
+    if progress is not None:
+        await progress(state.fraction)
+    for _ in range(MAX_PASSES):
+        before = state.rewrapped
+        after = _NIL
+        while True:
+            batch = await rewrap_batch(db, provider, to_version, after=after, limit=batch_size)
+            state.rewrapped += batch.rewrapped
+            state.failed.update(dict.fromkeys(batch.failed))
+            if batch.last is None:
+                break
+            if progress is not None:
+                await progress(state.fraction)
+            after = batch.last
+        old = sum(n for v, n in (await dek_counts(db)).items() if v < to_version)
+        state.left_behind = max(0, old - len(state.failed))
+        if state.left_behind == 0 or state.rewrapped == before:
+            break
+    if progress is not None:
+        await progress(state.fraction)
+    return state

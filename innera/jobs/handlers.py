@@ -1,0 +1,159 @@
+"""The bridge between a job table and the queue: :func:`table_handler` turns "do the work of
+this row" into a queue :data:`~innera.queue.worker.Handler` that keeps the row in step.
+
+For each delivery of a job ``"<table>:<id>"``:
+
+1. ``mark_running`` (one more attempt). A row already finished (completed/failed) or gone is
+   not run again: the delivery is a duplicate (at-least-once) and completes at once.
+2. The work runs with a :class:`JobRun`: the row, and ``progress(fraction)`` which stores the
+   progress in the table and on the queue and sends ``job.progress`` to the user's sockets.
+3. Success → ``mark_completed`` (only while this worker still holds the lease: a stale worker
+   raises instead, so its queue completion is rejected too). Failure → re-raised for the
+   queue's retry/backoff; on the last attempt (or a :class:`PermanentJobError`) the row is
+   marked ``failed`` with the error first, so the table never says "running" for a
+   dead-lettered job.
+
+Every status change is published to the user as ``job.progress``
+``{id, kind, status, progress, error}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+from psycopg.rows import dict_row
+from psycopg.sql import SQL, Identifier
+
+from innera.jobs import tables
+from innera.queue.jobs import Job, PermanentJobError
+from innera.queue.worker import Handler, JobContext
+from innera.realtime.events import publish_to_user
+
+if TYPE_CHECKING:
+    from innera.services import Services
+
+log = logging.getLogger("innera.jobs")
+
+#: progress events are sent at most this often per job (the final state always is)
+PROGRESS_INTERVAL_S = 0.25
+#: job kind in API paths and events, per table
+KIND_OF = {
+    "import_jobs": "import",
+    "export_jobs": "export",
+    "account_deletion_jobs": "account-deletion",
+    "key_rotation_jobs": "key-rotation",
+}
+
+
+class LeaseLost(Exception):
+    """This worker's lease expired and the job went to another worker: stop, store nothing."""
+
+
+@dataclass
+class JobRun:
+    """What the work function gets: the services, the row and progress reporting."""
+
+    svc: Services
+    table: str
+    row: dict[str, Any]
+    ctx: JobContext
+    _last_sent: float = -1e9
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.row["id"]
+
+    @property
+    def user_id(self) -> str | None:
+        user = self.row.get("user_id")
+        return None if user is None else str(user)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.row.get("payload") or {}
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.ctx.job.attempt >= self.ctx.job.max_attempts
+
+    def check_lease(self) -> None:
+        if self.ctx.lease_lost:
+            raise LeaseLost(f"job {self.ctx.job.id}: lease lost")
+
+    async def progress(self, fraction: float, *, force: bool = False) -> None:
+        """Store ``fraction`` (0..1) and tell the user's sockets (rate-limited)."""
+        self.check_lease()
+        await tables.mark_progress(self.svc.db, self.table, self.id, fraction)
+        if not await self.ctx.progress(fraction):
+            raise LeaseLost(f"job {self.ctx.job.id}: lease lost")
+        now = trio.current_time()
+        if force or now - self._last_sent >= PROGRESS_INTERVAL_S:
+            self._last_sent = now
+            await self.publish("running", fraction)
+
+    async def publish(self, status: str, progress: float, error: str | None = None,
+                      **extra: Any) -> None:
+        if self.user_id is None:
+            return
+        await publish_to_user(self.svc.redis, self.user_id, "job.progress", {
+            "id": str(self.id), "kind": KIND_OF[self.table], "status": status,
+            "progress": round(float(progress), 4), "error": error, **extra})
+
+
+Work = Callable[[JobRun], Awaitable[None]]
+
+
+async def load_row(svc: Services, table: str, job_id: uuid.UUID) -> dict[str, Any] | None:
+    query = SQL("SELECT * FROM {} WHERE id = %s").format(Identifier(tables.check_table(table)))
+    async with svc.db.connection() as conn:
+        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,))
+        return await cur.fetchone()
+
+
+def table_handler(svc: Services, table: str, work: Work, *,
+                  on_completed: Work | None = None) -> Handler:
+    """A queue handler running ``work`` for the rows of ``table`` (see the module doc).
+
+    ``on_completed(run)``, if given, runs once per job: only in the delivery whose
+    ``mark_completed`` changed the row (so a redelivered job never runs it twice), after the
+    ``completed`` event. The job is completed by then: an exception in it is logged, not
+    raised (a retry would not run it again)."""
+    tables.check_table(table)
+
+    async def handle(job: Job, ctx: JobContext) -> None:
+        job_table, job_id = tables.parse_queue_job_id(job.id)
+        if job_table != table:
+            raise PermanentJobError(f"job {job.id} is not a {table} job")
+        if not await tables.mark_running(svc.db, table, job_id):
+            log.info("job %s: already finished or gone; this delivery does nothing", job.id)
+            return
+        row = await load_row(svc, table, job_id)
+        if row is None:
+            return
+        run = JobRun(svc, table, row, ctx)
+        await run.publish("running", float(row["progress"]))
+        try:
+            await work(run)
+            run.check_lease()
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            if isinstance(exc, PermanentJobError) or run.last_attempt:
+                message = str(exc) or type(exc).__name__
+                await tables.mark_failed(svc.db, table, job_id, message)
+                await run.publish("failed", float(row["progress"]), message)
+            raise
+        if await tables.mark_completed(svc.db, table, job_id):
+            await run.publish("completed", 1.0)
+            if on_completed is not None:
+                try:
+                    await on_completed(run)
+                except Exception:
+                    log.exception("job %s: completed, but its on_completed step failed", job.id)
+
+    return handle
