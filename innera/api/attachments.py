@@ -374,7 +374,7 @@ class StreamingUploadRequest(TrioRequest):
             self.body = self.body_class(None, UPLOAD_BACKLOG_BYTES)
 
 
-async def _body_chunks(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+async def body_chunks(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """The request body, each chunk awaited at most UPLOAD_IDLE_TIMEOUT_S."""
     chunks = body.__aiter__()
     while True:
@@ -415,7 +415,7 @@ async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
         if await cur.fetchone() is None:
             raise NotFound("Attachment not found")
     with trio.move_on_after(TRANSFER_TIMEOUT_S) as transfer, storage_errors():
-        await storage.write(key, _body_chunks(request.body), size=grant.size)
+        await storage.write(key, body_chunks(request.body), size=grant.size)
     if transfer.cancelled_caught:
         raise UploadTimeout()
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,11 +31,10 @@ from quart import Blueprint, Response, g, request
 
 from innera.api.attachments import storage_errors
 from innera.api.context import services
-from innera.api.jobs import JobOut, job_out
+from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation, validate
 from innera.api.schemas import Model
-from innera.errors import InvalidJson, NotFound
-from innera.ids import canonical_uuid
+from innera.errors import InvalidJson
 from innera.jobs import tables
 from innera.redis import UNAVAILABLE_ERRORS
 from innera.storage.keys import job_file_key
@@ -193,9 +191,5 @@ async def list_exports(query: ExportListQuery) -> ExportPage:
            response=JobOut, errors=(404, 429))
 async def get_export(export_id: str) -> JobOut:
     svc = services()
-    job_id = canonical_uuid(export_id)
-    row = None if job_id is None else await tables.get_job(svc.db, TABLE, g.user_id,
-                                                             uuid.UUID(job_id))
-    if row is None:
-        raise NotFound("Export not found")
+    row = await user_job_or_404(svc.db, TABLE, g.user_id, export_id, "Export")
     return await _out(svc, row)

@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
 
 import trio
 from quart import Blueprint, Response, g, request
 
-from innera.api.attachments import UPLOAD_IDLE_TIMEOUT_S, UploadTimeout, storage_errors
+from innera.api.attachments import body_chunks, storage_errors
 from innera.api.context import services
-from innera.api.jobs import JobOut, job_out
+from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation
 from innera.errors import (
     BadRequest,
-    NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from innera.ids import canonical_uuid
 from innera.jobs import tables
 from innera.storage.keys import job_file_key
 
@@ -61,21 +58,6 @@ class EmptyUpload(BadRequest):
 def is_import_upload(method: str, path: str) -> bool:
     """The request is an import upload (its body may exceed MAX_BODY_BYTES)."""
     return method == "POST" and path.rstrip("/") == blueprint.url_prefix
-
-
-async def _chunks(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The request body, each chunk awaited at most UPLOAD_IDLE_TIMEOUT_S."""
-    chunks = body.__aiter__()
-    while True:
-        with trio.move_on_after(UPLOAD_IDLE_TIMEOUT_S) as waited:
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-        if waited.cancelled_caught:
-            raise UploadTimeout(f"No data received for {UPLOAD_IDLE_TIMEOUT_S:g} s")
-        if chunk:
-            yield chunk
 
 
 async def _remove(key: str) -> None:
@@ -115,7 +97,7 @@ async def create_import() -> Response:
     job_id = uuid.uuid4()
     key = job_file_key(g.user_id, FOLDER, str(job_id))
     with storage_errors():  # put_stream stores nothing when it fails
-        size = await svc.storage.put_stream(key, _chunks(request.body),
+        size = await svc.storage.put_stream(key, body_chunks(request.body),
                                             content_type=content_type, max_bytes=maximum)
     try:
         if size == 0:
@@ -137,10 +119,5 @@ async def create_import() -> Response:
                        "`error` names the problem of a file that could not be imported.",
            response=JobOut, errors=(404, 429))
 async def read_import(job_id: str) -> JobOut:
-    svc = services()
-    canonical = canonical_uuid(job_id)
-    row = None if canonical is None else await tables.get_job(svc.db, TABLE, g.user_id,
-                                                              canonical)
-    if row is None:
-        raise NotFound("No such import")
+    row = await user_job_or_404(services().db, TABLE, g.user_id, job_id, "Import")
     return job_out(row, result=(row.get("payload") or {}).get("result"))

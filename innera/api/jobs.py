@@ -10,6 +10,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from innera.api.schemas import Model
+from innera.db.pool import Pool
+from innera.errors import NotFound
+from innera.ids import canonical_uuid
+from innera.jobs import tables
 
 
 class JobOut(Model):
@@ -41,3 +45,14 @@ def job_out(row: dict[str, Any], *, download_url: str | None = None,
         error=row.get("error"), createdAt=_iso(row["created_at"]) or "",
         startedAt=_iso(row.get("started_at")), finishedAt=_iso(row.get("finished_at")),
         downloadUrl=download_url, expiresIn=expires_in, result=result)
+
+
+async def user_job_or_404(db: Pool, table: str, user_id: str, raw_id: str, what: str
+                          ) -> dict[str, Any]:
+    """The user's job of ``table`` by its id as given in the URL; 404 ``not_found`` for
+    another user's, an unknown or a malformed id alike."""
+    job_id = canonical_uuid(raw_id)
+    row = None if job_id is None else await tables.get_job(db, table, user_id, job_id)
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row
