@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENVIRONMENTS = ("development", "test", "production")
+HTTP_SERVERS = ("fast", "hypercorn")
 PUSH_PROVIDERS = ("none", "expo", "fcm", "webhook")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "critical")
 
@@ -43,6 +44,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INNERA_ENV", "development",
              "development | test | production (`NODE_ENV` is read when this is unset)"),
     Variable("HOST", "0.0.0.0", "address the HTTP server binds"),
+    Variable("INNERA_HTTP_SERVER", "hypercorn",
+             "fast | hypercorn: the HTTP/1.1 + WebSocket server (fast: innera's Trio-native "
+             "server, innera/http/fast.py; hypercorn for HTTP/2 or TLS in process)"),
     Variable("PORT", "3000", "port the HTTP server binds (0 picks a free port)"),
     Variable("LOG_LEVEL", "info", "trace | debug | info | warn | error | fatal"),
     Variable("INNERA_DATA_DIR", "./var",
@@ -132,6 +136,7 @@ class Settings:
     env: str
     host: str
     port: int
+    http_server: str
     log_level: str
     data_dir: Path
     database_url: str | None
@@ -226,6 +231,7 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
     return {
         "INNERA_ENV": s.env,
         "HOST": s.host,
+        "INNERA_HTTP_SERVER": s.http_server,
         "PORT": str(s.port),
         "LOG_LEVEL": s.log_level,
         "INNERA_DATA_DIR": str(s.data_dir),
@@ -427,6 +433,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         env=env,
         host=r.raw("HOST") or "0.0.0.0",
+        http_server=r.choice("INNERA_HTTP_SERVER", HTTP_SERVERS),
         port=r.integer("PORT", minimum=0, maximum=65535),
         log_level=r.choice("LOG_LEVEL", LOG_LEVELS),
         data_dir=data_dir,

@@ -250,7 +250,8 @@ async def run_process(
         with frozen_start_up_heap():
             async with trio.open_nursery() as http:
                 addresses = await http.start(
-                    serve_http, app, settings.host, settings.port, lifecycle.draining)
+                    serve_http, app, settings.host, settings.port, lifecycle.draining,
+                    settings.http_server)
                 log.info("innera listening on %s",
                          ", ".join(f"http://{h}:{p}" for h, p in addresses))
                 if on_started is not None:

@@ -1,7 +1,8 @@
 """Serving the ASGI app. Everything HTTP-server specific lives in this package, behind one
-function, so the server can be swapped (Hypercorn now; a Trio-native server later)::
+function; ``INNERA_HTTP_SERVER`` picks the implementation (``fast``: innera's Trio-native
+HTTP/1.1 + WebSocket server in ``fast.py``; ``hypercorn``: ``hypercorn.py``)::
 
-    addresses = await nursery.start(serve_http, asgi_app, host, port, stop_accepting)
+    addresses = await nursery.start(serve_http, asgi_app, host, port, stop_accepting, server)
 
 ``serve_http`` listens, calls ``task_status.started(addresses)``, and serves until
 ``stop_accepting`` is set. Then it closes its listeners at once (new connections are
@@ -10,6 +11,23 @@ keep-alive connections with ``Connection: close``, and returns when the last con
 has ended. The caller bounds that drain with its shutdown deadline.
 """
 
-from innera.http.hypercorn import serve_http
+from __future__ import annotations
 
-__all__ = ["serve_http"]
+import importlib
+from typing import Any
+
+import trio
+
+__all__ = ["SERVERS", "serve_http"]
+
+#: ``INNERA_HTTP_SERVER`` → the module implementing ``serve_http``
+SERVERS = {"fast": "innera.http.fast", "hypercorn": "innera.http.hypercorn"}
+
+
+async def serve_http(
+    app: Any, host: str, port: int, stop_accepting: trio.Event, server: str = "hypercorn", *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with the implementation named ``server`` (see the module doc)."""
+    module = importlib.import_module(SERVERS[server])
+    await module.serve_http(app, host, port, stop_accepting, task_status=task_status)
