@@ -38,7 +38,7 @@ from innera.api import (
 from innera.api.context import json_response, services
 from innera.errors import AppError, InvalidJson, error_body
 from innera.observability import sentry
-from innera.observability.logging import bind_request
+from innera.observability.logging import bind_request, loggable_url
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from innera.services import Services
 
@@ -86,6 +86,14 @@ class InneraRequest(attachments.StreamingUploadRequest):
         raise InvalidJson()
 
 
+#: at LOG_LEVEL=debug, JSON bodies up to this size are logged (redacted)
+DEBUG_BODY_MAX_BYTES = 64 * 1024
+
+
+def _url() -> str:
+    return loggable_url(request.path, request.query_string)
+
+
 class Router:
     """The ASGI application innera serves: ``/v1/ws`` sockets go straight to the realtime
     endpoint (:mod:`innera.api.ws`, no framework per long-lived socket); everything else to
@@ -127,9 +135,12 @@ def create_app(svc: Services) -> QuartTrio:
         g.request_id = str(uuid.uuid4())
         bind_request(g.request_id)
         if access_log.isEnabledFor(logging.DEBUG):
-            body = await request.get_json(silent=True) if request.is_json else None
+            small = (request.content_length or 0) <= DEBUG_BODY_MAX_BYTES
+            loggable = request.is_json and small and not imports.is_import_upload(
+                request.method, request.path)
+            body = await request.get_json(silent=True) if loggable else None
             access_log.debug("request received", extra={"req": {
-                "method": request.method, "url": request.full_path.rstrip("?"),
+                "method": request.method, "url": _url(),
                 "requestId": g.request_id, "headers": dict(request.headers), "body": body}})
 
     @app.after_request
@@ -147,7 +158,7 @@ def create_app(svc: Services) -> QuartTrio:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         svc.metrics.observe_request(request.method, route, response.status_code, elapsed)
         access_log.info("request completed", extra={
-            "req": {"method": request.method, "url": request.full_path.rstrip("?"),
+            "req": {"method": request.method, "url": _url(),
                     "requestId": _request_id(), "userId": g.get("user_id")},
             "res": {"statusCode": response.status_code},
             "responseTime": round(elapsed * 1000, 2),

@@ -105,7 +105,8 @@ def test_redaction_covers_every_spec_path_and_wildcard() -> None:
         "req": {"headers": {"Authorization": "Bearer a", "cookie": "c", "x-reauth-token": "r",
                             "idempotency-key": "i", "accept": "keep"},
                 "body": {"code": "1", "codeVerifier": "2", "identityToken": "3",
-                         "refreshToken": "4", "title": "keep"}},
+                         "refreshToken": "4", "title": "t1", "body": "b1", "mood": "m1",
+                         "other": "keep"}},
         "res": {"headers": {"set-cookie": "s"}},
         "user": {"profile": {"email": "e@x", "password": "p"}},
         "items": [{"token": "t", "accessToken": "at"}],
@@ -115,7 +116,9 @@ def test_redaction_covers_every_spec_path_and_wildcard() -> None:
     for secret in ("Bearer a", '"c"', '"r"', '"i"', '"1"', '"2"', '"3"', '"4"', '"s"', "e@x",
                    '"p"', '"t"', '"at"'):
         assert secret not in flat, secret
-    assert out["req"]["headers"]["accept"] == "keep" and out["req"]["body"]["title"] == "keep"
+    assert out["req"]["headers"]["accept"] == "keep" and out["req"]["body"]["other"] == "keep"
+    # journal content is encrypted at rest: it stays out of the logs as well
+    assert [out["req"]["body"][k] for k in ("title", "body", "mood")] == [CENSOR] * 3
     assert out["req"]["headers"]["Authorization"] == CENSOR
     assert line["req"]["headers"]["Authorization"] == "Bearer a"  # the input is not modified
 
@@ -145,12 +148,24 @@ def test_logs_are_json_with_request_ids_and_redacted_secrets(
                                 headers={"authorization": f"Bearer {session['accessToken']}"})
     with urllib.request.urlopen(me, timeout=10) as resp:
         me_request_id = resp.headers["x-request-id"]
+    bearer = {"authorization": f"Bearer {session['accessToken']}",
+              "content-type": "application/json"}
+    entry = urllib.request.Request(sp.url + "/v1/entries", headers=bearer, data=json.dumps(
+        {"title": "SECRET-TITLE-13", "body": "SECRET-BODY-14", "mood": "SECRET-MOOD-15"}
+    ).encode())
+    with urllib.request.urlopen(entry, timeout=10) as resp:
+        assert resp.status == 201
+    search = urllib.request.Request(sp.url + "/v1/search?q=SECRET-QUERY-16&limit=5",
+                                    headers=bearer)
+    with urllib.request.urlopen(search, timeout=10) as resp:
+        assert resp.status == 200
     sp.proc.send_signal(signal.SIGTERM)
     sp.proc.wait(15)
     output = sp.lines() + "\n" + sp.read_rest()
 
+    journal = ["SECRET-TITLE-13", "SECRET-BODY-14", "SECRET-MOOD-15", "SECRET-QUERY-16"]
     for value in re.findall(r"SECRET-[A-Z]+-\d+|secret-email-9@example.com",
-                            json.dumps([secrets, body])):
+                            json.dumps([secrets, body, journal])):
         assert value not in output, f"{value} leaked into the logs"
     assert CENSOR in output
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]

@@ -395,7 +395,7 @@ async def body_chunks(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
                        "signature and expiry are checked (403 invalid_signature / url_expired), "
                        "the body must have the signed Content-Type and exactly the signed size "
                        "(413 past it, 400 size_mismatch when short). Streamed to disk.",
-           errors=(400, 403, 404, 408, 413, 429))
+           errors=(400, 403, 404, 408, 413, 429), timeout_s=TRANSFER_TIMEOUT_S)
 async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
     svc = services()
     storage = _local_storage(svc)

@@ -26,7 +26,7 @@ import uuid
 import trio
 from quart import Blueprint, Response, g, request
 
-from innera.api.attachments import body_chunks, storage_errors
+from innera.api.attachments import TRANSFER_TIMEOUT_S, body_chunks, storage_errors
 from innera.api.context import services
 from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation
@@ -77,7 +77,8 @@ async def _remove(key: str) -> None:
                        "past the limit, 400 `empty_upload` for no body. 202: the job (poll "
                        "`Location`); entries already imported from the same source are "
                        "skipped, and a bad file fails the job without storing anything.",
-           response=JobOut, status=202, errors=(400, 408, 413, 415, 429))
+           response=JobOut, status=202, errors=(400, 408, 413, 415, 429),
+           timeout_s=TRANSFER_TIMEOUT_S)
 async def create_import() -> Response:
     svc = services()
     content_type = request.mimetype.lower()

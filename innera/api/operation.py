@@ -14,8 +14,9 @@ What runs around the handler, in order:
 5. re-authentication (``reauth=True``): a single-use ``x-reauth-token``, else 403;
 6. the handler; its return value is serialised with the response model.
 
-All of it runs under REQUEST_TIMEOUT_S: past it the work is cancelled (queries in flight are
-cancelled server-side) and the answer is 503 ``request_timeout``.
+All of it runs under REQUEST_TIMEOUT_S (or the operation's own ``timeout_s``, for uploads that
+stream a body for minutes): past it the work is cancelled (queries in flight are cancelled
+server-side) and the answer is 503 ``request_timeout``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Operation:
     query: type[BaseModel] | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: None: REQUEST_TIMEOUT_S
+    timeout_s: float | None = None
 
 
 #: Every declared operation, for the OpenAPI document.
@@ -83,13 +86,14 @@ def operation(
     errors: tuple[int, ...] = (),
     query: type[BaseModel] | None = None,
     description: str = "",
+    timeout_s: float | None = None,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Response]]]:
     full_path = (bp.url_prefix or "") + path
     op = Operation(
         method=method, path=full_path, summary=summary, tag=bp.name, body=body,
         response=response, status=status, auth=auth, reauth=reauth,
         rate=rate or ("user" if auth else "anon"), errors=errors, query=query,
-        description=description,
+        description=description, timeout_s=timeout_s,
     )
     OPERATIONS.append(op)
 
@@ -98,7 +102,8 @@ def operation(
         async def handler(**path_args: Any) -> Response:
             from innera.api.guards import authenticate, idempotent, limit_rate
 
-            with trio.move_on_after(services().settings.request_timeout_s):
+            timeout_s = op.timeout_s or services().settings.request_timeout_s
+            with trio.move_on_after(timeout_s):
                 if op.auth:
                     await authenticate()
                 await limit_rate(op)

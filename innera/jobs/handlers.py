@@ -98,11 +98,17 @@ class JobRun:
 
     async def publish(self, status: str, progress: float, error: str | None = None,
                       **extra: Any) -> None:
-        if self.user_id is None:
-            return
-        await publish_to_user(self.svc.redis, self.user_id, "job.progress", {
-            "id": str(self.id), "kind": KIND_OF[self.table], "status": status,
-            "progress": round(float(progress), 4), "error": error, **extra})
+        await publish_status(self.svc, self.table, self.row, status, progress, error, **extra)
+
+
+async def publish_status(svc: Services, table: str, row: dict[str, Any], status: str,
+                         progress: float, error: str | None = None, **extra: Any) -> None:
+    """``job.progress`` to the job's user (nothing for a job of no user)."""
+    if row.get("user_id") is None:
+        return
+    await publish_to_user(svc.redis, str(row["user_id"]), "job.progress", {
+        "id": str(row["id"]), "kind": KIND_OF[table], "status": status,
+        "progress": round(float(progress), 4), "error": error, **extra})
 
 
 Work = Callable[[JobRun], Awaitable[None]]
@@ -157,3 +163,17 @@ def table_handler(svc: Services, table: str, work: Work, *,
                     log.exception("job %s: completed, but its on_completed step failed", job.id)
 
     return handle
+
+
+async def mark_dead_lettered(svc: Services, job: Job, error: str) -> None:
+    """The queue gave up on a table job: its row says ``failed`` too (a no-op when the handler
+    already marked it). Needed for failures the handler cannot record itself, such as its
+    timeout, which cancels it."""
+    try:
+        table, job_id = tables.parse_queue_job_id(job.id)
+    except ValueError:
+        return
+    if await tables.mark_failed(svc.db, table, job_id, error):
+        row = await load_row(svc, table, job_id)
+        if row is not None:
+            await publish_status(svc, table, row, "failed", float(row["progress"]), error)

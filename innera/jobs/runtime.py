@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
+from innera.jobs.handlers import mark_dead_lettered
 from innera.queue.worker import Handler, QueueConfig
 
 if TYPE_CHECKING:
@@ -52,5 +54,6 @@ def worker_queues(svc: Services) -> dict[str, QueueConfig]:
         factory = load_factory(spec.target)
         handler: Handler = factory(svc)  # type: ignore[operator]
         queues[name] = QueueConfig(handler=handler, concurrency=spec.concurrency,
-                                   timeout_s=spec.timeout_s)
+                                   timeout_s=spec.timeout_s,
+                                   on_dead_letter=partial(mark_dead_lettered, svc))
     return queues

@@ -32,7 +32,14 @@ REDACT_PATHS: tuple[tuple[str, ...], ...] = (
     ("req", "body", "identityToken"),
     ("req", "body", "refreshToken"),
     ("res", "headers", "set-cookie"),
+    # innera's own: journal content is encrypted at rest, so it stays out of the logs too
+    ("req", "body", "title"),
+    ("req", "body", "body"),
+    ("req", "body", "tags"),
+    ("req", "body", "mood"),
 )
+#: query parameters whose values never reach a log line (search terms are journal content)
+HIDDEN_QUERY_PARAMS = frozenset({"q", "access_token"})
 #: ``*.email``, ``*.password``, … : a key of that name at any depth.
 REDACT_ANYWHERE = frozenset({"email", "password", "token", "accessToken", "refreshToken"})
 
@@ -46,6 +53,17 @@ _LEVELS = {
     "fatal": logging.CRITICAL,
     "critical": logging.CRITICAL,
 }
+
+
+def loggable_url(path: str, query_string: bytes) -> str:
+    """``path?query`` with the values of :data:`HIDDEN_QUERY_PARAMS` censored."""
+    if not query_string:
+        return path
+    from urllib.parse import parse_qsl, urlencode
+
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    shown = [(k, CENSOR if k in HIDDEN_QUERY_PARAMS else v) for k, v in pairs]
+    return f"{path}?{urlencode(shown, safe='[]')}"
 
 
 def redact(value: Any) -> Any:

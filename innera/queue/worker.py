@@ -63,6 +63,9 @@ class JobContext:
 
 
 Handler = Callable[[Job, JobContext], Awaitable[None]]
+#: called once a job is dead-lettered (its last attempt failed), with the error text
+DeadLetterHook = Callable[[Job, str], Awaitable[None]]
+DEAD_LETTER_HOOK_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -84,6 +87,9 @@ class QueueConfig:
     reaper_interval_s: float | None = None
     #: jobs claimed per script call at most
     batch: int = 32
+    #: told when a job is dead-lettered, whatever failed it (an exception of the handler,
+    #: or its timeout, which cancels the handler before it can record anything itself)
+    on_dead_letter: DeadLetterHook | None = None
 
     def queue(self, redis: Redis, name: str) -> JobQueue:
         return JobQueue(redis, name, attempts=self.attempts, backoff_base_s=self.backoff_base_s,
@@ -293,8 +299,16 @@ class _QueueWorker:
         log.warning("queue %s: job %s attempt %d %s: %r", self.name, job.id, job.attempt,
                     outcome, error)
         capture_task_exception(error, queue=self.name, job_id=job.id)
-        if outcome == "failed" and self.metrics is not None and self.name == "account-deletion":
+        if outcome != "failed":
+            return
+        if self.metrics is not None and self.name == "account-deletion":
             self.metrics.account_deletion_failed.inc()
+        if self.config.on_dead_letter is not None:
+            try:
+                with trio.fail_after(DEAD_LETTER_HOOK_TIMEOUT_S):
+                    await self.config.on_dead_letter(job, f"{type(error).__name__}: {error}")
+            except Exception:
+                log.exception("queue %s: job %s: the dead-letter hook failed", self.name, job.id)
 
     def _count(self, outcome: str, duration_s: float) -> None:
         if self.metrics is not None:

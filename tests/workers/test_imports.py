@@ -414,3 +414,29 @@ async def test_the_import_routes_are_in_the_openapi_document(server: RunningServ
     assert "202" in paths["/v1/imports"]["post"]["responses"]
     assert "413" in paths["/v1/imports"]["post"]["responses"]
     assert "404" in paths["/v1/imports/{job_id}"]["get"]["responses"]
+
+
+async def test_an_upload_slower_than_request_timeout_still_lands(
+        nursery: trio.Nursery, server_settings: dict[str, str]) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    srv = await start_server(nursery, load_settings({**server_settings,
+                                                     "REQUEST_TIMEOUT_S": "0.5"}))
+    async with srv.client:
+        alice = await signup(srv.client)
+        data = json.dumps(dayone_doc([dayone_entry("Slow but fine",
+                                                   creationDate="2023-06-01T12:30:00Z")])
+                          ).encode()
+
+        async def slowly() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 64):
+                yield data[i:i + 64]
+                await trio.sleep(0.3)  # the whole upload takes longer than 0.5 s
+
+        r = await srv.client.post("/v1/imports", content=slowly(), headers={
+            **alice.auth, "content-type": "application/json"})
+        assert r.status_code == 202, r.text
+        job = await wait_job(srv, alice, r.headers["location"])
+        assert job["status"] == "completed", job
+    await srv.stop()
