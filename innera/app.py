@@ -32,6 +32,7 @@ from innera.api import (
     me,
     notifications,
     openapi,
+    plain,
     search,
     ws,
 )
@@ -96,16 +97,21 @@ def _url() -> str:
 
 class Router:
     """The ASGI application innera serves: ``/v1/ws`` sockets go straight to the realtime
-    endpoint (:mod:`innera.api.ws`, no framework per long-lived socket); everything else to
-    the Quart app."""
+    endpoint (:mod:`innera.api.ws`, no framework per long-lived socket), ``/health`` and
+    ``/metrics`` to plain handlers (:mod:`innera.api.plain`); everything else to the Quart
+    app."""
 
     def __init__(self, svc: Services, app: QuartTrio) -> None:
         self.svc = svc
         self.app = app
+        self.security_headers = [(k.lower().encode(), v.encode())
+                                 for k, v in _security_headers(svc.settings.production, False)]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == ws.PATH:
             await ws.serve(self.svc, scope, receive, send)
+        elif plain.handles(scope):
+            await plain.serve(self.svc, scope, send, self.security_headers)
         else:
             await self.app(scope, receive, send)
 
@@ -218,14 +224,18 @@ CORS_EXPOSED = ("X-Request-Id, RateLimit-Limit, RateLimit-Remaining, RateLimit-R
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Reauth-Token"
 
 
-def add_security_headers(response: Response, production: bool) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if request.path.startswith("/v1/"):
-        response.headers.setdefault("Cache-Control", "no-store")
+def _security_headers(production: bool, api: bool) -> list[tuple[str, str]]:
+    headers = list(SECURITY_HEADERS.items())
+    if api:
+        headers.append(("Cache-Control", "no-store"))
     if production:  # TLS ends at the load balancer in production
-        response.headers.setdefault("Strict-Transport-Security",
-                                    "max-age=31536000; includeSubDomains")
+        headers.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
+    return headers
+
+
+def add_security_headers(response: Response, production: bool) -> None:
+    for name, value in _security_headers(production, request.path.startswith("/v1/")):
+        response.headers.setdefault(name, value)
 
 
 def add_cors_headers(response: Response, allowed: tuple[str, ...]) -> None:

@@ -15,7 +15,7 @@
             4. pub/sub listener, WebSocket hub  (realtime issue)
             5. job reconciler, upload sweeper,  (innera/jobs; unless INNERA_WORKERS=0)
                job workers                      (workers/)
-            6. HTTP server                      (innera/http: Hypercorn now)
+            6. HTTP server                      (innera/http: fast, or Hypercorn)
 
 Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
   readiness turns 503 and the listeners close at once → WebSockets are closed with 4000

@@ -31,6 +31,32 @@ async def test_liveness(server: RunningServer) -> None:
     uuid.UUID(r.headers["x-request-id"], version=4)
 
 
+async def test_health_and_metrics_answer_without_the_framework_with_the_same_contract(
+        server: RunningServer) -> None:
+    from innera.app import SECURITY_HEADERS
+    from innera.observability.metrics import CONTENT_TYPE
+
+    def counted() -> float:
+        text = server.services.metrics.render().decode()
+        line = next((x for x in text.splitlines() if x.startswith(
+            'http_requests_total{method="GET",route="/health",status_code="200"}')), None)
+        return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
+    before = counted()
+    r = await server.client.get("/health")
+    assert (r.status_code, r.headers["content-type"]) == (200, "application/health+json")
+    assert all(r.headers[name] == value for name, value in SECURITY_HEADERS.items())
+    assert counted() == before + 1  # counted like any request
+    head = await server.client.head("/health")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(r.content))
+    m = await server.client.get("/metrics")
+    assert m.status_code == 200 and m.headers["content-type"] == CONTENT_TYPE
+    assert "x-request-id" in m.headers and b"http_requests_total" in m.content
+    post = await server.client.post("/health")  # other methods: the framework's 405
+    assert_error(post, 405, "method_not_allowed")
+
+
 async def test_every_response_has_a_fresh_request_id(server: RunningServer) -> None:
     ids = {(await server.client.get("/health")).headers["x-request-id"] for _ in range(5)}
     assert len(ids) == 5

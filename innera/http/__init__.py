@@ -25,7 +25,7 @@ SERVERS = {"fast": "innera.http.fast", "hypercorn": "innera.http.hypercorn"}
 
 
 async def serve_http(
-    app: Any, host: str, port: int, stop_accepting: trio.Event, server: str = "hypercorn", *,
+    app: Any, host: str, port: int, stop_accepting: trio.Event, server: str = "fast", *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` with the implementation named ``server`` (see the module doc)."""

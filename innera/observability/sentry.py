@@ -171,6 +171,9 @@ def task_scope(**tags: str) -> Iterator[None]:
     Enter and leave it in the same task. Tasks spawned inside it share its scope object
     (a contextvar copy holds the same reference): give each its own ``task_scope``.
     """
+    if not sentry_sdk.is_initialized():  # no reporting: no scope (~4 KiB per WebSocket)
+        yield
+        return
     with sentry_sdk.isolation_scope() as scope:
         for key, value in tags.items():
             scope.set_tag(key, value)

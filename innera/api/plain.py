@@ -1,0 +1,74 @@
+"""Operational routes served without the framework: ``GET|HEAD /health`` and ``/metrics``.
+
+Uptime monitors and Prometheus hit these all day; through Quart each cost the framework's
+per-request machinery (contexts, routing, Request/Response objects) for a constant answer.
+Here they are plain ASGI, with the same contract as the API's responses: ``X-Request-Id``,
+the security headers, the request metric and the access log line. A request with an
+``Origin`` header (a browser, which needs CORS) or any other method goes to Quart as before.
+``/health/ready`` stays in Quart: its dependency checks cost far more than the framework.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from innera.api.health import HEALTH_JSON
+from innera.observability.logging import bind_request
+from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from innera.services import Services
+
+access_log = logging.getLogger("innera.request")
+
+PATHS = frozenset({"/health", "/metrics"})
+_LIVENESS = json.dumps({"status": "pass"}, separators=(",", ":")).encode()
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def handles(scope: dict[str, Any]) -> bool:
+    """Whether :func:`serve` answers this request (else the framework does)."""
+    if scope["type"] != "http" or scope["path"] not in PATHS:
+        return False
+    if scope["method"] not in ("GET", "HEAD"):
+        return False
+    return not any(name == b"origin" for name, _ in scope["headers"])
+
+
+async def serve(svc: Services, scope: dict[str, Any], send: Send,
+                security_headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer a request :func:`handles` accepted (its body, if any, is ignored)."""
+    started = time.perf_counter()
+    request_id = str(uuid.uuid4())
+    bind_request(request_id)
+    if scope["path"] == "/health":
+        body, content_type = _LIVENESS, HEALTH_JSON
+    else:
+        body, content_type = svc.metrics.render(), METRICS_CONTENT_TYPE
+    headers = [(b"content-type", content_type.encode()),
+               (b"content-length", str(len(body)).encode()),
+               (b"x-request-id", request_id.encode()), *security_headers]
+    if scope["path"] == "/health":  # like the framework path: scrapes are not counted
+        _observe(svc, scope, request_id, time.perf_counter() - started)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body",
+                "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def _observe(svc: Services, scope: dict[str, Any], request_id: str, elapsed: float) -> None:
+    """The request metric and the access log line, before the response goes out (as the
+    framework's after-request hook does)."""
+    svc.metrics.observe_request(scope["method"], scope["path"], 200, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info("request completed", extra={
+            "req": {"method": scope["method"], "url": scope["path"], "requestId": request_id,
+                    "userId": None},
+            "res": {"statusCode": 200},
+            "responseTime": round(elapsed * 1000, 2),
+        })
