@@ -2,7 +2,8 @@
 (``INNERA_HTTP_SERVER``), alternated in one run, so the servers compare by their ratios.
 
     .venv/bin/python bench/http_load.py [--servers fast,hypercorn] [--duration 5]
-        [--connections 64] [--rounds 2] [--procs 1] [--no-info] [--only NAME ...]
+        [--connections 64] [--rounds 2] [--generator wrk|python] [--procs 1] [--no-info]
+        [--only NAME ...]
 
 Set-up, once: a fresh database on the local PostgreSQL and a Redis DB held the way the tests
 hold theirs (lock ``innera-test:db:N`` in DB 0), seeded in this process through innera's
@@ -12,17 +13,33 @@ access tokens minted with the server's JWT secret.
 
 Each round starts every server in turn (the order reversed every other round): ``innera
 serve`` with rate limits out of the way and ``LOG_LEVEL=warn``, pinned to CPU 0, then each
-workload for ``--duration`` s (after 0.5 s of warm-up) from ``bench/loadgen.py`` processes
-pinned to CPU 1 (PostgreSQL and Redis float). The server is stopped with SIGTERM. Workloads
-marked ``info`` run again on a server with ``LOG_LEVEL=info`` (label ``NAME+info``): the
-cost of the access log. Writes go to a second user, so every server reads the same data.
-Then ``ws_broadcast.py`` once per server and ``queue_throughput.py`` once, as subprocesses.
+workload for ``--duration`` s (after 0.5 s of warm-up) from the load generator pinned to CPU 1
+(PostgreSQL and Redis float). The server is stopped with SIGTERM. Workloads marked ``info``
+run again on a server with ``LOG_LEVEL=info`` (label ``NAME+info``): the cost of the access
+log. Writes go to a second user, so every server reads the same data. Then
+``ws_broadcast.py`` once per server and ``queue_throughput.py`` once, as subprocesses.
+
+Load generators (``--generator``; the default is wrk when it is on PATH), both closed loop on
+keep-alive connections with the requests rendered beforehand (a unique ``Idempotency-Key`` per
+POST):
+
+- ``wrk``: one wrk process of ``--procs`` threads (default 1) with ``bench/wrk_load.lua``: a
+  wrk for the warm-up (discarded), then another for the measurement, each stopped with SIGINT
+  (in-flight requests are dropped). About a tenth of ``loadgen.py``'s CPU per request, so the
+  server stays the limit. p50/p99 come from wrk's latency histogram (1,000 quantiles per
+  round, pooled over the rounds by request count), which wrk corrects for coordinated
+  omission (a slow response adds synthetic samples), so its p99 can exceed the raw one.
+  Errors: ``4xx/5xx`` (wrk counts statuses > 399 without telling them apart), ``reset``
+  (connect, read, write errors; a malformed response counts as a read error), ``timeout``.
+- ``python``: ``--procs`` ``bench/loadgen.py`` processes (Trio, ``httptools``), latencies of
+  every request; one process tops out near 5–7k req/s, so a fast server's rate is a lower
+  bound. Errors by status (non-2xx), ``timeout``, ``reset``, ``parse``.
 
 Tables: req/s (mean of the rounds), p50/p99 over all rounds' latencies, the CPU share of the
 server process and of the load generators during the measurement (``!``: the generators were
-the limit, ≥ 90 % of their core; the server's req/s is then a lower bound), errors (non-2xx,
-timeouts, resets), req/s of each round; and the first server over the second. The database,
-the Redis DB and the temporary files go at the end, also on Ctrl-C and SIGTERM.
+the limit, ≥ 90 % of their core; the server's req/s is then a lower bound), errors, req/s of
+each round; and the first server over each other one. The database, the Redis DB and the
+temporary files go at the end, also on Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -30,10 +47,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import platform
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +76,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import cpu_s  # noqa: E402
 from bench.search_scan import WORDS, make_body  # noqa: E402
 from innera.config import load_settings  # noqa: E402
 from innera.process import open_services  # noqa: E402
@@ -69,6 +89,11 @@ REDIS_BASE = os.environ.get("INNERA_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 SERVER_CPU, LOADGEN_CPUS = {0}, {1}
 WARMUP_S = 0.5
 GENERATOR_BOUND = 0.9  # load generators' CPU share past which req/s is their limit
+WRK_SCRIPT = ROOT / "bench" / "wrk_load.lua"
+# wrk's error counts → the kinds of loadgen.py; wrk counts statuses > 399 in one sum, and a
+# malformed response as a read error.
+WRK_ERRORS = {"connect": "reset", "read": "reset", "write": "reset", "timeout": "timeout",
+              "status": "4xx/5xx"}
 USERS, MAIN_ENTRIES, OTHER_ENTRIES, NOTIFICATIONS = 10, 10_000, 100, 200
 NO_MATCH = "xylophonequartz"
 PACKAGES = ("trio", "hypercorn", "quart", "quart-trio", "httptools", "wsproto", "psycopg",
@@ -275,6 +300,10 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 def run_load(server: subprocess.Popen[bytes], port: int, requests: list[str], connections: int,
              args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """One report per load-generator process: ``{"count", "seconds", "errors", "latencies_us",
+    "server_cpu", "own_cpu"}`` (see ``bench/loadgen.py``)."""
+    if args.generator == "wrk":
+        return [run_wrk(server, port, requests, connections, args, workdir)]
     spec = workdir / "spec.json"
     spec.write_text(json.dumps({"host": "127.0.0.1", "port": port, "server_pid": server.pid,
                                 "warmup_s": WARMUP_S, "duration_s": args.duration,
@@ -297,6 +326,64 @@ def run_load(server: subprocess.Popen[bytes], port: int, requests: list[str], co
     return [json.loads(out) for out in outputs]
 
 
+def run_wrk(server: subprocess.Popen[bytes], port: int, requests: list[str], connections: int,
+            args: argparse.Namespace, workdir: Path) -> dict:
+    """wrk for ``WARMUP_S`` (discarded), then a second wrk for ``--duration`` s: the report
+    ``run_load`` returns, its ``latencies_us`` made of wrk's 1,000 latency quantiles (each
+    repeated for its share of ``count``, so rounds pool by their request counts)."""
+    path = workdir / "requests.bin"  # raw requests, NUL-separated (see bench/wrk_load.lua)
+    path.write_bytes(b"\0".join(r.encode() for r in requests))
+    threads = max(1, min(args.procs, connections))
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "--timeout", "10s", "--latency",
+            "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/"]
+    wrk_once(argv, path, WARMUP_S, server.pid)
+    out, server_cpu, own_cpu = wrk_once(argv, path, args.duration, server.pid)
+    errors: Counter[str] = Counter()
+    for kind, n in out["errors"].items():
+        errors[WRK_ERRORS[kind]] += n
+    count, quantiles = out["requests"], out["quantiles_us"]
+    return {"count": count, "seconds": out["duration_us"] / 1e6, "errors": dict(+errors),
+            "latencies_us": [quantiles[i * len(quantiles) // count] for i in range(count)],
+            "server_cpu": server_cpu, "own_cpu": own_cpu}
+
+
+def wrk_once(argv: list[str], requests: Path, seconds: float, server_pid: int
+             ) -> tuple[dict, float, float]:
+    """One wrk process, stopped with SIGINT after ``seconds`` (its ``-d`` takes whole seconds
+    only, so it is just a backstop): the JSON line of ``done()`` in bench/wrk_load.lua, and the
+    CPU share of the server and of wrk over those ``seconds``. A fresh run id per process keeps
+    the Idempotency-Keys unique across runs."""
+    wrk = subprocess.Popen([*argv, "-d", f"{math.ceil(seconds) + 5}s", "--", str(requests),
+                            uuid.uuid4().hex[:12]], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    # Pinned before wrk starts its threads (they inherit it): it loads its libraries, the Lua
+    # script and the requests first. wrk ignores SIGINT until its threads run (a few ms; it
+    # would then stop at -d).
+    pin(wrk.pid, LOADGEN_CPUS)
+    try:
+        start = cpu_s(server_pid), cpu_s(wrk.pid), time.perf_counter()
+        time.sleep(seconds)
+        end = cpu_s(server_pid), cpu_s(wrk.pid), time.perf_counter()
+        wrk.send_signal(signal.SIGINT)
+        out, err = wrk.communicate(timeout=seconds + 60)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    if wrk.returncode or not lines:
+        raise RuntimeError(f"wrk failed (exit code {wrk.returncode}): "
+                           f"{err.decode().strip()[-500:]}")
+    wall = end[2] - start[2]
+    return json.loads(lines[-1]), (end[0] - start[0]) / wall, (end[1] - start[1]) / wall
+
+
+def wrk_version() -> str:
+    """``wrk <version>`` as ``wrk -v`` prints it (then its usage, exit code 1)."""
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()
+    return " ".join(out[:2]) or "wrk"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -312,15 +399,15 @@ def ready(port: int) -> bool:
         return False
 
 
-def start_server(env: dict[str, str], log: Path, profile: Path | None = None
-                 ) -> tuple[subprocess.Popen[bytes], int] | None:
+def start_server(env: dict[str, str], log: Path, profile: Path | None = None,
+                 tree: Path = ROOT) -> tuple[subprocess.Popen[bytes], int] | None:
     """``innera serve`` pinned to the server CPU, once ``/health/ready`` answers 200; None
     (after printing why) when it exits or is not ready within 60 s. With ``profile``, the
     server runs under cProfile, which writes its stats there when the server exits."""
     port = free_port()
     profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, *profiler, "-m", "innera.cli", "serve"], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, *profiler, "-m", "innera.cli", "serve"], cwd=tree,
                                 env={**env, "PORT": str(port)}, stdout=out,
                                 stderr=subprocess.STDOUT)
     pin(proc.pid, SERVER_CPU)
@@ -388,9 +475,12 @@ def measure(args: argparse.Namespace, env: dict[str, str], seed: Seed, workdir: 
             label = server if level == "warn" else f"{server}+info"
             if server in failed:
                 continue
-            profile = (args.profile / f"{label}-round{round_ + 1}.prof") if args.profile else None
-            started = start_server({**env, "INNERA_HTTP_SERVER": server, "LOG_LEVEL": level},
-                                   workdir / f"{label}.log", profile)
+            slug = label.replace("/", "_")
+            profile = (args.profile / f"{slug}-round{round_ + 1}.prof") if args.profile else None
+            name, _, tree = server.partition("@")
+            started = start_server({**env, "INNERA_HTTP_SERVER": name, "LOG_LEVEL": level},
+                                   workdir / f"{slug}.log", profile,
+                                   Path(tree) if tree else ROOT)
             if started is None:
                 failed.add(server)
                 continue
@@ -399,8 +489,11 @@ def measure(args: argparse.Namespace, env: dict[str, str], seed: Seed, workdir: 
                 for w in workloads:
                     if level == "info" and not w.info:
                         continue
-                    reports = run_load(proc, port, requests_for(w.name, seed),
-                                       w.connections or args.connections, args, workdir)
+                    sample = (args.sample / f"{w.name}-{slug}-round{round_ + 1}.txt"
+                              if args.sample else None)
+                    with sampling(proc.pid, sample, args.duration):
+                        reports = run_load(proc, port, requests_for(w.name, seed),
+                                           w.connections or args.connections, args, workdir)
                     result = results.setdefault((w.name, label), Result())
                     result.add(reports)
                     print(f"round {round_ + 1} {label:<15} {w.name:<12} "
@@ -408,6 +501,31 @@ def measure(args: argparse.Namespace, env: dict[str, str], seed: Seed, workdir: 
             finally:
                 stop_server(proc)
     return results, failed
+
+
+@contextmanager
+def sampling(pid: int, out: Path | None, duration_s: float) -> Iterator[None]:
+    """With ``out``, py-spy samples process ``pid`` (without pausing it) while the block runs
+    and writes collapsed stacks there: a profile that, unlike cProfile, does not inflate small
+    calls."""
+    if out is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "250",
+                            "--nonblocking", "--format", "raw", "--output", str(out),
+                            "--duration", str(int(duration_s + WARMUP_S + 1))],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pin(spy.pid, LOADGEN_CPUS)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(10)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
 
 
 def ratio_line(results: dict[tuple[str, str], Result], name: str, a: str, b: str) -> str | None:
@@ -439,8 +557,8 @@ def print_tables(args: argparse.Namespace, results: dict[tuple[str, str], Result
                   f"{gen:>5.0%}{'!' if gen >= GENERATOR_BOUND else ' '} {errors:<8}"
                   f"{' / '.join(f'{x:,.0f}' for x in r.rates)}"
                   f"{f'  ({detail})' if detail else ''}")
-        if len(args.servers) >= 2:
-            a, b = args.servers[:2]
+        a = args.servers[0]
+        for b in args.servers[1:]:
             for line in (ratio_line(results, w.name, a, b),
                          ratio_line(results, w.name, f"{a}+info", f"{b}+info")):
                 if line:
@@ -452,7 +570,7 @@ def run_subprocess_benches(args: argparse.Namespace, servers: list[str], redis_u
     keys = {"ws_broadcast": ("per idle connection", "broadcast to"),
             "queue_throughput": ("throughput:", "latency")}
     runs = [(f"ws_broadcast ({s})", ["ws_broadcast.py"], {"INNERA_HTTP_SERVER": s})
-            for s in servers if "ws_broadcast" in args.only]
+            for s in servers if "ws_broadcast" in args.only and "@" not in s]
     if "queue_throughput" in args.only:
         runs.append(("queue_throughput", ["queue_throughput.py", "--redis-url", redis_url], {}))
     for title, argv, extra in runs:
@@ -471,25 +589,42 @@ def run_subprocess_benches(args: argparse.Namespace, servers: list[str], redis_u
 def main() -> None:
     names = [w.name for w in WORKLOADS] + list(SUBPROCESS_BENCHES)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", default="fast,hypercorn", type=lambda s: s.split(","))
+    parser.add_argument("--servers", default="fast,hypercorn", type=lambda s: s.split(","),
+                        help="INNERA_HTTP_SERVER values, compared in this order; NAME@DIR runs "
+                             "NAME from the checkout in DIR (e.g. a git worktree of an older "
+                             "commit: before/after in one run; not for ws_broadcast)")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--generator", choices=("wrk", "python"),
+                        default="wrk" if shutil.which("wrk") else "python",
+                        help="the load generator: wrk (with bench/wrk_load.lua) or python "
+                             "(bench/loadgen.py processes); default: wrk when it is on PATH, "
+                             "else python (here: %(default)s)")
+    parser.add_argument("--procs", type=int, default=1,
+                        help="load-generator processes (python) or wrk threads (wrk)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="run each server under cProfile; stats go to DIR/<server>-roundN.prof "
                              "(figures are then not comparable with unprofiled runs)")
+    parser.add_argument("--sample", type=Path, default=None, metavar="DIR",
+                        help="sample each server with py-spy (on the load generators' CPU) "
+                             "during each workload; collapsed stacks go to "
+                             "DIR/<workload>-<server>-roundN.txt")
     parser.add_argument("--no-info", dest="info", action="store_false",
                         help="skip the LOG_LEVEL=info variant")
     parser.add_argument("--only", nargs="+", choices=names, default=names, metavar="NAME",
                         help=f"a subset of: {', '.join(names)}")
     args = parser.parse_args()
+    if args.generator == "wrk" and not shutil.which("wrk"):
+        parser.error("--generator wrk: wrk is not on PATH")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
 
     print(*machine_facts(), sep="\n")
+    generator = (f"{wrk_version()} with {args.procs} thread(s) (p50/p99 from its latency "
+                 "histogram)" if args.generator == "wrk"
+                 else f"{args.procs} loadgen.py process(es)")
     print(f"servers {', '.join(args.servers)}; {args.rounds} round(s) of {args.duration:g} s "
-          f"per workload after {WARMUP_S:g} s warm-up; {args.procs} load-generator process(es)",
-          flush=True)
+          f"per workload after {WARMUP_S:g} s warm-up; load from {generator}", flush=True)
     with database() as database_url, redis_db() as redis_url, \
             tempfile.TemporaryDirectory(prefix="innera-http-bench-") as tmp:
         env = server_env(database_url, redis_url, Path(tmp) / "data")

@@ -13,12 +13,15 @@ Order of what wraps a request:
 from __future__ import annotations
 
 import logging
+import math
 import time
-import uuid
 from typing import Any, NoReturn
 
+import trio
 from quart import Response, g, request
+from quart.sessions import NullSession, SessionInterface
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from innera.api import (
@@ -38,6 +41,7 @@ from innera.api import (
 )
 from innera.api.context import json_response, services
 from innera.errors import AppError, InvalidJson, error_body
+from innera.ids import new_uuid4
 from innera.observability import sentry
 from innera.observability.logging import bind_request, loggable_url
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -87,6 +91,48 @@ class InneraRequest(attachments.StreamingUploadRequest):
         raise InvalidJson()
 
 
+class BodylessFastPath(TrioASGIHTTPConnection):
+    """Quart-trio runs each request as a nursery of two tasks: one feeds the body in and then
+    waits for ``http.disconnect``, the other runs the app. A request that has no body (no
+    ``Content-Length`` above 0, no ``Transfer-Encoding``: every GET and most DELETEs) has
+    nothing to feed, so it runs the app in the server's task with no nursery. It then does
+    not watch for the client leaving: its work still ends at the request deadline, and
+    writing the answer to a gone client fails at once."""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        if not _has_body(self.scope["headers"]):
+            request = self._create_request_from_scope(send)
+            request.body.set_complete()
+            response = await self.app.handle_request(request)
+            timeout = getattr(response, "timeout", Ellipsis)
+            if timeout is Ellipsis:
+                timeout = self.app.config["RESPONSE_TIMEOUT"]
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._send_response(send, response)
+        else:
+            await super().__call__(receive, send)
+
+
+class NoSessions(SessionInterface):
+    """innera has no cookie sessions (clients send bearer tokens): every request gets the one
+    null session, instead of Quart building a serializer-less one per request."""
+
+    null = NullSession()
+
+    async def open_session(self, app: Any, request: Any) -> NullSession:
+        return self.null
+
+    async def save_session(self, app: Any, session: Any, response: Any) -> None:
+        return None
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
 #: at LOG_LEVEL=debug, JSON bodies up to this size are logged (redacted)
 DEBUG_BODY_MAX_BYTES = 64 * 1024
 
@@ -123,6 +169,8 @@ def create_asgi(svc: Services) -> Router:
 
 def create_app(svc: Services) -> QuartTrio:
     app = QuartTrio("innera")
+    app.asgi_http_class = BodylessFastPath  # type: ignore[assignment]
+    app.session_interface = NoSessions()
     app.request_class = type("InneraRequest", (InneraRequest,),
                              {"import_max_bytes": svc.settings.import_max_bytes})
     app.extensions["innera"] = svc
@@ -135,11 +183,17 @@ def create_app(svc: Services) -> QuartTrio:
     )
     app.url_map.strict_slashes = False
 
+    production, cors_origins = svc.settings.production, svc.settings.cors_origins
+    #: (name, value, lower-case name) per "is this an API path"
+    security = {api: [(name, value, name.lower()) for name, value in
+                      _security_headers(production, api)] for api in (False, True)}
+
     @app.before_request
     async def start_request() -> None:
-        g.started = time.perf_counter()
-        g.request_id = str(uuid.uuid4())
-        bind_request(g.request_id)
+        ctx = g._get_current_object()
+        ctx.started = time.perf_counter()
+        ctx.request_id = new_uuid4()
+        bind_request(ctx.request_id)
         if access_log.isEnabledFor(logging.DEBUG):
             small = (request.content_length or 0) <= DEBUG_BODY_MAX_BYTES
             loggable = request.is_json and small and not imports.is_import_upload(
@@ -147,28 +201,42 @@ def create_app(svc: Services) -> QuartTrio:
             body = await request.get_json(silent=True) if loggable else None
             access_log.debug("request received", extra={"req": {
                 "method": request.method, "url": _url(),
-                "requestId": g.request_id, "headers": dict(request.headers), "body": body}})
+                "requestId": ctx.request_id, "headers": dict(request.headers), "body": body}})
 
     @app.after_request
     async def finish_request(response: Response) -> Response:
-        response.headers["X-Request-Id"] = _request_id()
-        decision = g.get("rate_limit")
+        # One pass over the response's headers, then one extend: werkzeug's setdefault
+        # scans them all for every header added.
+        ctx, req = g._get_current_object(), request._get_current_object()
+        headers = response.headers
+        present = {name.lower() for name in headers.keys()}
+        request_id = _request_id()
+        added = []
+        if "x-request-id" in present:
+            headers["X-Request-Id"] = request_id
+        else:
+            added.append(("X-Request-Id", request_id))
+        decision = getattr(ctx, "rate_limit", None)
         if decision is not None:
-            for name, value in decision.headers().items():
-                response.headers.setdefault(name, value)
-        add_security_headers(response, svc.settings.production)
-        add_cors_headers(response, svc.settings.cors_origins)
-        route = request.url_rule.rule if request.url_rule is not None else None
+            added += [(name, value) for name, value in decision.headers().items()
+                      if name.lower() not in present]
+        added += [(name, value) for name, value, lower in security[req.path.startswith("/v1/")]
+                  if lower not in present]
+        headers.extend(added)
+        if cors_origins:
+            add_cors_headers(response, cors_origins)
+        route = req.url_rule.rule if req.url_rule is not None else None
         if route == "/metrics":
             return response
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        svc.metrics.observe_request(request.method, route, response.status_code, elapsed)
-        access_log.info("request completed", extra={
-            "req": {"method": request.method, "url": _url(),
-                    "requestId": _request_id(), "userId": g.get("user_id")},
-            "res": {"statusCode": response.status_code},
-            "responseTime": round(elapsed * 1000, 2),
-        })
+        elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
+        svc.metrics.observe_request(req.method, route, response.status_code, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("request completed", extra={
+                "req": {"method": req.method, "url": _url(),
+                        "requestId": request_id, "userId": getattr(ctx, "user_id", None)},
+                "res": {"statusCode": response.status_code},
+                "responseTime": round(elapsed * 1000, 2),
+            })
         return response
 
     @app.get("/metrics")
@@ -233,16 +301,11 @@ def _security_headers(production: bool, api: bool) -> list[tuple[str, str]]:
     return headers
 
 
-def add_security_headers(response: Response, production: bool) -> None:
-    for name, value in _security_headers(production, request.path.startswith("/v1/")):
-        response.headers.setdefault(name, value)
-
-
 def add_cors_headers(response: Response, allowed: tuple[str, ...]) -> None:
     """CORS for the origins in CORS_ORIGINS (``*``: any). Preflights are answered by Quart's
     automatic OPTIONS response, completed here."""
     origin = request.headers.get("origin")
-    if not origin or not allowed:
+    if not origin:
         return
     if "*" in allowed:
         response.headers["Access-Control-Allow-Origin"] = "*"
@@ -259,10 +322,13 @@ def add_cors_headers(response: Response, allowed: tuple[str, ...]) -> None:
 
 
 def _request_id() -> str:
-    rid = g.get("request_id") if g else None
+    try:
+        ctx = g._get_current_object()
+    except RuntimeError:  # outside a request: nothing to bind it to
+        return new_uuid4()
+    rid = getattr(ctx, "request_id", None)
     if rid is None:
-        rid = str(uuid.uuid4())
-        g.request_id = rid
+        rid = ctx.request_id = new_uuid4()
     return rid
 
 

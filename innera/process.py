@@ -71,6 +71,7 @@ from innera.realtime.listener import run_listener
 from innera.redis import Redis, RedisSettings, run_redis
 from innera.services import Lifecycle, Services
 from innera.storage import LocalStorage, S3Storage, Storage
+from innera.users import ActiveUsers
 
 log = logging.getLogger("innera.process")
 
@@ -169,6 +170,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         idempotency=Idempotency(redis),
         data_keys=data_keys,
         entry_cipher=EntryCipher(data_keys),
+        active_users=ActiveUsers(pool),
     )
 
 

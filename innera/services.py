@@ -25,6 +25,7 @@ from innera.observability.metrics import Metrics
 from innera.realtime.hub import Hub
 from innera.redis import Redis
 from innera.storage import Storage
+from innera.users import ActiveUsers
 
 
 @dataclass
@@ -54,4 +55,5 @@ class Services:
     data_keys: DataKeys
     entry_cipher: EntryCipher
     cursors: CursorCodec
+    active_users: ActiveUsers
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

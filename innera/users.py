@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from innera.batching import Batcher
 from innera.db.pool import Pool
 from innera.errors import AppError
 from innera.ids import canonical_uuid
@@ -59,13 +61,38 @@ async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_h
     return _user(row)
 
 
+_ACTIVE = "SELECT id, email, status, created_at FROM users WHERE status = 'active' AND "
+
+
+class ActiveUsers:
+    """"Is this user (still) active?", asked by every authenticated request: concurrent
+    requests share one query (:class:`innera.batching.Batcher`). Every answer is read from
+    PostgreSQL after the request asked, never cached, so a disabled or deleted account's
+    tokens stop working at once."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self.batcher: Batcher[str, User | None] = Batcher(self._fetch)
+
+    async def get(self, user_id: str) -> User | None:
+        """The active user with this id (``None``: unknown, disabled or not a UUID)."""
+        canonical = canonical_uuid(user_id)
+        return None if canonical is None else await self.batcher(canonical)
+
+    async def _fetch(self, user_ids: Sequence[str]) -> list[User | None]:
+        async with self._pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                _ACTIVE + "id = ANY(%s::uuid[])", (list(set(user_ids)),))
+            users = {str(row["id"]): _user(row) for row in await cur.fetchall()}
+        return [users.get(user_id) for user_id in user_ids]
+
+
 async def get_active_user(pool: Pool, user_id: str) -> User | None:
     if canonical_uuid(user_id) is None:
         return None
     async with pool.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
-            "SELECT id, email, status, created_at FROM users WHERE id = %s AND status = 'active'",
-            (user_id,))
+            _ACTIVE + "id = %s", (user_id,))
         row = await cur.fetchone()
     return _user(row) if row else None
 

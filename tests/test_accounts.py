@@ -228,6 +228,28 @@ async def test_deleted_or_disabled_users_tokens_stop_working_at_once(server: Run
     assert_error(await server.client.get("/v1/me", headers=bob.auth), 401, "unauthorized")
 
 
+async def test_concurrent_requests_each_check_their_own_user(server: RunningServer) -> None:
+    """Concurrent requests share the "still active?" query, yet each is answered for its own
+    user from a status read after it arrived: nothing is cached."""
+    users = [await signup(server.client) for _ in range(4)]
+    async with server.services.db.connection() as conn:
+        await conn.execute("UPDATE users SET status = 'disabled' WHERE id = %s", (users[3].id,))
+    checks = server.services.active_users.batcher
+    items_before = checks.items
+    answers: list[tuple[int, int, str | None]] = []
+
+    async def me(i: int) -> None:
+        r = await server.client.get("/v1/me", headers=users[i % 4].auth)
+        answers.append((i % 4, r.status_code, r.json().get("id")))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(me, i)
+    assert sorted(answers) == sorted(
+        (i % 4, 401, None) if i % 4 == 3 else (i % 4, 200, users[i % 4].id) for i in range(40))
+    assert checks.items - items_before == 40
+
+
 async def test_no_user_sees_another_users_account(server: RunningServer) -> None:
     alice, bob = await signup(server.client), await signup(server.client)
     me_a = (await server.client.get("/v1/me", headers=alice.auth)).json()

@@ -259,7 +259,7 @@ async def test_an_operation_past_request_timeout_is_cancelled_with_503(
     srv = await start_server(nursery, load_settings(env))
     async with srv.client:
         account = await signup(srv.client)
-        proxy.set_mode("hang")
+        await proxy.cut("hang")
         started = trio.current_time()
         r = await srv.client.get("/v1/me", headers=account.auth)
         assert_error(r, 503, "request_timeout")

@@ -14,7 +14,6 @@ from innera.errors import AppError, RateLimited, Unauthorized
 from innera.guards.client_ip import client_ip
 from innera.guards.idempotency import fingerprint, validate_key
 from innera.observability.logging import bind_user
-from innera.users import get_active_user
 
 
 class ReauthRequired(AppError):
@@ -24,14 +23,14 @@ class ReauthRequired(AppError):
 
 async def authenticate() -> None:
     """``Authorization: Bearer <access token>`` → an active user, else 401 ``unauthorized``.
-    The user's status is read on every request, so a disabled or deleted user's tokens stop
-    working at once."""
+    The user's status is read on every request (concurrent requests share one query), so a
+    disabled or deleted user's tokens stop working at once."""
     svc = services()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     user_id = svc.access_tokens.verify(token.strip())
-    user = await get_active_user(svc.db, user_id)
+    user = await svc.active_users.get(user_id)
     if user is None:
         raise Unauthorized("This account is no longer active",
                            headers={"WWW-Authenticate": "Bearer"})

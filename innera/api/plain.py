@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from innera.api.health import HEALTH_JSON
+from innera.ids import new_uuid4
 from innera.observability.logging import bind_request
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -45,7 +45,7 @@ async def serve(svc: Services, scope: dict[str, Any], send: Send,
                 security_headers: list[tuple[bytes, bytes]]) -> None:
     """Answer a request :func:`handles` accepted (its body, if any, is ignored)."""
     started = time.perf_counter()
-    request_id = str(uuid.uuid4())
+    request_id = new_uuid4()
     bind_request(request_id)
     if scope["path"] == "/health":
         body, content_type = _LIVENESS, HEALTH_JSON

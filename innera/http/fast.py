@@ -1,7 +1,8 @@
 """innera's Trio-native HTTP/1.1 + WebSocket server: the ``fast`` implementation of
 :func:`innera.http.serve_http` (``INNERA_HTTP_SERVER=fast``).
 
-Layout: this module listens, accepts and drains; :mod:`innera.http.fast_http` serves the
+Layout: this module serves each accepted connection (listening, accepting and the drain
+are :mod:`innera.http.listeners`, shared with Hypercorn); :mod:`innera.http.fast_http` serves the
 HTTP/1.1 requests of a connection (httptools), :mod:`innera.http.fast_cycle` is the ASGI
 cycle of one request (receive, send, response framing), :mod:`innera.http.fast_ws` the
 WebSocket sessions (wsproto), :mod:`innera.http.fast_io` drives the sockets.
@@ -48,9 +49,10 @@ The module constants are read when :func:`serve_http` starts (tests make them sm
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
+from functools import partial
+from typing import Any
 
 import trio
 
@@ -58,6 +60,7 @@ from innera.http.fast_cycle import ASGIApp
 from innera.http.fast_http import HTTPConnection
 from innera.http.fast_io import ClientDisconnected, Settings, Transport
 from innera.http.fast_ws import prepare_websocket
+from innera.http.listeners import serve_listeners
 
 log = logging.getLogger("innera.http")
 
@@ -73,8 +76,6 @@ MAX_READ_AHEAD_REQUESTS = 16
 DRAIN_LIMIT_BYTES = 1024 * 1024  # a body left unread by a finished response: read and dropped
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 WS_CLOSE_TIMEOUT_S = 2.0
-# accept() errors that mean "out of resources right now": wait and accept again.
-_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 def current_settings() -> Settings:
@@ -132,29 +133,20 @@ async def _serve_connection(app: ASGIApp, settings: Settings, draining: trio.Eve
         transport.close()
 
 
-async def _accept_loop(listener: trio.SocketListener, connections: trio.Nursery,
-                       app: ASGIApp, settings: Settings, draining: trio.Event) -> None:
-    listening = listener.socket
-    while True:
-        try:
-            accepted, address = await listening.accept()
-        except OSError as exc:
-            if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
-                raise
-            log.error("accept() failed: %s; pausing accepts for 100 ms", exc)
-            await trio.sleep(0.1)
-            continue
-        # the connection is driven through the plain socket (see fast_io)
-        sock = socket.socket(fileno=accepted.detach())
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # already gone
-            sock.close()
-            continue
-        client = (address if len(address) == 2 else address[:2]) if isinstance(address, tuple) \
-            else None
-        connections.start_soon(_serve_connection, app, settings, draining, sock, client)
+def _accepted(app: ASGIApp, settings: Settings, draining: trio.Event,
+              accepted: trio.socket.SocketType, address: Any, connections: trio.Nursery
+              ) -> None:
+    # the connection is driven through the plain socket (see fast_io)
+    sock = socket.socket(fileno=accepted.detach())
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # already gone
+        sock.close()
+        return
+    client = (address if len(address) == 2 else address[:2]) if isinstance(address, tuple) \
+        else None
+    connections.start_soon(_serve_connection, app, settings, draining, sock, client)
 
 
 async def serve_http(
@@ -166,21 +158,5 @@ async def serve_http(
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``stop_accepting`` is set, then drain (see the module doc)."""
-    settings = current_settings()
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
-    addresses = [listener.socket.getsockname()[:2] for listener in listeners]
-    async with trio.open_nursery() as connections:
-        try:
-            async with trio.open_nursery() as acceptors:
-                for listener in listeners:
-                    acceptors.start_soon(_accept_loop, listener, connections, app, settings,
-                                         stop_accepting)
-                task_status.started(addresses)
-                await stop_accepting.wait()
-                acceptors.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
-        if connections.child_tasks:
-            log.info("draining %d open connection(s)", len(connections.child_tasks))
+    accepted = partial(_accepted, app, current_settings(), stop_accepting)
+    await serve_listeners(host, port, stop_accepting, accepted, task_status=task_status)

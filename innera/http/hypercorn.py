@@ -2,15 +2,14 @@
 
 ``hypercorn.trio.serve`` cannot drain the way a rolling restart needs: on its shutdown
 trigger it closes idle keep-alive connections at once, so a request a load balancer sends
-on such a connection at that moment is reset. innera therefore runs its own accept loop and
-uses Hypercorn only per connection (``TCPServer``): when draining starts the listeners close,
-but open connections live on until their next response (sent with ``Connection: close``) or
-until Hypercorn's keep-alive timeout closes them.
+on such a connection at that moment is reset. innera therefore runs its own accept loop
+(:mod:`innera.http.listeners`) and uses Hypercorn only per connection (``TCPServer``): when
+draining starts the listeners close, but open connections live on until their next response
+(sent with ``Connection: close``) or until Hypercorn's keep-alive timeout closes them.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,6 +22,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
+from innera.http.listeners import serve_listeners
+
 log = logging.getLogger("innera.http")
 
 ASGIApp = Callable[
@@ -32,8 +33,6 @@ ASGIApp = Callable[
 KEEP_ALIVE_TIMEOUT_S = 5.0
 FINAL_SEND_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 10.0
-# accept() errors that mean "out of resources right now": wait and accept again.
-_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 def _hypercorn_config() -> Config:
@@ -117,23 +116,6 @@ class _TCPServer(TCPServer):
                 await self.protocol.handle(Closed())
 
 
-async def _accept_loop(
-    listener: trio.SocketListener,
-    handle: Callable[[trio.SocketStream], Awaitable[None]],
-    connections: trio.Nursery,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
-                raise
-            log.error("accept() failed: %s; pausing accepts for 100 ms", exc)
-            await trio.sleep(0.1)
-            continue
-        connections.start_soon(handle, stream)
-
-
 async def serve_http(
     app: ASGIApp,
     host: str,
@@ -149,19 +131,12 @@ async def serve_http(
     async def handle(stream: trio.SocketStream) -> None:
         await _TCPServer(wrapped, config, context, ConnectionState({}), stream).run()
 
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
-    addresses = [listener.socket.getsockname()[:2] for listener in listeners]
-    async with trio.open_nursery() as connections:
+    def accepted(sock: trio.socket.SocketType, _: Any, connections: trio.Nursery) -> None:
         try:
-            async with trio.open_nursery() as acceptors:
-                for listener in listeners:
-                    acceptors.start_soon(_accept_loop, listener, handle, connections)
-                task_status.started(addresses)
-                await stop_accepting.wait()
-                acceptors.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
-        if connections.child_tasks:
-            log.info("draining %d open connection(s)", len(connections.child_tasks))
+            stream = trio.SocketStream(sock)  # sets TCP_NODELAY, as SocketListener does
+        except OSError:  # already gone
+            sock.close()
+            return
+        connections.start_soon(handle, stream)
+
+    await serve_listeners(host, port, stop_accepting, accepted, task_status=task_status)

@@ -14,10 +14,9 @@ Cursors (``innera/api/cursors.py``) carry a :data:`Position`; their purposes are
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import trio
@@ -51,9 +50,14 @@ AFTER = "(occurred_at, id) < (%s, %s)"
 ORDER = "ORDER BY entries.occurred_at DESC, entries.id DESC"
 
 
+_ZERO = timedelta(0)
+
+
 def iso_utc(moment: datetime) -> str:
     """ISO 8601 in UTC with ``Z``, millisecond precision."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.utcoffset() != _ZERO:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -101,13 +105,21 @@ def entry_from_row(cipher: EntryCipher, dek: bytes, user_id: str, row: Sequence[
 OPERATION_TIMEOUT_S = 10.0
 
 
-@contextmanager
-def _bounded() -> Iterator[None]:
-    try:
-        with trio.fail_after(OPERATION_TIMEOUT_S):
-            yield
-    except trio.TooSlowError:
-        raise DatabaseUnavailable("The database did not answer in time") from None
+class _bounded:
+    """``with _bounded():`` the block gets OPERATION_TIMEOUT_S, past it DatabaseUnavailable
+    (a class rather than a @contextmanager around fail_after: it runs on every read)."""
+
+    __slots__ = ("_scope",)
+
+    def __enter__(self) -> None:
+        self._scope = trio.CancelScope(deadline=trio.current_time() + OPERATION_TIMEOUT_S)
+        self._scope.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        suppressed = self._scope.__exit__(exc_type, exc, tb)
+        if self._scope.cancelled_caught or isinstance(exc, trio.TooSlowError):
+            raise DatabaseUnavailable("The database did not answer in time") from None
+        return suppressed
 
 
 async def insert_entry(pool: Pool, cipher: EntryCipher, user_id: str, entry: Entry,

@@ -77,6 +77,8 @@ class Metrics:
         self.http_requests = Counter(
             "http_requests_total", "Total HTTP requests",
             ["method", "route", "status_code"], registry=r)
+        #: (method, route, status) → the two series' children, looked up once
+        self._request_children: dict[tuple[str, str | None, int], tuple[Any, Any]] = {}
 
         self.entries_created = Counter(
             "innera_entries_created_total", "Total entries created", registry=r)
@@ -132,9 +134,14 @@ class Metrics:
 
     def observe_request(self, method: str, route: str | None, status: int, seconds: float
                         ) -> None:
-        labels = (method, route or UNKNOWN_ROUTE, str(status))
-        self.http_duration.labels(*labels).observe(seconds)
-        self.http_requests.labels(*labels).inc()
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:  # labels() takes a lock and builds its key: once per series
+            labels = (method, route or UNKNOWN_ROUTE, str(status))
+            children = (self.http_duration.labels(*labels), self.http_requests.labels(*labels))
+            self._request_children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

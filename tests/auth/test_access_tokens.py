@@ -55,6 +55,36 @@ def test_expired_with_small_leeway() -> None:
     assert (failure.value.status, failure.value.code) == (401, "unauthorized")
 
 
+def test_a_token_verified_before_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verified tokens are remembered (no second signature check), until their ``exp``."""
+    tokens = AccessTokens(SECRET, 900)
+    now = int(time.time())
+    token = jwt.encode(claims(iat=now, exp=now + 10), SECRET, algorithm="HS256")
+    assert tokens.verify(token) == USER
+    assert tokens.verify(token) == USER
+    later = time.time() + 10 + 6  # past exp and the 5 s leeway
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthorized, match="expired"):
+        tokens.verify(token)
+    assert token not in tokens._verified
+
+
+def test_remembered_tokens_are_bounded_and_forgeries_are_not_among_them() -> None:
+    tokens = AccessTokens(SECRET, 900, cache_size=3)
+    issued = [tokens.issue(str(uuid.uuid4())) for _ in range(5)]
+    for token, _ in issued:
+        tokens.verify(token)
+    assert len(tokens._verified) == 3
+    token = issued[-1][0]
+    header, payload, signature = token.split(".")
+    forged = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(Unauthorized):
+        tokens.verify(forged)
+    # the first token dropped out and verifies again from its signature
+    assert tokens.verify(issued[0][0]) == jwt.decode(
+        issued[0][0], options={"verify_signature": False})["sub"]
+
+
 def test_tampered_token() -> None:
     tokens = AccessTokens(SECRET, 900)
     token, _ = tokens.issue(USER)

@@ -115,6 +115,27 @@ async def test_concurrent_hits_allow_exactly_the_limit(redis: Redis) -> None:
     assert sum(1 for d in decisions if d and d.allowed) == 20
     assert sorted(d.remaining for d in decisions if d and d.allowed) == list(range(20))
     assert await redis.client.get(f"rl:{ROUTE}:burst") == "50"
+    assert limiter.batcher.batches < 50  # they shared script calls
+
+
+async def test_a_key_redis_refuses_fails_open_alone(redis: Redis) -> None:
+    """A counter Redis cannot INCR fails its own requests open, not the others batched with
+    them."""
+    await redis.client.lpush("rl:/x:bad", ["not a counter"])
+    limiter = RateLimiter(redis)
+    decisions: dict[tuple[str, int], Decision | None] = {}
+
+    async def one(client: str, i: int) -> None:
+        decisions[client, i] = await limiter.hit("/x", client, 10, 60)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(one, "good", i)
+            nursery.start_soon(one, "bad", i)
+    assert limiter.batcher.batches < 10
+    assert [decisions["bad", i] for i in range(5)] == [None] * 5
+    good = [decisions["good", i] for i in range(5)]
+    assert sorted(d.remaining for d in good if d is not None) == [5, 6, 7, 8, 9]
 
 
 async def test_a_redis_side_error_fails_open(redis: Redis) -> None:
