@@ -12,14 +12,16 @@ Order of what wraps a request:
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import time
 from typing import Any, NoReturn
 
 import trio
 from quart import Response, g, request
 from quart.sessions import NullSession, SessionInterface
+from quart.utils import encode_headers
+from quart.wrappers.response import DataBody
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
@@ -90,6 +92,21 @@ class InneraRequest(attachments.StreamingUploadRequest):
     def on_json_loading_failed(self, error: Exception | None) -> NoReturn:
         raise InvalidJson()
 
+    @property
+    def blueprints(self) -> list[str]:
+        """Quart's, cached per endpoint: Quart asks for it three times per request and
+        imports and splits each time."""
+        return _blueprints_of(self.endpoint)
+
+
+@functools.cache
+def _blueprints_of(endpoint: str | None) -> list[str]:
+    if endpoint is None or "." not in endpoint:
+        return []
+    name = endpoint.rsplit(".", 1)[0]
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
 
 class BodylessFastPath(TrioASGIHTTPConnection):
     """Quart-trio runs each request as a nursery of two tasks: one feeds the body in and then
@@ -107,10 +124,27 @@ class BodylessFastPath(TrioASGIHTTPConnection):
             timeout = getattr(response, "timeout", Ellipsis)
             if timeout is Ellipsis:
                 timeout = self.app.config["RESPONSE_TIMEOUT"]
-            with trio.move_on_after(math.inf if timeout is None else timeout):
+            if timeout is None:  # innera's setting: the server bounds its sends
                 await self._send_response(send, response)
+            else:
+                with trio.move_on_after(timeout):
+                    await self._send_response(send, response)
         else:
             await super().__call__(receive, send)
+
+    async def _send_response(self, send: Any, response: Any) -> None:
+        """A body held in memory (every JSON answer) goes as one final body message; Quart
+        iterates it into a body message and an empty last one."""
+        body = getattr(response, "response", None)
+        if not isinstance(body, DataBody):  # files, streams
+            await super()._send_response(send, response)
+            return
+        data = body.data
+        if (body.begin, body.end) != (0, len(data)):  # a Range request
+            data = data[body.begin:body.end]
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": encode_headers(response.headers)})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 class NoSessions(SessionInterface):

@@ -62,6 +62,7 @@ from innera.guards.ratelimit import RateLimiter
 from innera.jobs.reconciler import RECONCILE_INTERVAL_S, run_reconciler
 from innera.jobs.runtime import worker_queues
 from innera.jobs.upload_sweeper import run_upload_sweeper
+from innera.journal.entries import EntryReads
 from innera.local_secrets import derive_key
 from innera.observability import sentry
 from innera.observability.metrics import Metrics
@@ -153,6 +154,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     keyring = await load_keyring_async(settings.mek, settings.mek_file, settings.data_dir,
                                        settings.production)
     data_keys = DataKeys(pool, LocalKeyProvider(keyring), metrics)
+    entry_cipher = EntryCipher(data_keys)
     refresh_tokens = open_refresh_store(settings, pool, redis)
     if isinstance(refresh_tokens, PostgresRefreshTokenStore):
         await stack.enter_async_context(supervised(refresh_tokens.run_cleaner))
@@ -169,8 +171,9 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         rate_limiter=RateLimiter(redis),
         idempotency=Idempotency(redis),
         data_keys=data_keys,
-        entry_cipher=EntryCipher(data_keys),
+        entry_cipher=entry_cipher,
         active_users=ActiveUsers(pool),
+        entry_reads=EntryReads(pool, entry_cipher),
     )
 
 

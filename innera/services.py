@@ -21,6 +21,7 @@ from innera.crypto.entry_cipher import EntryCipher
 from innera.db.pool import Pool
 from innera.guards.idempotency import Idempotency
 from innera.guards.ratelimit import RateLimiter
+from innera.journal.entries import EntryReads
 from innera.observability.metrics import Metrics
 from innera.realtime.hub import Hub
 from innera.redis import Redis
@@ -56,4 +57,5 @@ class Services:
     entry_cipher: EntryCipher
     cursors: CursorCodec
     active_users: ActiveUsers
+    entry_reads: EntryReads
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

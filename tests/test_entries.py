@@ -367,6 +367,35 @@ async def test_another_users_entry_is_not_found(server: RunningServer) -> None:
     assert r.status_code == 200 and r.json() == entry
 
 
+async def test_concurrent_reads_each_get_their_own_users_entry(server: RunningServer) -> None:
+    """Concurrent reads share one query: each still gets exactly its own user's entry, and a
+    read of another user's entry in the same batch is 404."""
+    alice, bob = await signup(server.client), await signup(server.client)
+    mine = {a.id: [await create(server, a, body=f"{a.email} {i}") for i in range(3)]
+            for a in (alice, bob)}
+    reads = server.services.entry_reads.batcher
+    items_before = reads.items
+    answers: list[tuple[str, str, int, Any]] = []
+
+    async def read(account: Account, entry: dict[str, Any]) -> None:
+        r = await server.client.get(f"/v1/entries/{entry['id']}", headers=account.auth)
+        answers.append((account.id, entry["id"], r.status_code, r.json()))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            for account in (alice, bob):
+                for owner in (alice, bob):
+                    for entry in mine[owner.id]:
+                        nursery.start_soon(read, account, entry)
+    assert len(answers) == 48 and reads.items - items_before == 48
+    owners = {e["id"]: owner for owner, entries in mine.items() for e in entries}
+    for reader, entry_id, status, body in answers:
+        if owners[entry_id] == reader:
+            assert status == 200 and body == next(e for e in mine[reader] if e["id"] == entry_id)
+        else:
+            assert status == 404 and body["error"]["code"] == "not_found"
+
+
 BAD_IDS = [
     "nope", "123", "00000000-0000-0000-0000-00000000000g", "00000000000000000000000000000000",
     "00000000-0000-0000-0000-0000000000000", "%27%20OR%201%3D1", "%C3%A9", "a" * 300,

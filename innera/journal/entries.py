@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from innera.api.cursors import EPOCH, Position
+from innera.batching import Batcher
 from innera.crypto.entry_cipher import EntryCipher
 from innera.db.pool import Pool
 from innera.errors import DatabaseUnavailable
@@ -30,10 +31,10 @@ __all__ = [
     "ROW_COLUMNS",
     "START",
     "Entry",
+    "EntryReads",
     "Position",
     "delete_entry",
     "entry_from_row",
-    "get_entry",
     "insert_entry",
     "iso_utc",
     "list_entries",
@@ -44,6 +45,7 @@ _EPOCH = EPOCH
 
 #: The columns every entry query selects, in the order :func:`entry_from_row` reads them.
 ROW_COLUMNS = "id::text, content, occurred_at, created_at, updated_at"
+_JOINED_COLUMNS = "e.id::text, e.content, e.occurred_at, e.created_at, e.updated_at"
 #: Keyset condition "strictly after this position" in the newest-first order.
 AFTER = "(occurred_at, id) < (%s, %s)"
 # Qualified: a bare "id" would name the selected id::text column (and sort as text).
@@ -141,16 +143,32 @@ async def insert_entry(pool: Pool, cipher: EntryCipher, user_id: str, entry: Ent
         return entry
 
 
-async def get_entry(pool: Pool, cipher: EntryCipher, user_id: str, entry_id: str
-                    ) -> Entry | None:
-    with _bounded():
-        dek = await cipher.data_keys.get(user_id)
-        async with pool.connection() as conn:
+class EntryReads:
+    """Reading one entry by id, the most frequent request: concurrent reads share one query
+    (:class:`innera.batching.Batcher`), which matches each (entry, user) pair exactly, so a
+    read can only ever find its own user's entry."""
+
+    def __init__(self, pool: Pool, cipher: EntryCipher) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self.batcher: Batcher[tuple[str, str], Sequence[Any] | None] = Batcher(self._fetch)
+
+    async def get(self, user_id: str, entry_id: str) -> Entry | None:
+        """The user's entry (decrypted), or None."""
+        with _bounded():
+            dek = await self._cipher.data_keys.get(user_id)
+            row = await self.batcher((entry_id, user_id))
+            return None if row is None else entry_from_row(self._cipher, dek, user_id, row)
+
+    async def _fetch(self, keys: Sequence[tuple[str, str]]) -> list[Sequence[Any] | None]:
+        async with self._pool.connection() as conn:
             cur = await conn.execute(
-                f"SELECT {ROW_COLUMNS} FROM entries WHERE id = %s AND user_id = %s",
-                (entry_id, user_id), binary=True)
-            row = await cur.fetchone()
-        return None if row is None else entry_from_row(cipher, dek, user_id, row)
+                f"SELECT {_JOINED_COLUMNS}, e.user_id::text FROM unnest(%s::uuid[], "
+                "%s::uuid[]) AS k(id, user_id) JOIN entries e ON e.id = k.id AND "
+                "e.user_id = k.user_id", ([entry for entry, _ in keys], [user for _, user in keys]),
+                binary=True)
+            rows = {(row[0], row[-1]): row for row in await cur.fetchall()}
+        return [rows.get(key) for key in keys]
 
 
 async def list_entries(pool: Pool, cipher: EntryCipher, user_id: str, limit: int,

@@ -159,10 +159,11 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
 
 
 def bind_request(request_id: str) -> None:
-    """Bind ``requestId`` to every line logged while serving the current request (the
-    request's Trio task has its own copy of the context)."""
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(requestId=request_id)
+    """Bind ``requestId`` to every line logged while serving the current request, and forget
+    the previous request's ``userId`` (a keep-alive connection's requests can share a task).
+    These two are all innera binds, so this is ``clear_contextvars()`` without its walk over
+    every context variable of the task (an ``Ellipsis`` value is structlog's "unbound")."""
+    structlog.contextvars.bind_contextvars(requestId=request_id, userId=...)
 
 
 def bind_user(user_id: str) -> None:
