@@ -83,9 +83,12 @@ async def idempotent(run: Callable[[], Awaitable[Response]]) -> Response:
     async with svc.idempotency.guard(g.user_id, key, fp) as guard:
         if guard.replay is not None:
             stored = guard.replay
+            headers = {"Idempotent-Replayed": "true"}
+            if stored.location is not None:
+                headers["Location"] = stored.location
             return Response(stored.body, status=stored.status, content_type=stored.content_type,
-                            headers={"Idempotent-Replayed": "true"})
+                            headers=headers)
         response = await run()
         guard.store(response.status_code, await response.get_data(as_text=False),
-                    response.content_type or "application/json")
+                    response.content_type or "application/json", response.headers.get("Location"))
         return response

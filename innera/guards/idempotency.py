@@ -4,8 +4,9 @@ user and key; a repeat within 24 h gets the first response back (``Idempotent-Re
 Redis keys (spec, "Redis Usage"):
 
 - ``idempotency:{userId}:{key}`` → JSON ``{"statusCode", "body", "fingerprint",
-  "contentType"}`` (``body`` is base64: any bytes), 24 h. Not written for 5xx responses, nor
-  when the handler raises, so the client can retry.
+  "contentType"}`` (``body`` is base64: any bytes), plus ``"location"`` when the response had
+  a ``Location`` header (a replayed 202 still names its job), 24 h. Not written for 5xx
+  responses, nor when the handler raises, so the client can retry.
 - ``idempotency:{userId}:{key}:lock`` → a random owner token, ``SET NX PX`` 30 s, renewed every
   ``lock_ttl_s / 3`` while the handler runs, released by compare-and-delete.
 
@@ -124,6 +125,8 @@ class StoredResponse:
     status: int
     body: bytes
     content_type: str
+    #: the response's Location header (a 201 or 202 names what it made), if any
+    location: str | None = None
 
 
 class Guard:
@@ -134,11 +137,12 @@ class Guard:
         self.replay = replay
         self._pending: StoredResponse | None = None
 
-    def store(self, status: int, body: bytes, content_type: str) -> None:
+    def store(self, status: int, body: bytes, content_type: str,
+              location: str | None = None) -> None:
         if self.replay is not None:
             return
         self._pending = None if status >= 500 else StoredResponse(status, bytes(body),
-                                                                  content_type)
+                                                                  content_type, location)
 
 
 class _Unavailable(Exception):
@@ -181,7 +185,7 @@ class Idempotency:
             if stored["fingerprint"] != fingerprint:
                 raise IdempotencyKeyReused()
             yield Guard(StoredResponse(stored["statusCode"], base64.b64decode(stored["body"]),
-                                       stored["contentType"]))
+                                       stored["contentType"], stored.get("location")))
             return
         if reply[0] != "locked":
             raise IdempotencyInProgress(
@@ -245,12 +249,15 @@ class Idempotency:
         the handler has run, its response stands; at worst the lock expires by itself."""
         value = ""
         if response is not None:
-            value = json.dumps({
+            stored: dict[str, Any] = {
                 "statusCode": response.status,
                 "body": base64.b64encode(response.body).decode("ascii"),
                 "fingerprint": fingerprint,
                 "contentType": response.content_type,
-            }, separators=(",", ":"))
+            }
+            if response.location is not None:
+                stored["location"] = response.location
+            value = json.dumps(stored, separators=(",", ":"))
         try:
             with trio.CancelScope(shield=True):
                 released = await self._call(

@@ -380,6 +380,7 @@ async def test_upload_rules(nursery: trio.Nursery, server_settings: dict[str, st
         second = await server.client.post("/v1/imports", content=keyed_file, headers=keyed)
         assert (second.status_code, second.json()["id"]) == (202, first.json()["id"])
         assert second.headers["idempotent-replayed"] == "true"
+        assert second.headers["location"] == first.headers["location"]  # names the same job
         assert (await wait_job(server, alice, first.headers["location"]))["result"] == {
             "imported": 1, "skipped": 0, "format": "dayone", "attachments": 0}
         r = await server.client.post("/v1/imports", content=chunked(),
