@@ -433,13 +433,18 @@ def last_words(line: str) -> str:
     return line[:200]
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
+def stop_process(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
+    """Send ``sig``; kill ``proc`` if it has not exited within ``timeout_s``."""
+    proc.send_signal(sig)
     try:
-        proc.wait(40)
+        proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    stop_process(proc, signal.SIGTERM, 40)
     if proc.returncode:
         print(f"!! the server exited with code {proc.returncode} after SIGTERM")
 
@@ -520,12 +525,7 @@ def sampling(pid: int, out: Path | None, duration_s: float) -> Iterator[None]:
     try:
         yield
     finally:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(10)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
+        stop_process(spy, signal.SIGINT, 10)
 
 
 def ratio_line(results: dict[tuple[str, str], Result], name: str, a: str, b: str) -> str | None:

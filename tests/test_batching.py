@@ -4,7 +4,7 @@ cancelled or failing caller strands nobody."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -33,6 +33,16 @@ class Backend:
         if self.fail_with is not None:
             raise self.fail_with
         return [2 * item for item in items]
+
+
+async def queue_behind_a_first_call(nursery: trio.Nursery,
+                                    call: Callable[[int], Awaitable[None]]) -> None:
+    """call(0) leads a batch (blocked in the backend); call(1) and call(2) queue behind it."""
+    nursery.start_soon(call, 0)
+    await trio.testing.wait_all_tasks_blocked()
+    for item in (1, 2):
+        nursery.start_soon(call, item)
+    await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_a_lone_call_runs_at_once_alone() -> None:
@@ -130,11 +140,7 @@ async def test_calls_cancelled_inside_a_cancelled_batch_do_not_stall_the_batcher
             answers[item] = await batcher(item)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(call, 0)
-        await trio.testing.wait_all_tasks_blocked()
-        for item in (1, 2):
-            nursery.start_soon(call, item)
-        await trio.testing.wait_all_tasks_blocked()
+        await queue_behind_a_first_call(nursery, call)
         scopes[0].cancel()  # 1 or 2 leads [1, 2]
         await trio.testing.wait_all_tasks_blocked()
         leader, follower = batches[1]
@@ -186,11 +192,7 @@ async def test_a_failing_batch_raises_in_each_of_its_calls_and_the_next_batch_wo
             outcomes[item] = exc
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(call, 0)
-        await trio.testing.wait_all_tasks_blocked()
-        for item in (1, 2):
-            nursery.start_soon(call, item)
-        await trio.testing.wait_all_tasks_blocked()
+        await queue_behind_a_first_call(nursery, call)
         backend.fail_with = ConnectionError("down")
         backend.release.set()
     assert all(isinstance(outcomes[i], ConnectionError) for i in (0, 1, 2))
