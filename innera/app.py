@@ -45,14 +45,18 @@ from innera.api.context import json_response, services
 from innera.errors import AppError, InvalidJson, error_body
 from innera.ids import new_uuid4
 from innera.observability import sentry
-from innera.observability.logging import bind_request, loggable_url
+from innera.observability.logging import (
+    access_log,
+    bind_request,
+    log_request_completed,
+    loggable_url,
+)
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from innera.services import Services
 
 __all__ = ["create_app", "json_response", "services"]
 
 log = logging.getLogger("innera.app")
-access_log = logging.getLogger("innera.request")
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -264,13 +268,8 @@ def create_app(svc: Services) -> QuartTrio:
             return response
         elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
         svc.metrics.observe_request(req.method, route, response.status_code, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("request completed", extra={
-                "req": {"method": req.method, "url": _url(),
-                        "requestId": request_id, "userId": getattr(ctx, "user_id", None)},
-                "res": {"statusCode": response.status_code},
-                "responseTime": round(elapsed * 1000, 2),
-            })
+        log_request_completed(req.method, _url(), request_id, getattr(ctx, "user_id", None),
+                              response.status_code, elapsed)
         return response
 
     @app.get("/metrics")

@@ -11,20 +11,17 @@ the security headers, the request metric and the access log line. A request with
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from innera.api.health import HEALTH_JSON
 from innera.ids import new_uuid4
-from innera.observability.logging import bind_request
+from innera.observability.logging import bind_request, log_request_completed
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from innera.services import Services
-
-access_log = logging.getLogger("innera.request")
 
 PATHS = frozenset({"/health", "/metrics"})
 _LIVENESS = json.dumps({"status": "pass"}, separators=(",", ":")).encode()
@@ -65,10 +62,4 @@ def _observe(svc: Services, scope: dict[str, Any], request_id: str, elapsed: flo
     """The request metric and the access log line, before the response goes out (as the
     framework's after-request hook does)."""
     svc.metrics.observe_request(scope["method"], scope["path"], 200, elapsed)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info("request completed", extra={
-            "req": {"method": scope["method"], "url": scope["path"], "requestId": request_id,
-                    "userId": None},
-            "res": {"statusCode": 200},
-            "responseTime": round(elapsed * 1000, 2),
-        })
+    log_request_completed(scope["method"], scope["path"], request_id, None, 200, elapsed)

@@ -158,6 +158,22 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
+#: the per-request lines (the spec's pino-http logger)
+access_log = logging.getLogger("innera.request")
+
+
+def log_request_completed(method: str, url: str, request_id: str, user_id: str | None,
+                          status: int, elapsed_s: float) -> None:
+    """The one completion line per request (the framework's after-request hook and the
+    framework-free routes both write it)."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info("request completed", extra={
+            "req": {"method": method, "url": url, "requestId": request_id, "userId": user_id},
+            "res": {"statusCode": status},
+            "responseTime": round(elapsed_s * 1000, 2),
+        })
+
+
 def bind_request(request_id: str) -> None:
     """Bind ``requestId`` to every line logged while serving the current request, and forget
     the previous request's ``userId`` (a keep-alive connection's requests can share a task).
