@@ -94,9 +94,6 @@ _ready = waiting._ready  # (fileno, Wait) -> Ready, without waiting
 _HAS_EPOLL = hasattr(select, "epoll")
 _last_yield = 0.0
 
-#: How many times a Wait.RW found the socket neither readable nor writable (for tests/bench).
-rw_slow_waits = 0
-
 
 # --- wait functions -------------------------------------------------------------------
 
@@ -146,8 +143,6 @@ async def _wait_rw(fileno: int) -> int:
     readable when either is ready; Trio waits on that fd. Elsewhere: race two tasks.
     Only reached when a write would block (a large parameter or COPY block).
     """
-    global rw_slow_waits
-    rw_slow_waits += 1
     if _HAS_EPOLL:
         ep = select.epoll(1)
         try:
