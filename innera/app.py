@@ -15,15 +15,19 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from functools import partial
 from typing import Any, NoReturn
+from urllib.parse import urlparse
 
 import trio
 from quart import Response, g, request
+from quart.asgi import _normalise_path
 from quart.sessions import NullSession, SessionInterface
 from quart.utils import encode_headers
 from quart.wrappers.response import DataBody
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from innera.api import (
@@ -112,6 +116,30 @@ def _blueprints_of(endpoint: str | None) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
+class RequestHeaders(Headers):
+    """werkzeug's Headers, whose ``get`` and ``in`` answer a missing name without raising
+    and catching a BadRequestKeyError (werkzeug builds one per miss, and every GET misses
+    Content-Length and Transfer-Encoding while its request object is made)."""
+
+    def get(self, key: str, default: Any = None, type: Any = None) -> Any:
+        wanted = key.lower()
+        for name, value in self._list:
+            if name.lower() == wanted:
+                if type is None:
+                    return value
+                try:
+                    return type(value)
+                except ValueError:
+                    return default
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        wanted = key.lower()
+        return any(name.lower() == wanted for name, _ in self._list)
+
+
 class BodylessFastPath(TrioASGIHTTPConnection):
     """Quart-trio runs each request as a nursery of two tasks: one feeds the body in and then
     waits for ``http.disconnect``, the other runs the app. A request that has no body (no
@@ -135,6 +163,29 @@ class BodylessFastPath(TrioASGIHTTPConnection):
                     await self._send_response(send, response)
         else:
             await super().__call__(receive, send)
+
+    def _create_request_from_scope(self, send: Any) -> Any:
+        """Quart's, with :class:`RequestHeaders` filled in one step (the servers have
+        already refused header values holding CR or LF, which werkzeug checks per add)."""
+        scope, config = self.scope, self.app.config
+        headers = RequestHeaders()
+        headers._list = [("Remote-Addr", (scope.get("client") or ["<local>"])[0])]
+        headers._list += [(name.decode("latin1").title(), value.decode("latin1"))
+                          for name, value in scope["headers"]]
+        if scope["http_version"] < "1.1" and "host" not in headers:
+            headers._list.append(("Host", config["SERVER_NAME"] or ""))
+        path = scope["path"]
+        if path[:1] != "/":
+            path = urlparse(path).path
+        root_path = scope.get("root_path", "")
+        if root_path:
+            path = _normalise_path(path, root_path)
+        return self.app.request_class(
+            scope["method"], scope["scheme"], path, scope["query_string"], headers,
+            root_path, scope["http_version"],
+            max_content_length=config["MAX_CONTENT_LENGTH"],
+            body_timeout=config["BODY_TIMEOUT"],
+            send_push_promise=partial(self._send_push_promise, send), scope=scope)
 
     async def _send_response(self, send: Any, response: Any) -> None:
         """A body held in memory (every JSON answer) goes as one final body message; Quart
@@ -260,7 +311,7 @@ def create_app(svc: Services) -> QuartTrio:
                       if name.lower() not in present]
         added += [(name, value) for name, value, lower in security[req.path.startswith("/v1/")]
                   if lower not in present]
-        headers.extend(added)
+        headers._list.extend(added)  # no per-item check: our names and values
         if cors_origins:
             add_cors_headers(response, cors_origins)
         route = req.url_rule.rule if req.url_rule is not None else None
@@ -268,8 +319,8 @@ def create_app(svc: Services) -> QuartTrio:
             return response
         elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
         svc.metrics.observe_request(req.method, route, response.status_code, elapsed)
-        log_request_completed(req.method, _url(), request_id, getattr(ctx, "user_id", None),
-                              response.status_code, elapsed)
+        log_request_completed(req.method, req.path, req.query_string, request_id,
+                              getattr(ctx, "user_id", None), response.status_code, elapsed)
         return response
 
     @app.get("/metrics")

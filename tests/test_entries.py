@@ -396,6 +396,35 @@ async def test_concurrent_reads_each_get_their_own_users_entry(server: RunningSe
             assert status == 404 and body["error"]["code"] == "not_found"
 
 
+async def test_reads_stuck_on_the_database_are_503_when_the_bound_passes(
+        server: RunningServer, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads whose shared query cannot run (the table is locked) each end with a 503 once
+    the data-access bound passes, and reads work again once the lock is gone."""
+    from innera.db.connection import TrioConnection
+    from innera.journal import entries as entries_module
+
+    account = await signup(server.client)
+    entry = await create(server, account)
+    url = f"/v1/entries/{entry['id']}"
+    monkeypatch.setattr(entries_module, "OPERATION_TIMEOUT_S", 0.5)
+    statuses: list[tuple[int, str]] = []
+
+    async def read() -> None:
+        r = await server.client.get(url, headers=account.auth)
+        statuses.append((r.status_code, r.json()["error"]["code"]))
+
+    async with await TrioConnection.connect(database_url) as locker:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(6):
+                        nursery.start_soon(read)
+    assert statuses == [(503, "database_unavailable")] * 6
+    r = await server.client.get(url, headers=account.auth)
+    assert r.status_code == 200 and r.json() == entry
+
+
 BAD_IDS = [
     "nope", "123", "00000000-0000-0000-0000-00000000000g", "00000000000000000000000000000000",
     "00000000-0000-0000-0000-0000000000000", "%27%20OR%201%3D1", "%C3%A9", "a" * 300,

@@ -62,4 +62,5 @@ def _observe(svc: Services, scope: dict[str, Any], request_id: str, elapsed: flo
     """The request metric and the access log line, before the response goes out (as the
     framework's after-request hook does)."""
     svc.metrics.observe_request(scope["method"], scope["path"], 200, elapsed)
-    log_request_completed(scope["method"], scope["path"], request_id, None, 200, elapsed)
+    log_request_completed(scope["method"], scope["path"], scope["query_string"], request_id,
+                          None, 200, elapsed)

@@ -47,12 +47,19 @@ class DataKeys:
             (user_id, version, wrapped))
         self._remember(user_id, dek)
 
-    async def get(self, user_id: str) -> bytes:
-        """The user's DEK (from the cache, else unwrapped from ``user_keys``)."""
+    def cached(self, user_id: str) -> bytes | None:
+        """The user's DEK if the cache holds it (no waiting), else None."""
         hit = self._cache.get(user_id)
         if hit is not None and hit[0] > time.monotonic():
             self._cache.move_to_end(user_id)
             return hit[1]
+        return None
+
+    async def get(self, user_id: str) -> bytes:
+        """The user's DEK (from the cache, else unwrapped from ``user_keys``)."""
+        dek = self.cached(user_id)
+        if dek is not None:
+            return dek
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT mek_version, wrapped_dek FROM user_keys WHERE user_id = %s", (user_id,))

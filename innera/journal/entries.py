@@ -154,20 +154,27 @@ class EntryReads:
         self.batcher: Batcher[tuple[str, str], Sequence[Any] | None] = Batcher(self._fetch)
 
     async def get(self, user_id: str, entry_id: str) -> Entry | None:
-        """The user's entry (decrypted), or None."""
-        with _bounded():
-            dek = await self._cipher.data_keys.get(user_id)
-            row = await self.batcher((entry_id, user_id))
-            return None if row is None else entry_from_row(self._cipher, dek, user_id, row)
+        """The user's entry (decrypted), or None.
+
+        The database work is bounded per batch, not per read (a cancel scope with a
+        deadline costs about as much as the rest of this method): a read waits for at most
+        the batch in flight and its own, each bounded by OPERATION_TIMEOUT_S."""
+        dek = self._cipher.data_keys.cached(user_id)
+        if dek is None:
+            with _bounded():
+                dek = await self._cipher.data_keys.get(user_id)
+        row = await self.batcher((entry_id, user_id))
+        return None if row is None else entry_from_row(self._cipher, dek, user_id, row)
 
     async def _fetch(self, keys: Sequence[tuple[str, str]]) -> list[Sequence[Any] | None]:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {_JOINED_COLUMNS}, e.user_id::text FROM unnest(%s::uuid[], "
-                "%s::uuid[]) AS k(id, user_id) JOIN entries e ON e.id = k.id AND "
-                "e.user_id = k.user_id", ([entry for entry, _ in keys], [user for _, user in keys]),
-                binary=True)
-            rows = {(row[0], row[-1]): row for row in await cur.fetchall()}
+        with _bounded():  # its DatabaseUnavailable reaches every read of the batch
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    f"SELECT {_JOINED_COLUMNS}, e.user_id::text FROM unnest(%s::uuid[], "
+                    "%s::uuid[]) AS k(id, user_id) JOIN entries e ON e.id = k.id AND "
+                    "e.user_id = k.user_id",
+                    ([entry for entry, _ in keys], [user for _, user in keys]), binary=True)
+                rows = {(row[0], row[-1]): row for row in await cur.fetchall()}
         return [rows.get(key) for key in keys]
 
 

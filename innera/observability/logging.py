@@ -162,11 +162,12 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
 access_log = logging.getLogger("innera.request")
 
 
-def log_request_completed(method: str, url: str, request_id: str, user_id: str | None,
-                          status: int, elapsed_s: float) -> None:
+def log_request_completed(method: str, path: str, query_string: bytes, request_id: str,
+                          user_id: str | None, status: int, elapsed_s: float) -> None:
     """The one completion line per request (the framework's after-request hook and the
-    framework-free routes both write it)."""
+    framework-free routes both write it); nothing is formatted when it is not logged."""
     if access_log.isEnabledFor(logging.INFO):
+        url = loggable_url(path, query_string)
         access_log.info("request completed", extra={
             "req": {"method": method, "url": url, "requestId": request_id, "userId": user_id},
             "res": {"statusCode": status},
