@@ -1,6 +1,6 @@
 """What Quart-trio itself costs per request, called in process with no server and no I/O:
 one trivial route (a constant JSON body) on stock Quart-trio, then with innera's trims
-(``BodylessFastPath``, ``NoSessions``, ``InneraRequest`` from ``innera/app.py``).
+(``TrimmedQuart`` from ``innera/framework.py``, ``InneraRequest`` from ``innera/app.py``).
 
     .venv/bin/python bench/quart_overhead.py [N]
 
@@ -20,7 +20,8 @@ from quart_trio import QuartTrio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from innera.app import BodylessFastPath, InneraRequest, NoSessions
+from innera.app import InneraRequest
+from innera.framework import TrimmedQuart
 
 SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
          "scheme": "http", "path": "/v1/entries/abc", "raw_path": b"/v1/entries/abc",
@@ -30,11 +31,10 @@ SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "met
 
 
 def make_app(trimmed: bool) -> QuartTrio:
-    app = QuartTrio("bench")
+    app = TrimmedQuart("bench") if trimmed else QuartTrio("bench")
     if trimmed:
-        app.asgi_http_class = BodylessFastPath  # type: ignore[assignment]
-        app.session_interface = NoSessions()
         app.request_class = InneraRequest
+        app.config["RESPONSE_TIMEOUT"] = None  # innera's setting: the server bounds sends
 
     @app.get("/v1/entries/<entry_id>")
     async def read(entry_id: str) -> Response:

@@ -15,19 +15,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from functools import partial
 from typing import Any, NoReturn
-from urllib.parse import urlparse
 
-import trio
 from quart import Response, g, request
-from quart.asgi import _normalise_path
-from quart.sessions import NullSession, SessionInterface
-from quart.utils import encode_headers
-from quart.wrappers.response import DataBody
 from quart_trio import QuartTrio
-from quart_trio.asgi import TrioASGIHTTPConnection
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from innera.api import (
@@ -47,6 +38,7 @@ from innera.api import (
 )
 from innera.api.context import json_response, services
 from innera.errors import AppError, InvalidJson, error_body
+from innera.framework import TrimmedQuart
 from innera.ids import new_uuid4
 from innera.observability import sentry
 from innera.observability.logging import (
@@ -116,112 +108,6 @@ def _blueprints_of(endpoint: str | None) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
-class RequestHeaders(Headers):
-    """werkzeug's Headers, whose ``get`` and ``in`` answer a missing name without raising
-    and catching a BadRequestKeyError (werkzeug builds one per miss, and every GET misses
-    Content-Length and Transfer-Encoding while its request object is made)."""
-
-    def get(self, key: str, default: Any = None, type: Any = None) -> Any:
-        wanted = key.lower()
-        for name, value in self._list:
-            if name.lower() == wanted:
-                if type is None:
-                    return value
-                try:
-                    return type(value)
-                except ValueError:
-                    return default
-        return default
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        wanted = key.lower()
-        return any(name.lower() == wanted for name, _ in self._list)
-
-
-class BodylessFastPath(TrioASGIHTTPConnection):
-    """Quart-trio runs each request as a nursery of two tasks: one feeds the body in and then
-    waits for ``http.disconnect``, the other runs the app. A request that has no body (no
-    ``Content-Length`` above 0, no ``Transfer-Encoding``: every GET and most DELETEs) has
-    nothing to feed, so it runs the app in the server's task with no nursery. It then does
-    not watch for the client leaving: its work still ends at the request deadline, and
-    writing the answer to a gone client fails at once."""
-
-    async def __call__(self, receive: Any, send: Any) -> None:
-        if not _has_body(self.scope["headers"]):
-            request = self._create_request_from_scope(send)
-            request.body.set_complete()
-            response = await self.app.handle_request(request)
-            timeout = getattr(response, "timeout", Ellipsis)
-            if timeout is Ellipsis:
-                timeout = self.app.config["RESPONSE_TIMEOUT"]
-            if timeout is None:  # innera's setting: the server bounds its sends
-                await self._send_response(send, response)
-            else:
-                with trio.move_on_after(timeout):
-                    await self._send_response(send, response)
-        else:
-            await super().__call__(receive, send)
-
-    def _create_request_from_scope(self, send: Any) -> Any:
-        """Quart's, with :class:`RequestHeaders` filled in one step (the servers have
-        already refused header values holding CR or LF, which werkzeug checks per add)."""
-        scope, config = self.scope, self.app.config
-        headers = RequestHeaders()
-        headers._list = [("Remote-Addr", (scope.get("client") or ["<local>"])[0])]
-        headers._list += [(name.decode("latin1").title(), value.decode("latin1"))
-                          for name, value in scope["headers"]]
-        if scope["http_version"] < "1.1" and "host" not in headers:
-            headers._list.append(("Host", config["SERVER_NAME"] or ""))
-        path = scope["path"]
-        if path[:1] != "/":
-            path = urlparse(path).path
-        root_path = scope.get("root_path", "")
-        if root_path:
-            path = _normalise_path(path, root_path)
-        return self.app.request_class(
-            scope["method"], scope["scheme"], path, scope["query_string"], headers,
-            root_path, scope["http_version"],
-            max_content_length=config["MAX_CONTENT_LENGTH"],
-            body_timeout=config["BODY_TIMEOUT"],
-            send_push_promise=partial(self._send_push_promise, send), scope=scope)
-
-    async def _send_response(self, send: Any, response: Any) -> None:
-        """A body held in memory (every JSON answer) goes as one final body message; Quart
-        iterates it into a body message and an empty last one."""
-        body = getattr(response, "response", None)
-        if not isinstance(body, DataBody):  # files, streams
-            await super()._send_response(send, response)
-            return
-        data = body.data
-        if (body.begin, body.end) != (0, len(data)):  # a Range request
-            data = data[body.begin:body.end]
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": encode_headers(response.headers)})
-        await send({"type": "http.response.body", "body": data, "more_body": False})
-
-
-class NoSessions(SessionInterface):
-    """innera has no cookie sessions (clients send bearer tokens): every request gets the one
-    null session, instead of Quart building a serializer-less one per request."""
-
-    null = NullSession()
-
-    async def open_session(self, app: Any, request: Any) -> NullSession:
-        return self.null
-
-    async def save_session(self, app: Any, session: Any, response: Any) -> None:
-        return None
-
-
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-            return True
-    return False
-
-
 #: at LOG_LEVEL=debug, JSON bodies up to this size are logged (redacted)
 DEBUG_BODY_MAX_BYTES = 64 * 1024
 
@@ -257,9 +143,7 @@ def create_asgi(svc: Services) -> Router:
 
 
 def create_app(svc: Services) -> QuartTrio:
-    app = QuartTrio("innera")
-    app.asgi_http_class = BodylessFastPath  # type: ignore[assignment]
-    app.session_interface = NoSessions()
+    app = TrimmedQuart("innera")
     app.request_class = type("InneraRequest", (InneraRequest,),
                              {"import_max_bytes": svc.settings.import_max_bytes})
     app.extensions["innera"] = svc

@@ -267,3 +267,31 @@ async def test_an_operation_past_request_timeout_is_cancelled_with_503(
         assert 0.4 < trio.current_time() - started < 1.5
         proxy.set_mode("pass")
     await srv.stop()
+
+
+async def raw_get(server: RunningServer, target: bytes, host: bytes) -> bytes:
+    """The head of the response to one GET written byte for byte (clients normalise Host)."""
+    address = server.started.addresses[0]
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        await stream.send_all(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                              % (target, host))
+        received = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    return received.partition(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize(("host", "location"), [
+    (b"Example.COM:80", b"http://example.com/v1/entries"),
+    (b"example.com:8080", b"http://example.com:8080/v1/entries"),
+])
+async def test_doubled_slashes_redirect_to_the_same_host(
+        server: RunningServer, host: bytes, location: bytes) -> None:
+    """Routing still sees the request's host: a path with merged slashes redirects there
+    (lower-cased, the default port dropped)."""
+    head = await raw_get(server, b"//v1//entries", host)
+    assert head.startswith(b"HTTP/1.1 308"), head
+    assert b"\r\nlocation: " + location in head.lower()
+

@@ -1,0 +1,195 @@
+"""Quart-trio, trimmed for innera's endpoint path.
+
+Each trim removes per-request work that innera's configuration never needs and that showed
+in py-spy profiles of the server under load (``bench/http_load.py --sample``); what a route,
+a hook or an error handler sees is Quart's behaviour unchanged. :class:`TrimmedQuart` is the
+app class; ``innera/app.py`` builds innera's app on it.
+
+- :class:`BodylessFastPath`: a request without a body runs in the server's task, not in a
+  nursery of two; requests are built with :class:`RequestHeaders`; a body held in memory is
+  sent as one message.
+- :class:`RouteMap`: the per-request URL adapter is made without the host work innera has no
+  use for (no ``SERVER_NAME``, subdomains or host matching: routes match on method and path).
+- :class:`NoSessions`: no cookie session (clients send bearer tokens).
+- ``ensure_async`` remembers its answer per function (Quart asks it for every hook, view
+  and session call of every request, and it inspects the function's code flags each time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+from urllib.parse import urlparse
+
+import trio
+from quart.asgi import _normalise_path
+from quart.routing import QuartMap
+from quart.sessions import NullSession, SessionInterface
+from quart.utils import encode_headers
+from quart.wrappers.response import DataBody
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+from werkzeug.datastructures import Headers
+from werkzeug.routing import MapAdapter
+
+__all__ = ["BodylessFastPath", "NoSessions", "RequestHeaders", "RouteMap", "TrimmedQuart"]
+
+
+class RequestHeaders(Headers):
+    """werkzeug's Headers, whose ``get`` and ``in`` answer a missing name without raising
+    and catching a BadRequestKeyError (werkzeug builds one per miss, and every GET misses
+    Content-Length and Transfer-Encoding while its request object is made)."""
+
+    def get(self, key: str, default: Any = None, type: Any = None) -> Any:
+        wanted = key.lower()
+        for name, value in self._list:
+            if name.lower() == wanted:
+                if type is None:
+                    return value
+                try:
+                    return type(value)
+                except ValueError:
+                    return default
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        wanted = key.lower()
+        return any(name.lower() == wanted for name, _ in self._list)
+
+
+class BodylessFastPath(TrioASGIHTTPConnection):
+    """Quart-trio runs each request as a nursery of two tasks: one feeds the body in and then
+    waits for ``http.disconnect``, the other runs the app. A request that has no body (no
+    ``Content-Length`` above 0, no ``Transfer-Encoding``: every GET and most DELETEs) has
+    nothing to feed, so it runs the app in the server's task with no nursery. It then does
+    not watch for the client leaving: its work still ends at the request deadline, and
+    writing the answer to a gone client fails at once."""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        if not _has_body(self.scope["headers"]):
+            request = self._create_request_from_scope(send)
+            request.body.set_complete()
+            response = await self.app.handle_request(request)
+            timeout = getattr(response, "timeout", Ellipsis)
+            if timeout is Ellipsis:
+                timeout = self.app.config["RESPONSE_TIMEOUT"]
+            if timeout is None:  # innera's setting: the server bounds its sends
+                await self._send_response(send, response)
+            else:
+                with trio.move_on_after(timeout):
+                    await self._send_response(send, response)
+        else:
+            await super().__call__(receive, send)
+
+    def _create_request_from_scope(self, send: Any) -> Any:
+        """Quart's, with :class:`RequestHeaders` filled in one step (the servers have
+        already refused header values holding CR or LF, which werkzeug checks per add)."""
+        scope, config = self.scope, self.app.config
+        headers = RequestHeaders()
+        headers._list = [("Remote-Addr", (scope.get("client") or ["<local>"])[0])]
+        headers._list += [(name.decode("latin1").title(), value.decode("latin1"))
+                          for name, value in scope["headers"]]
+        if scope["http_version"] < "1.1" and "host" not in headers:
+            headers._list.append(("Host", config["SERVER_NAME"] or ""))
+        path = scope["path"]
+        if path[:1] != "/":
+            path = urlparse(path).path
+        root_path = scope.get("root_path", "")
+        if root_path:
+            path = _normalise_path(path, root_path)
+        return self.app.request_class(
+            scope["method"], scope["scheme"], path, scope["query_string"], headers,
+            root_path, scope["http_version"],
+            max_content_length=config["MAX_CONTENT_LENGTH"],
+            body_timeout=config["BODY_TIMEOUT"],
+            send_push_promise=partial(self._send_push_promise, send), scope=scope)
+
+    async def _send_response(self, send: Any, response: Any) -> None:
+        """A body held in memory (every JSON answer) goes as one final body message; Quart
+        iterates it into a body message and an empty last one."""
+        body = getattr(response, "response", None)
+        if not isinstance(body, DataBody):  # files, streams
+            await super()._send_response(send, response)
+            return
+        data = body.data
+        if (body.begin, body.end) != (0, len(data)):  # a Range request
+            data = data[body.begin:body.end]
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": encode_headers(response.headers)})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+class NoSessions(SessionInterface):
+    """innera has no cookie sessions (clients send bearer tokens): every request gets the one
+    null session, instead of Quart building a serializer-less one per request."""
+
+    null = NullSession()
+
+    async def open_session(self, app: Any, request: Any) -> NullSession:
+        return self.null
+
+    async def save_session(self, app: Any, session: Any, response: Any) -> None:
+        return None
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+
+
+class RouteMap(QuartMap):
+    """Quart's map binds a URL adapter per request by comparing the request's host with
+    ``SERVER_NAME`` to find a subdomain, then werkzeug IDNA-encodes the host. With no
+    ``SERVER_NAME``, no subdomains and no host matching (innera's configuration) the subdomain
+    is always ``""`` and the host only ever appears in a redirect's URL; so an ASCII host is
+    taken as it is and anything else goes Quart's way (where a bad host is a 400)."""
+
+    def bind_to_request(self, request: Any, subdomain: str | None, server_name: str | None
+                        ) -> MapAdapter:
+        host = request.host.lower()
+        if server_name is not None or subdomain is not None or self.host_matching \
+                or self.default_subdomain or not host.isascii():
+            return super().bind_to_request(request, subdomain, server_name)
+        scheme = request.scheme
+        if (scheme in ("http", "ws") and host.endswith(":80")) or (
+                scheme in ("https", "wss") and host.endswith(":443")):
+            host = host.rpartition(":")[0]
+        return MapAdapter(self, host, request.root_path or "/", "", scheme, request.path,
+                          request.method, request.query_string.decode())
+
+
+class TrimmedQuart(QuartTrio):
+    """QuartTrio with the trims above."""
+
+    asgi_http_class = BodylessFastPath  # type: ignore[assignment]
+    session_interface = NoSessions()
+    url_map_class = RouteMap
+
+    #: functions ensure_async has answered (hooks, views, handlers: a fixed set; a function
+    #: made per request, as ``after_this_request`` takes, is bounded by the clearing)
+    _ASYNC_REMEMBERED = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async_funcs: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_async(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._async_funcs[func]
+        except (KeyError, TypeError):  # TypeError: not hashable
+            pass
+        wrapped = super().ensure_async(func)
+        try:
+            if len(self._async_funcs) >= self._ASYNC_REMEMBERED:
+                self._async_funcs.clear()
+            self._async_funcs[func] = wrapped
+        except TypeError:
+            pass
+        return wrapped
