@@ -22,12 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from innera.app import InneraRequest
 from innera.framework import TrimmedQuart
+from innera.http.fast_hangups import EXTENSION as HANGUP_EXTENSION
 
 SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
          "scheme": "http", "path": "/v1/entries/abc", "raw_path": b"/v1/entries/abc",
          "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
          "server": ("127.0.0.1", 2),
-         "headers": [(b"host", b"x"), (b"authorization", b"Bearer xyz")]}
+         "headers": [(b"host", b"x"), (b"authorization", b"Bearer xyz")],
+         "extensions": {HANGUP_EXTENSION: {}}}  # as innera's fast server sends it
 
 
 def make_app(trimmed: bool) -> QuartTrio:

@@ -6,8 +6,8 @@ a hook or an error handler sees is Quart's behaviour unchanged. :class:`TrimmedQ
 app class; ``innera/app.py`` builds innera's app on it.
 
 - :class:`BodylessFastPath`: a request without a body runs in the server's task, not in a
-  nursery of two; requests are built with :class:`RequestHeaders`; a body held in memory is
-  sent as one message.
+  nursery of two, when the server cancels it if the client hangs up; requests are built with
+  :class:`RequestHeaders`; a body held in memory is sent as one message.
 - :class:`RouteMap`: the per-request URL adapter is made without the host work innera has no
   use for (no ``SERVER_NAME``, subdomains or host matching: routes match on method and path).
 - :class:`NoSessions`: no cookie session (clients send bearer tokens).
@@ -32,6 +32,8 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.datastructures import Headers
 from werkzeug.routing import MapAdapter
+
+from innera.http.fast_hangups import EXTENSION as HANGUP_EXTENSION
 
 __all__ = ["BodylessFastPath", "NoSessions", "RequestHeaders", "RouteMap", "TrimmedQuart"]
 
@@ -62,14 +64,17 @@ class RequestHeaders(Headers):
 
 class BodylessFastPath(TrioASGIHTTPConnection):
     """Quart-trio runs each request as a nursery of two tasks: one feeds the body in and then
-    waits for ``http.disconnect``, the other runs the app. A request that has no body (no
-    ``Content-Length`` above 0, no ``Transfer-Encoding``: every GET and most DELETEs) has
-    nothing to feed, so it runs the app in the server's task with no nursery. It then does
-    not watch for the client leaving: its work still ends at the request deadline, and
-    writing the answer to a gone client fails at once."""
+    waits for ``http.disconnect`` (to cancel the other if the client leaves), the other runs
+    the app. A request that has no body (no ``Content-Length`` above 0, no
+    ``Transfer-Encoding``: every GET and most DELETEs) has nothing to feed; when the server
+    itself cancels the request of a client that hangs up (the scope's
+    ``innera.cancelled_on_hangup`` extension: innera's fast server), nothing is left for the
+    second task to do, so the app runs in the server's task with no nursery. Otherwise
+    (Hypercorn) Quart-trio's way is kept."""
 
     async def __call__(self, receive: Any, send: Any) -> None:
-        if not _has_body(self.scope["headers"]):
+        if HANGUP_EXTENSION in self.scope.get("extensions", ()) \
+                and not _has_body(self.scope["headers"]):
             request = self._create_request_from_scope(send)
             request.body.set_complete()
             response = await self.app.handle_request(request)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
+from typing import Any
 
 import pytest
 import trio
@@ -295,3 +296,30 @@ async def test_doubled_slashes_redirect_to_the_same_host(
     assert head.startswith(b"HTTP/1.1 308"), head
     assert b"\r\nlocation: " + location in head.lower()
 
+
+
+async def test_a_request_whose_client_hangs_up_stops_its_query(
+        server: RunningServer, database_url: str) -> None:
+    """A client that gives up on a slow request (closes its connection) does not leave the
+    server working for nobody: the request's query is cancelled in PostgreSQL."""
+    from innera.db.connection import TrioConnection
+
+    async def running(conn: TrioConnection[Any]) -> int:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+            "state = 'active' AND query LIKE '%%innera hang-up test%%' AND "
+            "pid <> pg_backend_pid()")
+        row = await cur.fetchone()
+        return row[0] if row else 0
+
+    async with await TrioConnection.connect(database_url, autocommit=True) as watcher:
+        stream = await trio.open_tcp_stream(*server.started.addresses[0])
+        await stream.send_all(b"GET /_test/pg-sleep?seconds=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            while await running(watcher) == 0:
+                await trio.sleep(0.05)
+        await stream.aclose()
+        with trio.fail_after(3):
+            while await running(watcher):
+                await trio.sleep(0.05)
+    assert (await server.client.get("/health/ready")).status_code == 200

@@ -1,5 +1,5 @@
-"""Routes that exist only when ``INNERA_ENV=test``: the shutdown tests need a request that is
-slow on purpose. Never registered in development or production."""
+"""Routes that exist only when ``INNERA_ENV=test``: the shutdown and hang-up tests need
+requests that are slow on purpose. Never registered in development or production."""
 
 from __future__ import annotations
 
@@ -21,6 +21,20 @@ async def sleep() -> Response:
     if not 0 <= seconds <= 60:
         raise ValidationFailed("seconds must be between 0 and 60")
     await trio.sleep(seconds)
+    return json_response({"slept": seconds})
+
+
+@blueprint.get("/pg-sleep")
+async def pg_sleep() -> Response:
+    """A request whose work is a slow query (the hang-up tests watch it in pg_stat_activity)."""
+    try:
+        seconds = float(request.args.get("seconds", "1"))
+    except ValueError:
+        raise ValidationFailed("seconds must be a number") from None
+    if not 0 <= seconds <= 60:
+        raise ValidationFailed("seconds must be between 0 and 60")
+    async with services().db.connection() as conn:
+        await conn.execute("SELECT pg_sleep(%s) /* innera hang-up test */", (seconds,))
     return json_response({"slept": seconds})
 
 

@@ -32,6 +32,9 @@ One task per connection, nothing per request beyond two small objects and the AS
 - WebSocket: messages over :data:`WS_MAX_MESSAGE_BYTES` close with 1009, fragments are
   reassembled, pings answered, the closing handshake both ways (the peer gets
   :data:`WS_CLOSE_TIMEOUT_S` to answer ours);
+- a client that hangs up while the app runs its request has that request cancelled
+  (:mod:`innera.http.fast_hangups`: one watcher task for the server, not one per request;
+  the scope's ``innera.cancelled_on_hangup`` extension says so);
 - the scope's ``client`` is the socket peer; X-Forwarded-* are left to innera (TRUST_PROXY);
   no Server header, no Date header; an app exception before the response starts is a 500
   with a JSON error body, after it the connection is closed. The server logs connection
@@ -57,6 +60,7 @@ from typing import Any
 import trio
 
 from innera.http.fast_cycle import ASGIApp
+from innera.http.fast_hangups import Hangups
 from innera.http.fast_http import HTTPConnection
 from innera.http.fast_io import ClientDisconnected, Settings, Transport
 from innera.http.fast_ws import prepare_websocket
@@ -97,14 +101,15 @@ def current_settings() -> Settings:
 
 
 async def _serve_connection(app: ASGIApp, settings: Settings, draining: trio.Event,
-                            sock: socket.socket, client: tuple[str, int] | None) -> None:
+                            hangups: Hangups, sock: socket.socket,
+                            client: tuple[str, int] | None) -> None:
     transport = Transport(sock, settings.send_timeout_s)
     try:
         try:
             server = sock.getsockname()[:2]
         except OSError:  # already reset by the peer
             return
-        conn = HTTPConnection(app, settings, draining, transport, client, server)
+        conn = HTTPConnection(app, settings, draining, transport, client, server, hangups)
         request = await conn.run()
         if request is None:
             return
@@ -133,7 +138,7 @@ async def _serve_connection(app: ASGIApp, settings: Settings, draining: trio.Eve
         transport.close()
 
 
-def _accepted(app: ASGIApp, settings: Settings, draining: trio.Event,
+def _accepted(app: ASGIApp, settings: Settings, draining: trio.Event, hangups: Hangups,
               accepted: trio.socket.SocketType, address: Any, connections: trio.Nursery
               ) -> None:
     # the connection is driven through the plain socket (see fast_io)
@@ -146,7 +151,7 @@ def _accepted(app: ASGIApp, settings: Settings, draining: trio.Event,
         return
     client = (address if len(address) == 2 else address[:2]) if isinstance(address, tuple) \
         else None
-    connections.start_soon(_serve_connection, app, settings, draining, sock, client)
+    connections.start_soon(_serve_connection, app, settings, draining, hangups, sock, client)
 
 
 async def serve_http(
@@ -158,5 +163,9 @@ async def serve_http(
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``stop_accepting`` is set, then drain (see the module doc)."""
-    accepted = partial(_accepted, app, current_settings(), stop_accepting)
-    await serve_listeners(host, port, stop_accepting, accepted, task_status=task_status)
+    hangups = Hangups()
+    async with trio.open_nursery() as watcher:
+        watcher.start_soon(hangups.run)
+        accepted = partial(_accepted, app, current_settings(), stop_accepting, hangups)
+        await serve_listeners(host, port, stop_accepting, accepted, task_status=task_status)
+        watcher.cancel_scope.cancel()

@@ -32,6 +32,8 @@ import httptools
 import trio
 
 from innera.http.fast_cycle import ASGI_VERSION, ASGIApp, Cycle, error_response
+from innera.http.fast_hangups import EXTENSION as HANGUP_EXTENSION
+from innera.http.fast_hangups import Hangups
 from innera.http.fast_io import ClientDisconnected, Settings, Transport
 
 log = logging.getLogger("innera.http")
@@ -86,18 +88,25 @@ class Request:
         self.error = 0  # the body is broken (parse error, timeout, peer gone)
 
 
+_HANGUP_EXTENSIONS: dict[str, dict[str, Any]] = {HANGUP_EXTENSION: {}}
+_NO_EXTENSIONS: dict[str, dict[str, Any]] = {}
+
+
 class HTTPConnection:
     """Serves the HTTP/1.1 requests of one connection; see the module doc."""
 
-    __slots__ = ("_cl", "_head_bytes", "_head_deadline", "_headers", "_host", "_raw_head",
-                 "_te", "app", "buffered", "client", "draining", "eof", "parse_error",
-                 "parser", "parsing", "pending", "scope", "server", "settings", "stop_reading",
-                 "transport", "upgrade_tail")
+    __slots__ = ("_cl", "_extensions", "_head_bytes", "_head_deadline", "_headers", "_host",
+                 "_raw_head", "_te", "app", "buffered", "client", "cycle", "draining", "eof",
+                 "hangups", "parse_error", "parser", "parsing", "pending", "scope", "server",
+                 "settings", "stop_reading", "transport", "upgrade_tail")
 
     def __init__(self, app: ASGIApp, settings: Settings, draining: trio.Event,
                  transport: Transport, client: tuple[str, int] | None,
-                 server: tuple[str, int] | None) -> None:
+                 server: tuple[str, int] | None, hangups: Hangups | None = None) -> None:
         self.app = app
+        self.hangups = hangups if hangups is not None and hangups.enabled else None
+        self._extensions = _HANGUP_EXTENSIONS if self.hangups is not None else _NO_EXTENSIONS
+        self.cycle: Cycle | None = None  # the request the app is running
         self.settings = settings
         self.draining = draining
         self.transport = transport
@@ -316,6 +325,16 @@ class HTTPConnection:
                 self.buffered -= request.body_bytes
         return None  # a head or keep-alive deadline passed
 
+    def client_hung_up(self) -> None:
+        """The peer closed or reset the connection while the app ran a request (see
+        :mod:`innera.http.fast_hangups`): unless its response is complete, the request's work
+        is cancelled, with the connection. As with Hypercorn's ``http.disconnect``, a client
+        that only shuts down its sending side counts as gone."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.complete:
+            log.debug("client %s hung up during a request: cancelling it", self.client)
+            self.scope.cancel()
+
     def _scope(self, request: Request) -> dict[str, Any]:
         path, raw_path, query = split_target(request)
         return {
@@ -331,6 +350,7 @@ class HTTPConnection:
             "headers": request.headers,
             "client": self.client,
             "server": self.server,
+            "extensions": self._extensions,
         }
 
     async def _respond(self, request: Request) -> bool:
@@ -341,6 +361,9 @@ class HTTPConnection:
             await self._refuse(reject)
             return False
         cycle = Cycle(self, request)
+        fileno = self.transport.sock.fileno()
+        watched = self.hangups is not None and self.hangups.watch(fileno, self)
+        self.cycle = cycle
         try:
             await self.app(scope, cycle.receive, cycle.send)
         except Exception as exc:
@@ -351,6 +374,10 @@ class HTTPConnection:
             if cycle.head is None and not self.transport.closed:
                 await self._refuse(Reject(500))
             return False
+        finally:
+            self.cycle = None
+            if watched:
+                self.hangups.unwatch(fileno)  # type: ignore[union-attr]
         if not cycle.complete:
             if self.eof or self.transport.closed:
                 log.debug("client %s went away during a request", self.client)

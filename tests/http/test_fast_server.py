@@ -8,6 +8,8 @@ import base64
 import hashlib
 import itertools
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ class App:
         self.send_failed = trio.Event()
         self.ws_disconnects: list[int] = []
         self.scopes: list[dict[str, Any]] = []
+        self.cancelled = trio.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scopes.append(scope)
@@ -112,6 +115,15 @@ class App:
         await self.body(receive)
         await trio.sleep(float(scope["query_string"] or b"0.5"))
         await self.respond(send, b"slept")
+
+    async def http_linger(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Works for 30 s without reading (as a body-less request in Quart does)."""
+        try:
+            await trio.sleep(30)
+        except trio.Cancelled:
+            self.cancelled.set()
+            raise
+        await self.respond(send, b"too late")
 
     async def http_boom(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise RuntimeError("secret internals")
@@ -703,6 +715,39 @@ async def test_receive_after_the_response_is_http_disconnect() -> None:
         assert (await client.response()).body == b"done"
         await wait_until(lambda: len(app.received) == 2)
         assert app.received == ["http.request", "http.disconnect"]
+        await client.aclose()
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_request_whose_client_hangs_up_is_cancelled(how: str) -> None:
+    """The app is not reading (no task waits for http.disconnect), yet the server cancels
+    its work when the client goes, and says so in the scope."""
+    app = App()
+    async with serving(app) as server:
+        client = await server.connect()
+        await client.send(get("/linger"))
+        await wait_until(lambda: "/linger" in app.paths)
+        assert "innera.cancelled_on_hangup" in app.scopes[-1]["extensions"]
+        if how == "reset":  # RST instead of FIN
+            client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                            struct.pack("ii", 1, 0))
+        await client.aclose()
+        with trio.fail_after(2):
+            await app.cancelled.wait()
+        other = await server.connect()  # the server goes on
+        await other.send(get("/echo"))
+        assert (await other.response()).status == 200
+
+
+async def test_requests_pipelined_behind_a_slow_one_do_not_count_as_a_hang_up() -> None:
+    app = App()
+    async with serving(app) as server:
+        client = await server.connect()
+        await client.send(get("/slow?0.3"))
+        await wait_until(lambda: "/slow" in app.paths)
+        await client.send(get("/echo?2") + get("/slow?0.1"))  # arrives while the app runs
+        for expected in (b"slept", b"GET /echo 2", b"slept"):
+            assert (await client.response()).body.startswith(expected)
         await client.aclose()
 
 
