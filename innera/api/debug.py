@@ -12,14 +12,20 @@ from innera.errors import ValidationFailed
 blueprint = Blueprint("debug", __name__, url_prefix="/_test")
 
 
-@blueprint.get("/sleep")
-async def sleep() -> Response:
+def _seconds() -> float:
+    """The ``seconds`` query parameter (default 1), between 0 and 60."""
     try:
         seconds = float(request.args.get("seconds", "1"))
     except ValueError:
         raise ValidationFailed("seconds must be a number") from None
     if not 0 <= seconds <= 60:
         raise ValidationFailed("seconds must be between 0 and 60")
+    return seconds
+
+
+@blueprint.get("/sleep")
+async def sleep() -> Response:
+    seconds = _seconds()
     await trio.sleep(seconds)
     return json_response({"slept": seconds})
 
@@ -27,12 +33,7 @@ async def sleep() -> Response:
 @blueprint.get("/pg-sleep")
 async def pg_sleep() -> Response:
     """A request whose work is a slow query (the hang-up tests watch it in pg_stat_activity)."""
-    try:
-        seconds = float(request.args.get("seconds", "1"))
-    except ValueError:
-        raise ValidationFailed("seconds must be a number") from None
-    if not 0 <= seconds <= 60:
-        raise ValidationFailed("seconds must be between 0 and 60")
+    seconds = _seconds()
     async with services().db.connection() as conn:
         await conn.execute("SELECT pg_sleep(%s) /* innera hang-up test */", (seconds,))
     return json_response({"slept": seconds})
