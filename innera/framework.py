@@ -147,14 +147,13 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-
-
 class RouteMap(QuartMap):
     """Quart's map binds a URL adapter per request by comparing the request's host with
     ``SERVER_NAME`` to find a subdomain, then werkzeug IDNA-encodes the host. With no
     ``SERVER_NAME``, no subdomains and no host matching (innera's configuration) the subdomain
     is always ``""`` and the host only ever appears in a redirect's URL; so an ASCII host is
-    taken as it is and anything else goes Quart's way (where a bad host is a 400)."""
+    taken as it is (lower-cased, without the scheme's default port) and anything else goes
+    Quart's way."""
 
     def bind_to_request(self, request: Any, subdomain: str | None, server_name: str | None
                         ) -> MapAdapter:

@@ -157,8 +157,8 @@ class EntryReads:
         """The user's entry (decrypted), or None.
 
         The database work is bounded per batch, not per read (a cancel scope with a
-        deadline costs about as much as the rest of this method): a read waits for at most
-        the batch in flight and its own, each bounded by OPERATION_TIMEOUT_S."""
+        deadline is ~11 µs of CPU, a visible share of a read under load): a read waits for
+        at most the batch in flight and its own, each bounded by OPERATION_TIMEOUT_S."""
         dek = self._cipher.data_keys.cached(user_id)
         if dek is None:
             with _bounded():
