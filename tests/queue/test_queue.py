@@ -393,7 +393,7 @@ async def test_job_of_a_killed_worker_is_completed_by_another(redis: Redis,
         assert proc.stdout is not None
         with trio.fail_after(15):
             out = b""
-            while b"started" not in out:
+            while b"\n" not in out:  # the whole line: a pipe read may end mid-line
                 chunk = await proc.stdout.receive_some()
                 assert chunk, "the worker process exited"
                 out += chunk
