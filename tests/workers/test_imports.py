@@ -298,7 +298,9 @@ async def test_bad_files_fail_the_job_naming_the_problem_and_change_nothing(
         (json.dumps(dayone_doc([dayone_entry("ok"), dayone_entry(""), dayone_entry("x", tags=5)])
                     ).encode(), "application/json",
          "entries[1].text: must not be empty; entries[2].tags: must be a list of strings"),
-        (os.urandom(2000), "application/zip", "not a zip or JSON file"),
+        # binary that neither starts like JSON nor holds a zip signature (random bytes
+        # start with "{" or "[" one time in 128)
+        (bytes(range(256)) * 8, "application/zip", "not a zip or JSON file"),
         (b"PK\x03\x04" + os.urandom(500), "application/zip", "not a valid zip archive"),
         (zip_of({"notes.txt": b"hello"}), "application/zip",
          "archive: holds neither innera-export.json nor a Day One journal"),
