@@ -21,6 +21,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from innera import json_input
 from innera.api import (
     attachments,
     auth,
@@ -79,8 +80,9 @@ _HTTP_MESSAGES = {
 
 class InneraRequest(attachments.StreamingUploadRequest):
     """Quart's request, with the error contract for bad JSON and streamed uploads (local
-    attachment PUTs; import files, whose body is bounded by IMPORT_MAX_BYTES instead of
-    MAX_BODY_BYTES: ``create_app`` sets :attr:`import_max_bytes` on a per-app subclass)."""
+    attachment PUTs; import files, whose body — and ``max_content_length`` — is bounded by
+    IMPORT_MAX_BYTES instead of MAX_BODY_BYTES: ``create_app`` sets :attr:`import_max_bytes`
+    on a per-app subclass)."""
 
     import_max_bytes: int | None = None
 
@@ -88,6 +90,7 @@ class InneraRequest(attachments.StreamingUploadRequest):
         super().__init__(*args, **kwargs)
         if imports.is_import_upload(self.method, self.path):
             self.body = self.body_class(None, self.import_max_bytes)
+            self.max_content_length = self.import_max_bytes
 
     def on_json_loading_failed(self, error: Exception | None) -> NoReturn:
         raise InvalidJson()
@@ -171,7 +174,12 @@ def create_app(svc: Services) -> QuartTrio:
             small = (request.content_length or 0) <= DEBUG_BODY_MAX_BYTES
             loggable = request.is_json and small and not imports.is_import_upload(
                 request.method, request.path)
-            body = await request.get_json(silent=True) if loggable else None
+            body = None
+            if loggable:
+                try:
+                    body = json_input.loads(await request.get_data(as_text=False))
+                except json_input.InvalidJsonInput:
+                    body = "<not JSON>"  # the operation answers 400 invalid_json
             access_log.debug("request received", extra={"req": {
                 "method": request.method, "url": _url(),
                 "requestId": ctx.request_id, "headers": dict(request.headers), "body": body}})

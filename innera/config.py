@@ -123,7 +123,21 @@ VARIABLES: tuple[Variable, ...] = (
              "bearer token sent to the push provider (Expo access token, FCM OAuth token, "
              "webhook secret)", True),
     Variable("PUSH_TIMEOUT_S", "10", "longest wait for one push provider request"),
-    Variable("IMPORT_MAX_BYTES", "52428800", "largest import upload (50 MiB)"),
+    Variable("IMPORT_MAX_BYTES", "52428800",
+             "largest import upload (50 MiB); also the most JSON an import's archive may "
+             "expand to (its attachments: 4 times this, each reference counted)"),
+    Variable("IMPORT_MAX_ENTRIES", "100000",
+             "most entries one import may hold; more fails the job with too_many_entries"),
+    Variable("IMPORT_MAX_ATTACHMENTS", "5000",
+             "most attachment references one import may hold; more fails the job with "
+             "too_many_attachments"),
+    Variable("IMPORT_PARSE_MEMORY_BYTES", "536870912",
+             "address space of the child process that parses an import file (512 MiB); "
+             "a file needing more fails with import_too_large"),
+    Variable("IMPORT_PARSE_CPU_S", "60",
+             "CPU seconds the import parser's child process may use (import_too_large past it)"),
+    Variable("IMPORT_PARSE_TIMEOUT_S", "120",
+             "wall-clock limit of the import parser's child process (import_too_large past it)"),
     Variable("EXPORT_URL_TTL_S", "86400", "lifetime of an export's download link (24 h)"),
 )
 VARIABLE_NAMES = frozenset(v.name for v in VARIABLES) | {"NODE_ENV"}
@@ -180,6 +194,11 @@ class Settings:
     push_access_token: str | None = field(default=None, repr=False)
     push_timeout_s: float = 10.0
     import_max_bytes: int = 52_428_800
+    import_max_entries: int = 100_000
+    import_max_attachments: int = 5_000
+    import_parse_memory_bytes: int = 536_870_912
+    import_parse_cpu_s: int = 60
+    import_parse_timeout_s: float = 120.0
     export_url_ttl_s: int = 86_400
 
     @property
@@ -277,6 +296,11 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "PUSH_ACCESS_TOKEN": s.push_access_token,
         "PUSH_TIMEOUT_S": f"{s.push_timeout_s:g}",
         "IMPORT_MAX_BYTES": str(s.import_max_bytes),
+        "IMPORT_MAX_ENTRIES": str(s.import_max_entries),
+        "IMPORT_MAX_ATTACHMENTS": str(s.import_max_attachments),
+        "IMPORT_PARSE_MEMORY_BYTES": str(s.import_parse_memory_bytes),
+        "IMPORT_PARSE_CPU_S": str(s.import_parse_cpu_s),
+        "IMPORT_PARSE_TIMEOUT_S": f"{s.import_parse_timeout_s:g}",
         "EXPORT_URL_TTL_S": str(s.export_url_ttl_s),
     }
 
@@ -479,6 +503,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         push_access_token=r.raw("PUSH_ACCESS_TOKEN"),
         push_timeout_s=r.number("PUSH_TIMEOUT_S", minimum=0.1),
         import_max_bytes=r.integer("IMPORT_MAX_BYTES", minimum=1),
+        import_max_entries=r.integer("IMPORT_MAX_ENTRIES", minimum=1),
+        import_max_attachments=r.integer("IMPORT_MAX_ATTACHMENTS", minimum=0),
+        import_parse_memory_bytes=r.integer("IMPORT_PARSE_MEMORY_BYTES", minimum=64 * 1024 * 1024),
+        import_parse_cpu_s=r.integer("IMPORT_PARSE_CPU_S", minimum=1),
+        import_parse_timeout_s=r.number("IMPORT_PARSE_TIMEOUT_S", minimum=0),
         export_url_ttl_s=r.integer("EXPORT_URL_TTL_S", minimum=60, maximum=7 * 86400),
     )
     _check_consistency(settings, r.problems)

@@ -24,17 +24,25 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from innera.api.entries import TITLE_MAX
+from innera.journal.rules import BODY_MAX, TITLE_MAX
 from workers.import_format import (
     SOURCE_ID_MAX,
     ImportEntry,
     Problems,
+    check_body_length,
+    check_entry_count,
     check_entry_fields,
     json_type,
 )
 
 SOURCE = "dayone"
-_HEADING = re.compile(r"#[ \t]+(?P<title>\S.*?)(?:[ \t]+#+)?[ \t]*")
+#: a text longer than this cannot give a valid body, whatever its first line: refused
+#: before it is split (``entry_too_large``)
+TEXT_MAX = BODY_MAX + 4 * TITLE_MAX
+#: a heading line longer than this cannot give a valid title (escapes at most double it)
+_HEADING_MAX = 2 * TITLE_MAX + 64
+_BLANKS = " \t"
+#: one backslash-escaped ASCII punctuation character (one character class: linear)
 _ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 #: our field → Day One's, in messages
 _NAMES = {"body": "text", "title": "text", "occurredAt": "creationDate", "tags": "tags"}
@@ -45,25 +53,47 @@ def looks_like_dayone(doc: Any) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("entries"), list)
 
 
+def heading(line: str) -> str | None:
+    """The text of a level-1 ATX heading line (``# A walk``, ``# A walk ##``), or None.
+
+    Plain string steps, linear in the line: ``#``, at least one blank, then the title; a
+    closing run of ``#`` preceded by a blank is dropped, as are trailing blanks."""
+    if len(line) < 3 or line[0] != "#" or line[1] not in _BLANKS:
+        return None
+    title = line[1:].strip(_BLANKS)
+    if not title:
+        return None
+    unclosed = title.rstrip("#")
+    if unclosed != title and unclosed[-1:] in (" ", "\t") and unclosed.strip(_BLANKS):
+        title = unclosed.rstrip(_BLANKS)
+    return title
+
+
 def split_title(text: str) -> tuple[str | None, str]:
     """(title, body) from Day One text, as the module doc describes."""
     first, _, rest = text.partition("\n")
-    match = _HEADING.fullmatch(first.rstrip("\r"))
-    if match is None or not rest.strip():
+    first = first.rstrip("\r")
+    if len(first) > _HEADING_MAX or not rest.strip():
         return None, text
-    title = _ESCAPE.sub(r"\1", match["title"]).strip()
+    title = heading(first)
+    if title is None:
+        return None, text
+    title = _ESCAPE.sub(r"\1", title).strip()
     if not title or len(title) > TITLE_MAX:
         return None, text
     return title, rest.lstrip("\r\n")
 
 
-def parse_dayone(doc: Any, *, prefix: str = "") -> list[ImportEntry]:
+def parse_dayone(doc: Any, *, prefix: str = "", max_entries: int = 100_000
+                 ) -> list[ImportEntry]:
     """A parsed Day One journal → its entries; :class:`BadImportFile` naming every problem
-    (up to a few) otherwise."""
+    (up to a few) otherwise. More than ``max_entries`` entries, or a text longer than
+    :data:`TEXT_MAX`, fail the file at once with the limit's code."""
     problems = Problems(prefix)
     if not looks_like_dayone(doc):
         raise problems.fail("", 'not a Day One journal (expected an object with an "entries" '
                                 "list)")
+    check_entry_count(problems, len(doc["entries"]), max_entries)
     entries: list[ImportEntry] = []
     for i, raw in enumerate(doc["entries"]):
         where = f"entries[{i}]"
@@ -80,9 +110,11 @@ def parse_dayone(doc: Any, *, prefix: str = "") -> list[ImportEntry]:
         if not isinstance(text, str):
             problems.add(f"{where}.text", f"must be a string, not {json_type(text)}")
             continue
+        check_body_length(problems, f"{where}.text", text, TEXT_MAX)
         if raw.get("creationDate") is None:
             problems.add(f"{where}.creationDate", "required")
         title, body = split_title(text)
+        check_body_length(problems, f"{where}.text", body)
         tags = raw.get("tags")
         fields = {"title": title, "body": body, "tags": [] if tags is None else tags,
                   "mood": None, "occurredAt": raw.get("creationDate")}

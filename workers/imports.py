@@ -2,27 +2,29 @@
 
 One job, in order:
 
-1. read the upload (``{userId}/imports/{jobId}``, at most IMPORT_MAX_BYTES);
-2. parse and **validate everything** in a worker thread (:func:`parse_upload`): a zip
-   (innera export, else Day One journals: the top-level ``*.json``) or a JSON document (a
-   Day One journal, or a bare ``innera-export.json``). Archives are bounded before anything
-   is decompressed: at most :data:`MAX_MEMBERS` members and :data:`EXPAND_FACTOR` ×
-   IMPORT_MAX_BYTES uncompressed in all (the declared sizes; a member is never read past its
-   declared size, and a member lying about it fails its CRC check). Every attachment an
-   innera export references is read through once here, so a damaged one fails the job
-   before anything is stored;
+1. copy the upload (``{userId}/imports/{jobId}``, at most IMPORT_MAX_BYTES) to a private
+   temporary file;
+2. parse and **validate everything** in a child process with hard limits on its memory, CPU
+   and time (``workers/import_child.py``; the rules and bounds are
+   ``workers/import_parse.py``'s): a zip (innera export, else Day One journals) or a JSON
+   document (a Day One journal, or a bare ``innera-export.json``). A file past a limit fails
+   the job with the limit's code (``import_too_large``, ``too_many_entries``,
+   ``too_many_attachments``, ``entry_too_large``, ``too_deep``), any other bad file with
+   ``invalid_import_file``; the message names the problem;
 3. skip what is already there: each entry's source (``("innera", id)`` / ``("dayone",
    uuid)``) is kept in ``entry_sources`` as an HMAC under a key derived from the user's data
    key (migration 0008 says why), and an innera entry whose id is one of the user's own
    entries (an export imported back into its account) is skipped too, as is a source
    repeated within the file;
-4. store the attachments of the entries to import (innera exports) under their final object
-   keys, then insert the entries (sealed exactly as the entries API seals them), their
-   sources, the attachment rows (``ready``) and the job's ``result`` in **one transaction**
-   (a per-user advisory lock serialises imports of one user);
-5. delete the upload. A job that fails for good (a bad file: :class:`BadImportFile`, no
-   retry; or its last attempt) deletes it too, and leaves nothing behind: the transaction
-   never committed and the attachment objects it stored are deleted.
+4. store the attachments of the entries to import (innera exports; read from the temporary
+   file's archive, which the child has checked) under their final object keys, one object
+   per reference, then insert the entries (sealed exactly as the entries API seals them),
+   their sources, the attachment rows (``ready``) and the job's ``result`` in **one
+   transaction** (a per-user advisory lock serialises imports of one user);
+5. delete the upload and the temporary file. A job that fails for good (a bad file:
+   :class:`ImportRejected`, no retry; or its last attempt) deletes them too, and leaves
+   nothing behind: the transaction never committed and the attachment objects it stored are
+   deleted.
 
 Idempotent across deliveries: entry and attachment ids are derived from the job id
 (uuid5), so a retry writes the same objects; the result is committed with the entries, so a
@@ -37,15 +39,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
-import json
 import logging
+import os
+import tempfile
 import uuid
 import zipfile
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -55,13 +57,15 @@ from innera.jobs.handlers import JobRun, LeaseLost, table_handler
 from innera.queue.jobs import PermanentJobError
 from innera.queue.worker import Handler
 from innera.storage.keys import entry_prefix, job_file_key, object_key
-from workers.dayone import looks_like_dayone, parse_dayone
+from workers.import_child import ChildLimits, ParsedFile, parse_in_child
 from workers.import_format import (
-    INNERA_JSON,
+    IMPORT_TOO_LARGE,
+    INVALID,
     BadImportFile,
     ImportEntry,
-    parse_innera_export,
+    Limits,
 )
+from workers.import_parse import read_member
 
 if TYPE_CHECKING:
     from innera.db.connection import TrioConnection
@@ -71,10 +75,6 @@ log = logging.getLogger("innera.workers.imports")
 
 TABLE = "import_jobs"
 FOLDER = "imports"
-#: an archive may expand to at most this many times IMPORT_MAX_BYTES
-EXPAND_FACTOR = 4
-MAX_MEMBERS = 20_000
-READ_CHUNK = 1024 * 1024
 #: bounds on the steps (the queue's handler timeout, 10 min, bounds the whole job)
 READ_TIMEOUT_S = 120.0
 STORE_TIMEOUT_S = 300.0
@@ -83,133 +83,6 @@ CLEANUP_TIMEOUT_S = 30.0
 #: rows per progress report while inserting
 BATCH = 500
 SOURCE_KEY_INFO = b"innera-entry-source:v1"
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
-
-# --- parsing (synchronous: runs in a worker thread) ---------------------------------------
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int
-    attachment_max_bytes: int
-
-    @property
-    def max_expanded(self) -> int:
-        return EXPAND_FACTOR * self.max_bytes
-
-
-@dataclass
-class Parsed:
-    format: str  # "innera" | "dayone"
-    entries: list[ImportEntry]
-    archive: zipfile.ZipFile | None = None  # open while attachments are to be read
-
-    def close(self) -> None:
-        if self.archive is not None:
-            self.archive.close()
-
-
-def parse_upload(data: bytes, limits: Limits) -> Parsed:
-    """The uploaded file → its validated entries; :class:`BadImportFile` otherwise."""
-    if data[:4] in _ZIP_MAGIC:
-        return _parse_archive(data, limits)
-    start = data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if start[:1] in (b"{", b"["):
-        doc = load_json(data, "")
-        if isinstance(doc, dict) and "format" in doc:
-            return Parsed("innera", parse_innera_export(
-                doc, None, prefix="", attachment_max_bytes=limits.attachment_max_bytes))
-        if looks_like_dayone(doc):
-            return Parsed("dayone", parse_dayone(doc))
-        raise BadImportFile('not an innera export or a Day One journal (expected a JSON '
-                            'object with "entries")')
-    if zipfile.is_zipfile(io.BytesIO(data)):  # a zip with something before it
-        return _parse_archive(data, limits)
-    raise BadImportFile("not a zip or JSON file")
-
-
-def load_json(raw: bytes, name: str) -> Any:
-    prefix = f"{name}: " if name else ""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadImportFile(f"{prefix}not UTF-8 text (byte {exc.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadImportFile(f"{prefix}not valid JSON (line {exc.lineno}, column {exc.colno})"
-                            f": {exc.msg}") from None
-    except (ValueError, RecursionError) as exc:  # huge numbers, absurd nesting
-        raise BadImportFile(f"{prefix}not valid JSON ({exc})") from None
-
-
-def open_archive(data: bytes, limits: Limits) -> zipfile.ZipFile:
-    """A zip whose member count and declared uncompressed total are within the limits."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except Exception as exc:  # zipfile raises many kinds on a damaged directory
-        raise BadImportFile(f"not a valid zip archive ({exc})") from None
-    infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        archive.close()
-        raise BadImportFile(f"archive: {len(infos)} members, more than the limit of "
-                            f"{MAX_MEMBERS}")
-    expanded = sum(info.file_size for info in infos)
-    if expanded > limits.max_expanded:
-        archive.close()
-        raise BadImportFile(
-            f"archive: expands to {expanded} bytes, more than the limit of "
-            f"{limits.max_expanded} ({EXPAND_FACTOR} × IMPORT_MAX_BYTES)")
-    return archive
-
-
-def read_member(archive: zipfile.ZipFile, name: str, *, keep: bool = True) -> bytes:
-    """A member's bytes (never more than its declared size; its CRC checked). ``keep``
-    False: only check it (read through in chunks, nothing kept)."""
-    info = archive.getinfo(name)
-    if info.flag_bits & 0x1:
-        raise BadImportFile(f"{name}: encrypted archive members are not supported")
-    try:
-        with archive.open(info) as member:
-            if keep:
-                return member.read()
-            while member.read(READ_CHUNK):
-                pass
-            return b""
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError,
-            OSError) as exc:
-        raise BadImportFile(f"{name}: damaged archive member ({exc})") from None
-
-
-def _parse_archive(data: bytes, limits: Limits) -> Parsed:
-    archive = open_archive(data, limits)
-    try:
-        members = {i.filename: i.file_size for i in archive.infolist() if not i.is_dir()}
-        if INNERA_JSON in members:
-            doc = load_json(read_member(archive, INNERA_JSON), INNERA_JSON)
-            entries = parse_innera_export(doc, members, prefix=INNERA_JSON,
-                                          attachment_max_bytes=limits.attachment_max_bytes)
-            for entry in entries:
-                for attachment in entry.attachments:
-                    read_member(archive, attachment.member, keep=False)
-            parsed = Parsed("innera", entries, archive if any(
-                e.attachments for e in entries) else None)
-            if parsed.archive is None:
-                archive.close()
-            return parsed
-        journals = sorted(n for n in members if "/" not in n and n.lower().endswith(".json"))
-        if not journals:
-            raise BadImportFile(f"archive: holds neither {INNERA_JSON} nor a Day One journal "
-                                "(a .json file at the top level)")
-        entries = []
-        for name in journals:
-            entries += parse_dayone(load_json(read_member(archive, name), name), prefix=name)
-        archive.close()
-        return Parsed("dayone", entries)
-    except BaseException:
-        archive.close()
-        raise
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -310,64 +183,90 @@ async def _delete_upload(svc: Services, key: str) -> None:
             log.warning("could not delete the import upload %s", key, exc_info=True)
 
 
-async def _read_upload(svc: Services, key: str, max_bytes: int) -> bytes:
-    chunks: list[bytes] = []
+class ImportRejected(PermanentJobError):
+    """The file can never be imported (no retry): its code and message name the problem."""
+
+
+async def _copy_upload(svc: Services, key: str, max_bytes: int, path: Path) -> None:
+    """The upload, streamed to ``path`` (at most ``max_bytes``)."""
     total = 0
     try:
         with trio.fail_after(READ_TIMEOUT_S):
-            async with aclosing(svc.storage.get_stream(key)) as stream:
+            async with await trio.open_file(path, "wb") as file, \
+                    aclosing(svc.storage.get_stream(key)) as stream:
                 async for chunk in stream:
                     total += len(chunk)
                     if total > max_bytes:
-                        raise BadImportFile(f"the file is larger than IMPORT_MAX_BYTES "
-                                            f"({max_bytes} bytes)")
-                    chunks.append(chunk)
+                        raise ImportRejected(f"the file is larger than IMPORT_MAX_BYTES "
+                                             f"({max_bytes} bytes)", code=IMPORT_TOO_LARGE)
+                    await file.write(chunk)
     except FileNotFoundError:
-        raise BadImportFile("the uploaded file is gone; upload it again") from None
-    return b"".join(chunks)
+        raise ImportRejected("the uploaded file is gone; upload it again",
+                             code=INVALID) from None
+
+
+def _limits(svc: Services) -> tuple[Limits, ChildLimits]:
+    s = svc.settings
+    return (Limits(s.import_max_bytes, s.attachment_max_bytes, s.import_max_entries,
+                   s.import_max_attachments),
+            ChildLimits(s.import_parse_memory_bytes, s.import_parse_cpu_s,
+                        s.import_parse_timeout_s))
 
 
 async def _import(svc: Services, run: JobRun, upload: str) -> None:
-    settings = svc.settings
-    limits = Limits(settings.import_max_bytes, settings.attachment_max_bytes)
-    data = await _read_upload(svc, upload, limits.max_bytes)
-    await run.progress(0.05, force=True)
-    parsed = await trio.to_thread.run_sync(parse_upload, data, limits)
-    del data
+    limits, child = _limits(svc)
+    fd, name = await trio.to_thread.run_sync(tempfile.mkstemp, "", "innera-import-")
+    os.close(fd)
+    path = Path(name)
     try:
-        await run.progress(0.25, force=True)
-        assert run.user_id is not None
-        dek = await svc.data_keys.get(run.user_id)
-        keys = await trio.to_thread.run_sync(source_keys, dek, parsed.entries)
-        plan = Plan(run.id, run.user_id, parsed.entries, keys, len(parsed.entries))
-        seen: set[bytes] = set()
-        fresh = []
-        for i, key in enumerate(keys):  # a source repeated in the file: the first one counts
-            if key not in seen:
-                seen.add(key)
-                fresh.append(i)
-        async with svc.db.connection() as conn:
-            there = await _already_there(conn, plan, fresh)
-        plan.todo = [i for i in fresh if i not in there]
-        plan.entry_ids = {i: plan.entry_id(i) for i in plan.todo}
-        plan.sealed = await trio.to_thread.run_sync(_seal_all, svc, dek, plan)
-        stored: list[str] = []  # entry ids with attachment objects
+        await _copy_upload(svc, upload, limits.max_bytes, path)
+        await run.progress(0.05, force=True)
         try:
-            await _store_attachments(svc, run, plan, parsed, stored)
-            inserted = await _insert(svc, run, plan, parsed.format)
-        except LeaseLost:
-            raise  # the job is another worker's now, and so are these objects
-        except Exception:
-            await _remove_objects(svc, plan.user_id, stored)
-            raise
-        # objects of entries another import inserted meanwhile (or, with None, another
-        # delivery of this job): only those of entries not in the database go
-        await _remove_objects(svc, plan.user_id,
-                              [e for e in stored if inserted is None or e not in inserted])
-        if inserted:
-            svc.metrics.entries_created.inc(len(inserted))
+            parsed = await parse_in_child(path, limits, child)
+        except BadImportFile as exc:
+            raise ImportRejected(str(exc), code=exc.code) from None
+        await run.progress(0.25, force=True)
+        await _import_parsed(svc, run, parsed, path)
     finally:
-        parsed.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_unlink, path)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+async def _import_parsed(svc: Services, run: JobRun, parsed: ParsedFile, path: Path) -> None:
+    assert run.user_id is not None
+    dek = await svc.data_keys.get(run.user_id)
+    keys = await trio.to_thread.run_sync(source_keys, dek, parsed.entries)
+    plan = Plan(run.id, run.user_id, parsed.entries, keys, len(parsed.entries))
+    seen: set[bytes] = set()
+    fresh = []
+    for i, key in enumerate(keys):  # a source repeated in the file: the first one counts
+        if key not in seen:
+            seen.add(key)
+            fresh.append(i)
+    async with svc.db.connection() as conn:
+        there = await _already_there(conn, plan, fresh)
+    plan.todo = [i for i in fresh if i not in there]
+    plan.entry_ids = {i: plan.entry_id(i) for i in plan.todo}
+    plan.sealed = await trio.to_thread.run_sync(_seal_all, svc, dek, plan)
+    stored: list[str] = []  # entry ids with attachment objects
+    try:
+        await _store_attachments(svc, run, plan, path, stored)
+        inserted = await _insert(svc, run, plan, parsed.format)
+    except LeaseLost:
+        raise  # the job is another worker's now, and so are these objects
+    except Exception:
+        await _remove_objects(svc, plan.user_id, stored)
+        raise
+    # objects of entries another import inserted meanwhile (or, with None, another
+    # delivery of this job): only those of entries not in the database go
+    await _remove_objects(svc, plan.user_id,
+                          [e for e in stored if inserted is None or e not in inserted])
+    if inserted:
+        svc.metrics.entries_created.inc(len(inserted))
 
 
 def _seal_all(svc: Services, dek: bytes, plan: Plan) -> dict[int, bytes]:
@@ -384,15 +283,17 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _store_attachments(svc: Services, run: JobRun, plan: Plan, parsed: Parsed,
+async def _store_attachments(svc: Services, run: JobRun, plan: Plan, path: Path,
                              stored: list[str]) -> None:
-    archive = parsed.archive
+    """Each attachment reference of the entries to import, stored as an object of its own
+    (their count and bytes were bounded by the parser)."""
     work = [(i, k, a) for i in plan.todo for k, a in enumerate(plan.entries[i].attachments)]
-    if archive is None or not work:
+    if not work:
         return
     total = sum(a.size for _, _, a in work) or 1
     done, reported = 0, 0.0
-    with trio.fail_after(STORE_TIMEOUT_S):
+    archive = await trio.to_thread.run_sync(zipfile.ZipFile, path)
+    with archive, trio.fail_after(STORE_TIMEOUT_S):
         for i, k, attachment in work:
             data = await trio.to_thread.run_sync(read_member, archive, attachment.member)
             entry_id = plan.entry_ids[i]

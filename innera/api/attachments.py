@@ -49,6 +49,7 @@ from innera.errors import (
     StorageUnavailable,
     ValidationFailed,
 )
+from innera.journal.rules import ALLOWED_CONTENT_TYPES
 from innera.storage import LocalStorage, Storage
 from innera.storage.keys import InvalidKey, canonical_uuid, entry_prefix, object_key
 from innera.storage.local import URL_PATH as LOCAL_URL_PATH
@@ -57,11 +58,6 @@ from innera.storage.names import content_disposition, sanitize_filename
 
 blueprint = Blueprint("attachments", __name__, url_prefix="/v1")
 
-ALLOWED_CONTENT_TYPES = frozenset({
-    "image/jpeg", "image/png", "image/gif", "image/webp", "image/heic",
-    "audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/wav", "audio/webm",
-    "application/pdf",
-})
 #: An upload whose client sends nothing for this long is answered 408.
 UPLOAD_IDLE_TIMEOUT_S = 60.0
 #: Longest local upload or download, start to end.

@@ -20,7 +20,6 @@ attachment URLs. Another user's export, an unknown or a malformed id: 404 ``not_
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -32,9 +31,8 @@ from quart import Blueprint, Response, g, request
 from innera.api.attachments import storage_errors
 from innera.api.context import services
 from innera.api.jobs import JobOut, job_out, user_job_or_404
-from innera.api.operation import operation, validate
+from innera.api.operation import operation, parse_json, validate
 from innera.api.schemas import Model
-from innera.errors import InvalidJson
 from innera.jobs import tables
 from innera.redis import UNAVAILABLE_ERRORS
 from innera.storage.keys import job_file_key
@@ -123,11 +121,7 @@ async def _check_body() -> None:
     raw = await request.get_data(as_text=False)
     if not raw.strip():
         return
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidJson() from None
-    validate(ExportIn, data)
+    validate(ExportIn, parse_json(raw))
 
 
 async def _out(svc: Any, row: dict[str, Any]) -> JobOut:

@@ -4,15 +4,21 @@ idempotency. Each reads the request and the services; the mechanisms live in
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 from quart import Response, g, request
 
+from innera.api.attachments import body_chunks
 from innera.api.context import services
 from innera.api.operation import Operation
-from innera.errors import AppError, RateLimited, Unauthorized
+from innera.errors import AppError, PayloadTooLarge, RateLimited, Unauthorized
 from innera.guards.client_ip import client_ip
-from innera.guards.idempotency import fingerprint, validate_key
+from innera.guards.idempotency import (
+    Fingerprint,
+    FingerprintSource,
+    fingerprint,
+    validate_key,
+)
 from innera.observability.logging import bind_user
 
 
@@ -71,15 +77,65 @@ async def require_reauth() -> None:
         raise ReauthRequired()
 
 
-async def idempotent(run: Callable[[], Awaitable[Response]]) -> Response:
-    """Authenticated writes with ``Idempotency-Key`` run at most once per key (24 h)."""
+class HashedBody:
+    """The body of a request that streams it, under an ``Idempotency-Key``: each chunk read
+    goes into the request's :class:`Fingerprint` and is not kept. At most ``max_bytes`` (the
+    bound the request class gives this route), else 413 ``payload_too_large``."""
+
+    def __init__(self, body: AsyncIterable[bytes], fp: Fingerprint, max_bytes: int | None
+                 ) -> None:
+        self._chunks = body.__aiter__()
+        self._fp = fp
+        self._max_bytes = max_bytes
+        self._size = 0
+
+    def __aiter__(self) -> HashedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        self._size += len(chunk)
+        if self._max_bytes is not None and self._size > self._max_bytes:
+            raise PayloadTooLarge(f"The body is larger than the limit ({self._max_bytes} bytes)")
+        self._fp.update(chunk)
+        return chunk
+
+    async def fingerprint(self) -> str:
+        """Hash what was not read yet (each chunk awaited at most UPLOAD_IDLE_TIMEOUT_S),
+        then the fingerprint of the whole request."""
+        async for _ in body_chunks(self):
+            pass
+        return self._fp.hexdigest()
+
+
+def request_body() -> AsyncIterable[bytes]:
+    """The body of the current request, for an operation that streams it (``streams_body``):
+    read it through this, never ``request.body``, so an ``Idempotency-Key`` fingerprints what
+    the handler reads."""
+    hashed: HashedBody | None = g.get("hashed_body")
+    return request.body if hashed is None else hashed
+
+
+async def idempotent(run: Callable[[], Awaitable[Response]], *, streams_body: bool = False
+                     ) -> Response:
+    """Authenticated writes with ``Idempotency-Key`` run at most once per key (24 h).
+    ``streams_body``: the body is not read up front but hashed as it streams
+    (:func:`request_body`), the lock taken before."""
     key = request.headers.get("idempotency-key")
     if key is None:
         return await run()
     svc = services()
     key = validate_key(key)
-    body = await request.get_data(as_text=False)
-    fp = fingerprint(request.method, request.path, body)
+    fp: FingerprintSource
+    if streams_body:
+        maximum = request.max_content_length
+        if maximum is not None and (request.content_length or 0) > maximum:
+            raise PayloadTooLarge(f"The body is larger than the limit ({maximum} bytes)")
+        g.hashed_body = hashed = HashedBody(request.body,
+                                            Fingerprint(request.method, request.path), maximum)
+        fp = hashed.fingerprint
+    else:
+        fp = fingerprint(request.method, request.path, await request.get_data(as_text=False))
     async with svc.idempotency.guard(g.user_id, key, fp) as guard:
         if guard.replay is not None:
             stored = guard.replay

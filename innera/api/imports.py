@@ -7,7 +7,9 @@ its ``Journal.json`` as ``application/json``). Any other Content-Type is 415
 from Content-Length, else when the stream passes the limit) and nothing is stored; an empty
 body is 400 ``empty_upload``. The body is streamed into storage
 (``{userId}/imports/{jobId}``), then the job is submitted: 202 with the job resource and a
-``Location`` header. If storing or submitting fails, the stored file is removed.
+``Location`` header. If storing or submitting fails, the stored file is removed. With an
+``Idempotency-Key`` the body is fingerprinted as it streams (``streams_body``), never buffered
+whole; a replay still streams it through the hash to compare.
 
 ``GET /v1/imports/{id}`` → the job; once completed its ``result`` says what was done
 (``{"imported": n, "skipped": m, "format": ..., "attachments": k}``). Another user's id, an
@@ -28,6 +30,7 @@ from quart import Blueprint, Response, g, request
 
 from innera.api.attachments import TRANSFER_TIMEOUT_S, body_chunks, storage_errors
 from innera.api.context import services
+from innera.api.guards import request_body
 from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation
 from innera.errors import (
@@ -78,7 +81,7 @@ async def _remove(key: str) -> None:
                        "`Location`); entries already imported from the same source are "
                        "skipped, and a bad file fails the job without storing anything.",
            response=JobOut, status=202, errors=(400, 408, 413, 415, 429),
-           timeout_s=TRANSFER_TIMEOUT_S)
+           timeout_s=TRANSFER_TIMEOUT_S, streams_body=True)
 async def create_import() -> Response:
     svc = services()
     content_type = request.mimetype.lower()
@@ -98,7 +101,7 @@ async def create_import() -> Response:
     job_id = uuid.uuid4()
     key = job_file_key(g.user_id, FOLDER, str(job_id))
     with storage_errors():  # put_stream stores nothing when it fails
-        size = await svc.storage.put_stream(key, body_chunks(request.body),
+        size = await svc.storage.put_stream(key, body_chunks(request_body()),
                                             content_type=content_type, max_bytes=maximum)
     try:
         if size == 0:

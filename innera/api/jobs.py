@@ -21,6 +21,11 @@ class JobOut(Model):
     status: Literal["pending", "running", "completed", "failed"]
     progress: float = Field(ge=0, le=1, description="0..1")
     error: str | None = Field(None, description="Why the job failed (status failed)")
+    errorCode: str | None = Field(
+        None, description="The failure's stable code (status failed): for imports "
+                          "`invalid_import_file`, `import_too_large`, `too_many_entries`, "
+                          "`too_many_attachments`, `entry_too_large`, `too_deep`; "
+                          "`job_failed` otherwise")
     createdAt: str
     startedAt: str | None = None
     finishedAt: str | None = None
@@ -42,7 +47,8 @@ def job_out(row: dict[str, Any], *, download_url: str | None = None,
     """A job table row (as from :func:`innera.jobs.tables.get_job`) → :class:`JobOut`."""
     return JobOut(
         id=str(row["id"]), status=row["status"], progress=round(float(row["progress"]), 4),
-        error=row.get("error"), createdAt=_iso(row["created_at"]) or "",
+        error=row.get("error"), errorCode=row.get("error_code"),
+        createdAt=_iso(row["created_at"]) or "",
         startedAt=_iso(row.get("started_at")), finishedAt=_iso(row.get("finished_at")),
         downloadUrl=download_url, expiresIn=expires_in, result=result)
 

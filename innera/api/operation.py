@@ -8,7 +8,8 @@ authentication, rate limit and idempotency, and records it for the OpenAPI docum
 What runs around the handler, in order:
 1. authentication (``auth=True``): the bearer token → an active user, else 401;
 2. the rate limit: per user when authenticated, else per client IP;
-3. idempotency (authenticated writes carrying ``Idempotency-Key``);
+3. idempotency (authenticated writes carrying ``Idempotency-Key``; for ``streams_body=True``
+   the body is fingerprinted as the handler streams it, never buffered whole);
 4. the body, parsed and validated before the handler runs (400 ``invalid_json``,
    422 ``validation_failed`` with per-field details);
 5. re-authentication (``reauth=True``): a single-use ``x-reauth-token``, else 403;
@@ -31,6 +32,7 @@ import trio
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, g, request
 
+from innera import json_input
 from innera.api.context import services
 from innera.errors import InvalidJson, RateLimited, ServiceUnavailable, ValidationFailed
 
@@ -65,6 +67,9 @@ class Operation:
     extra: dict[str, Any] = field(default_factory=dict)
     #: None: REQUEST_TIMEOUT_S
     timeout_s: float | None = None
+    #: the handler streams the body (``innera.api.guards.request_body``) rather than taking
+    #: it whole: an Idempotency-Key's fingerprint is then hashed as it streams
+    streams_body: bool = False
 
 
 #: Every declared operation, for the OpenAPI document.
@@ -87,13 +92,14 @@ def operation(
     query: type[BaseModel] | None = None,
     description: str = "",
     timeout_s: float | None = None,
+    streams_body: bool = False,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Response]]]:
     full_path = (bp.url_prefix or "") + path
     op = Operation(
         method=method, path=full_path, summary=summary, tag=bp.name, body=body,
         response=response, status=status, auth=auth, reauth=reauth,
         rate=rate or ("user" if auth else "anon"), errors=errors, query=query,
-        description=description, timeout_s=timeout_s,
+        description=description, timeout_s=timeout_s, streams_body=streams_body,
     )
     OPERATIONS.append(op)
 
@@ -108,7 +114,8 @@ def operation(
                     await authenticate()
                 await limit_rate(op)
                 if op.method in WRITE_METHODS and op.auth:
-                    return await idempotent(lambda: _run(fn, op, path_args))
+                    return await idempotent(lambda: _run(fn, op, path_args),
+                                            streams_body=op.streams_body)
                 return await _run(fn, op, path_args)
             raise RequestTimeout()
 
@@ -138,11 +145,18 @@ async def parse_body(model: type[BaseModel]) -> BaseModel:
     if not raw.strip():
         raise ValidationFailed("A JSON body is required",
                                details=[{"field": "", "message": "body is required"}])
+    return validate(model, parse_json(raw))
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body's JSON (bounded depth, :mod:`innera.json_input`), else 400
+    ``invalid_json`` saying why (too deep, or where it stops being JSON)."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return json_input.loads(raw)
+    except json_input.JsonTooDeep as exc:
+        raise InvalidJson(f"The request body is {exc}") from None
+    except json_input.InvalidJsonInput:
         raise InvalidJson() from None
-    return validate(model, data)
 
 
 def validate(model: type[BaseModel], data: Any) -> BaseModel:

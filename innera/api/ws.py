@@ -13,7 +13,9 @@ handshake is closed with 4001 "Unauthorized").
 Server → client: ``{"type": ..., "data": {...}}`` events from the user's Redis channel, and
 ``{"type": "ping"}`` every :data:`PING_INTERVAL_S`. Client → server: ``{"type": "ping"}`` →
 ``{"type": "pong"}``; ``{"type": "pong"}`` (the answer to the server's ping); anything else
-→ ``{"type": "error", "data": {"code": "unknown_type" | "invalid_json", "message": ...}}``.
+→ ``{"type": "error", "data": {"code": "unknown_type" | "invalid_json", "message": ...}}``
+(``invalid_json`` also for a message nested more than 64 levels deep; the socket stays
+open).
 
 Liveness is application level: ASGI has no event for a received protocol pong (Hypercorn
 answers the client's pings itself and can send pings of its own, but never tells the app
@@ -40,6 +42,7 @@ from urllib.parse import parse_qs
 import jwt
 import trio
 
+from innera import json_input
 from innera.errors import Unauthorized, error_body
 from innera.observability import sentry
 from innera.realtime.hub import TOKEN_EXPIRED, UNAUTHORIZED, Socket
@@ -175,8 +178,10 @@ async def _serve(sock: Socket, receive: Receive, send: Send, expires_at: float) 
 
 def _answer(message: str | bytes) -> str | None:
     try:
-        parsed = json.loads(message)
-    except (ValueError, UnicodeDecodeError):
+        parsed = json_input.loads(message)
+    except json_input.JsonTooDeep as exc:
+        return _error("invalid_json", f"The message is {exc}")
+    except json_input.InvalidJsonInput:
         return _error("invalid_json", "The message is not valid JSON")
     kind = parsed.get("type") if isinstance(parsed, dict) else None
     if kind == "ping":

@@ -10,6 +10,13 @@ Redis keys (spec, "Redis Usage"):
 - ``idempotency:{userId}:{key}:lock`` → a random owner token, ``SET NX PX`` 30 s, renewed every
   ``lock_ttl_s / 3`` while the handler runs, released by compare-and-delete.
 
+The fingerprint (:class:`Fingerprint`: sha256 of the method, path and body) tells a repeat from
+another request reusing the key (422). A route that streams its body (an import upload: up to
+IMPORT_MAX_BYTES) never holds it whole, so the guard takes a function instead, awaited when the
+fingerprint is needed: on a replay, the body is hashed as it streams (and dropped) before
+comparing; otherwise the lock is taken first, the handler reads the body through the hasher,
+and what it left unread is hashed before the response is stored.
+
 Round trips per request (each Lua script is atomic):
 
 1. ``ACQUIRE``: GET the cached response, else ``SET NX PX`` the lock. One script, so no request
@@ -34,7 +41,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -109,15 +116,35 @@ def validate_key(key: str) -> str:
     return key
 
 
+class Fingerprint:
+    """The request fingerprint, hashed incrementally: sha256 of the method (case-insensitive)
+    and the path, each length-prefixed (so no two different requests share an encoding), then
+    the body, fed in pieces as it arrives. The one definition of a fingerprint:
+    :func:`fingerprint` hashes a buffered body through it, a streaming route its chunks."""
+
+    def __init__(self, method: str, path: str) -> None:
+        self._hash = hashlib.sha256()
+        for part in (method.upper().encode(), path.encode("utf-8", "surrogateescape")):
+            self._hash.update(b"%d:" % len(part))
+            self._hash.update(part)
+
+    def update(self, chunk: bytes) -> None:
+        """The next piece of the body."""
+        self._hash.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+#: a request's fingerprint, or (a streamed body) a function computing it once it has been read
+FingerprintSource = str | Callable[[], Awaitable[str]]
+
+
 def fingerprint(method: str, path: str, body: bytes) -> str:
-    """sha256 hex of the request: method (case-insensitive), path, body (length-prefixed parts,
-    so no two different requests share an encoding)."""
-    h = hashlib.sha256()
-    for part in (method.upper().encode(), path.encode("utf-8", "surrogateescape")):
-        h.update(b"%d:" % len(part))
-        h.update(part)
-    h.update(body)
-    return h.hexdigest()
+    """The :class:`Fingerprint` of a request whose whole body is at hand."""
+    fp = Fingerprint(method, path)
+    fp.update(body)
+    return fp.hexdigest()
 
 
 @dataclass
@@ -164,9 +191,15 @@ class Idempotency:
         self._finish = client.register_script(FINISH_LUA)
 
     @asynccontextmanager
-    async def guard(self, user_id: str, key: str, fingerprint: str) -> AsyncIterator[Guard]:
+    async def guard(self, user_id: str, key: str, fingerprint: FingerprintSource
+                    ) -> AsyncIterator[Guard]:
         """Raises 400 / 409 / 422 / 503 (see the module doc) before yielding. An exception out
-        of the body releases the lock and stores nothing."""
+        of the body releases the lock and stores nothing.
+
+        ``fingerprint``: the request's, or a function computing it (a route streaming its body
+        hashes it as it goes), awaited only when needed — on a replay, before comparing; after
+        the body, when there is a response to store. If it fails then, the response stands
+        but is not stored (logged)."""
         key = validate_key(key)
         if not user_id or ":" in user_id:
             raise ValueError(f"unusable user id {user_id!r}")
@@ -182,7 +215,7 @@ class Idempotency:
                 headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)}) from None
         if reply[0] == "replay":
             stored = _decode(reply[1])
-            if stored["fingerprint"] != fingerprint:
+            if stored["fingerprint"] != await _resolve(fingerprint):
                 raise IdempotencyKeyReused()
             yield Guard(StoredResponse(stored["statusCode"], base64.b64decode(stored["body"]),
                                        stored["contentType"], stored.get("location")))
@@ -192,12 +225,15 @@ class Idempotency:
                 headers={"Retry-After": str(RETRY_AFTER_IN_PROGRESS_S)})
 
         guard = Guard()
+        stored_fp: str | None = None
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_lock, lock_key, token)
                 try:
                     yield guard
+                    if guard._pending is not None:  # still under the renewed lock
+                        stored_fp = await self._fingerprint_after(fingerprint, lock_key)
                 except BaseException as exc:  # re-raised below, unwrapped (no ExceptionGroup)
                     body_error = exc
                 finally:
@@ -211,7 +247,21 @@ class Idempotency:
                 raise body_error
             finally:
                 body_error = None
-        await self._end(cache_key, lock_key, token, guard._pending, fingerprint)
+        if stored_fp is None:  # nothing to store, or no fingerprint to store it under
+            await self._end(cache_key, lock_key, token, None)
+        else:
+            await self._end(cache_key, lock_key, token, guard._pending, stored_fp)
+
+    async def _fingerprint_after(self, fingerprint: FingerprintSource, lock_key: str
+                                 ) -> str | None:
+        """The fingerprint to store the response under, once the handler has run; None when it
+        cannot be had (a streamed body failing past the handler): store nothing."""
+        try:
+            return await _resolve(fingerprint)
+        except Exception:
+            log.warning("idempotency: the request body could not be fingerprinted after the "
+                        "handler ran; its response is not stored: %s", lock_key, exc_info=True)
+            return None
 
     async def _call(self, request: Awaitable[Any]) -> Any:
         """One Redis call under ``timeout_s``; failures are recorded and become _Unavailable.
@@ -271,6 +321,10 @@ class Idempotency:
             return
         if not released:
             log.warning("idempotency lock had expired before the handler finished: %s", lock_key)
+
+
+async def _resolve(fingerprint: FingerprintSource) -> str:
+    return fingerprint if isinstance(fingerprint, str) else await fingerprint()
 
 
 def _decode(raw: str) -> dict[str, Any]:

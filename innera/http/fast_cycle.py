@@ -117,6 +117,12 @@ class Cycle:
             await self._read_body()
             if request.error:
                 return _disconnect()
+        if not request.complete:
+            # More body to come: yield before handing this part over. Reading the socket
+            # (recv_nowait) is no schedule point while data is waiting, so without this the
+            # app's body reader (Quart buffers what it receives) would drain a fast client
+            # into memory before the route consumes any of it.
+            await trio.lowlevel.checkpoint()
         body = request.body
         if len(body) == 1:
             data = body[0]

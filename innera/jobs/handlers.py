@@ -151,8 +151,9 @@ def table_handler(svc: Services, table: str, work: Work, *,
         except Exception as exc:
             if isinstance(exc, PermanentJobError) or run.last_attempt:
                 message = str(exc) or type(exc).__name__
-                await tables.mark_failed(svc.db, table, job_id, message)
-                await run.publish("failed", float(row["progress"]), message)
+                code = exc.code if isinstance(exc, PermanentJobError) else tables.JOB_FAILED
+                await tables.mark_failed(svc.db, table, job_id, message, code)
+                await run.publish("failed", float(row["progress"]), message, errorCode=code)
             raise
         if await tables.mark_completed(svc.db, table, job_id):
             await run.publish("completed", 1.0)

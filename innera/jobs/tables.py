@@ -40,6 +40,8 @@ TABLES = tuple(QUEUE_OF)
 USERLESS = frozenset({"key_rotation_jobs"})
 UNFINISHED = ("pending", "running")
 ERROR_MAX_CHARS = 4000
+#: the error code of a job that failed for a reason without a code of its own
+JOB_FAILED = "job_failed"
 
 Db = Pool | TrioConnection[Any]
 
@@ -138,7 +140,7 @@ async def mark_running(db: Db, table: str, job_id: uuid.UUID | str) -> bool:
     False: the job is finished (or unknown) and must not run."""
     query = sql.SQL(
         "UPDATE {} SET status = 'running', attempts = attempts + 1, error = NULL, "
-        "started_at = coalesce(started_at, now()) "
+        "error_code = NULL, started_at = coalesce(started_at, now()) "
         "WHERE id = %s AND status IN ('pending', 'running')").format(_t(table))
     return await _update(db, query, (job_id,))
 
@@ -152,16 +154,19 @@ async def mark_progress(db: Db, table: str, job_id: uuid.UUID | str, progress: f
 
 async def mark_completed(db: Db, table: str, job_id: uuid.UUID | str) -> bool:
     query = sql.SQL(
-        "UPDATE {} SET status = 'completed', progress = 1, error = NULL, finished_at = now() "
+        "UPDATE {} SET status = 'completed', progress = 1, error = NULL, error_code = NULL, "
+        "finished_at = now() "
         "WHERE id = %s AND status IN ('pending', 'running')").format(_t(table))
     return await _update(db, query, (job_id,))
 
 
-async def mark_failed(db: Db, table: str, job_id: uuid.UUID | str, error: str) -> bool:
+async def mark_failed(db: Db, table: str, job_id: uuid.UUID | str, error: str,
+                      code: str = JOB_FAILED) -> bool:
+    """pending|running → failed, with the message and its stable ``code``."""
     query = sql.SQL(
-        "UPDATE {} SET status = 'failed', error = %s, finished_at = now() "
+        "UPDATE {} SET status = 'failed', error = %s, error_code = %s, finished_at = now() "
         "WHERE id = %s AND status IN ('pending', 'running')").format(_t(table))
-    return await _update(db, query, (error[:ERROR_MAX_CHARS], job_id))
+    return await _update(db, query, (error[:ERROR_MAX_CHARS], code, job_id))
 
 
 async def reopen_failed(db: Db, table: str, job_id: uuid.UUID | str) -> dict[str, Any] | None:
@@ -170,7 +175,8 @@ async def reopen_failed(db: Db, table: str, job_id: uuid.UUID | str) -> dict[str
     job is not failed (or unknown)."""
     user = sql.SQL("NULL::uuid AS user_id" if table in USERLESS else "user_id")
     query = sql.SQL(
-        "UPDATE {} SET status = 'pending', attempts = 0, error = NULL, finished_at = NULL "
+        "UPDATE {} SET status = 'pending', attempts = 0, error = NULL, error_code = NULL, "
+        "finished_at = NULL "
         "WHERE id = %s AND status = 'failed' RETURNING id, {}").format(_t(table), user)
     async with _connection(db) as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,))
@@ -193,7 +199,8 @@ async def get_job(db: Db, table: str, user_id: uuid.UUID | str,
     except ValueError:
         return None
     query = sql.SQL(
-        "SELECT id, user_id, status, attempts, progress, error, payload, created_at, "
+        "SELECT id, user_id, status, attempts, progress, error, error_code, payload, "
+        "created_at, "
         "started_at, finished_at, updated_at FROM {} WHERE id = %s AND user_id = %s"
     ).format(_t(table))
     async with _connection(db) as conn:

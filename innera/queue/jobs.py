@@ -32,7 +32,15 @@ LEASE_LOST = "lease-lost"
 
 
 class PermanentJobError(Exception):
-    """Raised by a handler: the job fails at once, without retries."""
+    """Raised by a handler: the job fails at once, without retries. ``code``: the stable,
+    machine-readable name of the failure that the job's table records beside the message."""
+
+    code = "job_failed"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 def keys(name: str) -> dict[str, str]:

@@ -4,13 +4,17 @@ outage), no mocks."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import trio
 
+from innera.api.guards import HashedBody
 from innera.errors import AppError
 from innera.guards.idempotency import (
+    Fingerprint,
     Idempotency,
     StoredResponse,
     fingerprint,
@@ -54,6 +58,43 @@ def test_fingerprint() -> None:
     assert fp != fingerprint("POST", "/b", b"x")
     assert fp != fingerprint("POST", "/a", b"y")
     assert fingerprint("POST", "/a", b"1") != fingerprint("POST", "/a1", b"")
+
+
+def test_a_fingerprint_hashed_in_pieces_is_the_buffered_one() -> None:
+    body = os.urandom(100_000)
+    fp = Fingerprint("post", "/v1/imports")
+    for i in range(0, len(body), 7777):
+        fp.update(body[i:i + 7777])
+    assert fp.hexdigest() == fingerprint("POST", "/v1/imports", body)
+    empty = Fingerprint("POST", "/v1/imports")
+    empty.update(b"")
+    assert empty.hexdigest() == fingerprint("POST", "/v1/imports", b"")
+
+
+async def chunks_of(body: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(body), size):
+        yield body[i:i + size]
+
+
+async def test_a_streamed_body_fingerprints_as_the_buffered_one() -> None:
+    body = os.urandom(300_000)
+    expected = fingerprint("POST", "/v1/imports", body)
+    # the handler reads all of it, part of it, or none of it: the rest is hashed after
+    for read in (None, 3, 0):
+        hashed = HashedBody(chunks_of(body, 65536), Fingerprint("POST", "/v1/imports"),
+                            len(body))
+        got = b""
+        async for chunk in hashed:
+            if read is not None and len(got) >= read * 65536:
+                break
+            got += chunk
+        assert await hashed.fingerprint() == expected
+        assert await hashed.fingerprint() == expected  # (asking again reads nothing more)
+    # past its bound: 413, whoever reads
+    with pytest.raises(AppError) as info:
+        await HashedBody(chunks_of(body, 65536), Fingerprint("POST", "/v1/imports"),
+                         len(body) - 1).fingerprint()
+    assert app_error(info) == (413, "payload_too_large")
 
 
 # --- the guard ---
@@ -199,6 +240,53 @@ async def test_release_never_deletes_a_lock_owned_by_another(redis: Redis) -> No
             await redis.client.set("idempotency:user-a:k2:lock", "other", px=30_000)
             raise RuntimeError()
     assert await redis.client.get("idempotency:user-a:k2:lock") == "other"
+
+
+async def test_a_fingerprint_computed_late(redis: Redis) -> None:
+    """A streamed body: the fingerprint is a function, awaited on a replay (to compare) and
+    after the handler (to store) — never when nothing is stored."""
+    idem = Idempotency(redis)
+    asked: list[str] = []
+
+    def late(fp: str) -> Callable[[], Any]:
+        async def compute() -> str:
+            asked.append(fp)
+            return fp
+        return compute
+
+    # nothing to store (a 5xx, the handler raising): never asked
+    async with idem.guard("user-a", "k1", late("a")) as guard:
+        assert asked == []
+        guard.store(503, b"later", "text/plain")
+    with pytest.raises(RuntimeError):
+        async with idem.guard("user-a", "k1", late("a")):
+            raise RuntimeError()
+    assert asked == [] and await redis.client.exists([CACHE, LOCK]) == 0
+
+    async with idem.guard("user-a", "k1", late("a")) as guard:
+        assert guard.replay is None and asked == []  # the lock comes first
+        guard.store(202, b"job", "application/json", "/v1/jobs/1")
+    assert asked == ["a"]
+    assert json.loads(await redis.client.get(CACHE))["fingerprint"] == "a"
+    async with idem.guard("user-a", "k1", late("a")) as guard:
+        assert guard.replay == StoredResponse(202, b"job", "application/json", "/v1/jobs/1")
+    with pytest.raises(AppError) as info:
+        async with idem.guard("user-a", "k1", late("b")):
+            pass
+    assert app_error(info) == (422, "idempotency_key_reused")
+    assert asked == ["a", "a", "b"]
+
+
+async def test_a_fingerprint_failing_after_the_handler_stores_nothing(redis: Redis) -> None:
+    idem = Idempotency(redis)
+
+    async def broken() -> str:
+        raise OSError("the client went away")
+
+    async with idem.guard("user-a", "k1", broken) as guard:
+        guard.store(202, b"job", "application/json")
+    # the handler's response stands (no exception), but it is not kept
+    assert await redis.client.exists([CACHE, LOCK]) == 0
 
 
 async def test_keys_are_per_user(redis: Redis) -> None:
