@@ -59,3 +59,5 @@ class Services:
     active_users: ActiveUsers
     entry_reads: EntryReads
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    #: The users with a search running (one at a time per account: innera/api/search.py).
+    searching: set[str] = field(default_factory=set)

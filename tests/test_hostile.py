@@ -120,6 +120,20 @@ async def import_file(client: httpx.AsyncClient, account: Account, data: bytes,
             await trio.sleep(0.1)
 
 
+async def imports_under_attack(target: Target, client: httpx.AsyncClient, account: Account,
+                               *files: tuple[bytes, str]) -> list[dict[str, Any]]:
+    """Import ``files`` (data, content type) one after the other as the attack; their jobs."""
+    jobs: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        for data, content_type in files:
+            jobs.append(await import_file(client, account, data, content_type))
+
+    outcome = await attack(target, run)
+    assert outcome.growth < MAX_GROWTH, outcome
+    return jobs
+
+
 async def entry_count(client: httpx.AsyncClient, account: Account) -> int:
     r = await client.get("/v1/entries?limit=100", headers=account.auth)
     assert r.status_code == 200, r.text
@@ -156,14 +170,8 @@ async def test_a_day_one_heading_built_to_backtrack(target: Target,
     mallory = await signup(client)
     long_line = json.dumps(dayone_doc([dayone_entry("# a" + " " * 60_000 + "b")])).encode()
     too_long = json.dumps(dayone_doc([dayone_entry("# a" + " " * 100_000 + "b")])).encode()
-    jobs: list[dict[str, Any]] = []
-
-    async def run() -> None:
-        jobs.append(await import_file(client, mallory, long_line, "application/json"))
-        jobs.append(await import_file(client, mallory, too_long, "application/json"))
-
-    outcome = await attack(target, run)
-    assert outcome.growth < MAX_GROWTH
+    jobs = await imports_under_attack(target, client, mallory, (long_line, "application/json"),
+                                      (too_long, "application/json"))
     # a single long line is a valid body (no title: nothing follows the heading)
     assert jobs[0]["status"] == "completed" and jobs[0]["result"]["imported"] == 1, jobs[0]
     assert (jobs[1]["status"], jobs[1]["errorCode"]) == ("failed", "entry_too_large"), jobs[1]
@@ -190,14 +198,8 @@ async def test_a_small_zip_that_expands_to_a_huge_json(target: Target,
     huge = zipped("Journal.json", objects(20_000_000))
     large = zipped("Journal.json", objects(15_000_000))
     assert len(huge) < 256 * 1024
-    jobs: list[dict[str, Any]] = []
-
-    async def run() -> None:
-        jobs.append(await import_file(client, mallory, huge, "application/zip"))
-        jobs.append(await import_file(client, mallory, large, "application/zip"))
-
-    outcome = await attack(target, run)
-    assert outcome.growth < MAX_GROWTH, outcome
+    jobs = await imports_under_attack(target, client, mallory, (huge, "application/zip"),
+                                      (large, "application/zip"))
     for job in jobs:
         assert (job["status"], job["errorCode"]) == ("failed", "import_too_large"), job
     assert "more than IMPORT_MAX_BYTES" in jobs[0]["error"]
@@ -334,14 +336,8 @@ async def test_an_import_referencing_one_big_attachment_again_and_again(
     # a million references would be a 100 MB document: 100,000 of a small member (past the
     # count), and 4,000 of a 25 MiB one (within the count, but 100 GB to store)
     many, heavy = export(100_000, 1000, 1024), export(4_000, 100, 25 * MiB)
-    jobs: list[dict[str, Any]] = []
-
-    async def run() -> None:
-        jobs.append(await import_file(client, mallory, many, "application/zip"))
-        jobs.append(await import_file(client, mallory, heavy, "application/zip"))
-
-    outcome = await attack(target, run)
-    assert outcome.growth < MAX_GROWTH
+    jobs = await imports_under_attack(target, client, mallory, (many, "application/zip"),
+                                      (heavy, "application/zip"))
     assert (jobs[0]["status"], jobs[0]["errorCode"]) == ("failed", "too_many_attachments")
     assert (jobs[1]["status"], jobs[1]["errorCode"]) == ("failed", "import_too_large")
     assert "each reference counted" in jobs[1]["error"]

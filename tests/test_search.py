@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from innera.journal.search import (
+    _normalise_pieces,
     normalise,
     normalise_reference,
     parse_terms,
@@ -74,6 +75,21 @@ def test_the_fast_paths_agree_with_the_reference() -> None:
             at = rng.randint(0, len(text))
             text = text[:at] + rng.choice(extras) + text[at:]
         assert normalise(text) == normalise_reference(text), repr(text)
+
+
+def test_long_text_normalised_in_pieces_has_the_same_form() -> None:
+    # the scan normalises long text piece by piece (short C calls): cutting anywhere, even
+    # inside a combining sequence or a Hangul syllable made of jamo, changes nothing
+    rng = random.Random(9)
+    alphabet = ([chr(c) for c in range(0x20, 0x250)] + [chr(c) for c in range(0x300, 0x370)]
+                + [chr(c) for c in range(0x1100, 0x1200)] + [chr(c) for c in range(0x3300, 0x3400)]
+                + list("가각ᾳΣσςßİﬁかカ😀&#;") + ["\u0345", "\ufdfa", "\ufe0f", "\u3099", "\u0b47",
+                                                "\u0b3e", "\u0dd9", "\u0dcf", "\u102e"])
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(2, 60)))
+        piece = rng.randint(1, 7)
+        assert _normalise_pieces(text, piece) == normalise(text), (piece, text)
+    assert _normalise_pieces("\ufdfa" * 5000) == normalise("\ufdfa" * 5000)
 
 
 def test_no_combining_mark_lies_above_plane_1() -> None:
@@ -261,3 +277,129 @@ async def test_a_scan_cut_midway_keeps_its_matches(server: RunningServer) -> Non
                                 timeout_s=10, after=cut.next_position)
     assert rest.complete and rest.scanned == total - cut.scanned
     assert [e.id for e in cut.entries + rest.entries] == [e.id for e in full.entries]
+
+
+# --- sharing the server ---------------------------------------------------------------------
+
+
+async def _waiting_on_entries(locker: Any, count: int) -> None:
+    """Until ``count`` queries of this database wait for the lock ``locker`` holds on
+    ``entries``."""
+    with trio.fail_after(10):
+        while True:
+            cur = await locker.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                " AND relation = 'entries'::regclass"
+                " AND database = (SELECT oid FROM pg_database"
+                "                 WHERE datname = current_database())")
+            row = await cur.fetchone()
+            if row[0] >= count:
+                return
+            await trio.sleep(0.01)
+
+
+async def test_one_search_at_a_time_per_account(server: RunningServer, database_url: str
+                                                ) -> None:
+    """While a search of an account runs (stuck on a locked table), another search of that
+    account answers 429 at once; another account's search runs at the same time."""
+    from innera.db.connection import TrioConnection
+
+    alice, bob = await signup(server.client), await signup(server.client)
+    await seed_entries(server, alice.id, [({"body": "Alice went hiking"}, BASE)])
+    await seed_entries(server, bob.id, [({"body": "Bob went hiking"}, BASE)])
+    results: dict[str, dict[str, Any]] = {}
+
+    async def run(name: str, account: Account) -> None:
+        results[name] = await search(server, account, "hiking")
+
+    async with await TrioConnection.connect(database_url) as locker:
+        async with trio.open_nursery() as nursery:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")
+                nursery.start_soon(run, "alice", alice)
+                await _waiting_on_entries(locker, 1)
+                r = await server.client.get("/v1/search", params={"q": "other words"},
+                                            headers=alice.auth)
+                body = assert_error(r, 429, "search_in_progress")
+                assert "search" in body["error"]["message"]
+                assert r.headers["retry-after"] == "1"
+                nursery.start_soon(run, "bob", bob)
+                await _waiting_on_entries(locker, 2)  # both searches are running
+            # the lock is released: both finish
+    assert bodies(results["alice"]) == ["Alice went hiking"] and results["alice"]["complete"]
+    assert bodies(results["bob"]) == ["Bob went hiking"] and results["bob"]["complete"]
+    # once it has finished, the account can search again
+    assert bodies(await search(server, alice, "alice")) == ["Alice went hiking"]
+
+
+async def test_entries_of_long_compatibility_expansions(server: RunningServer) -> None:
+    """U+FDFA is 18 characters after NFKC: such entries are found, with their snippets."""
+    account = await signup(server.client)
+    await seed_entries(server, account.id, [
+        ({"body": "\ufdfa" * 40_000 + f" marker{i} " + "\ufdfa" * 40_000},
+         BASE + timedelta(minutes=i)) for i in range(3)])
+    result = await search(server, account, "MARKER1")
+    assert result["scanned"] == 3 and result["complete"] is True
+    [hit] = result["items"]
+    assert "marker1" in hit["snippet"] and hit["snippet"].startswith("…\ufdfa")
+    assert hit["entry"]["body"] == "\ufdfa" * 40_000 + " marker1 " + "\ufdfa" * 40_000
+
+
+def _hangul(rng: random.Random, n: int) -> str:
+    return "".join(chr(rng.randint(0xAC00, 0xD7A3)) if rng.random() > 0.15 else " "
+                   for _ in range(n))
+
+
+async def test_a_row_failing_to_decrypt_in_a_scan_thread_fails_the_search(
+        server: RunningServer) -> None:
+    account = await signup(server.client)
+    text = _hangul(random.Random(5), 20_000)  # large enough to be examined in a thread
+    ids = await seed_entries(server, account.id, [
+        ({"body": f"{text} entry {i}"}, BASE + timedelta(minutes=i)) for i in range(20)])
+    async with server.services.db.connection() as conn:
+        await conn.execute(
+            "UPDATE entries SET content = (SELECT content FROM entries WHERE id = %s) "
+            "WHERE id = %s", (ids[3], ids[7]))
+    r = await server.client.get("/v1/search", params={"q": "entry"}, headers=account.auth)
+    assert_error(r, 500, "crypto_error")
+    # the failed search does not count as one in progress
+    r = await server.client.get("/v1/search", params={"q": "entry"}, headers=account.auth)
+    assert_error(r, 500, "crypto_error")
+
+
+class TestTimeoutInsideABatch:
+    """Every entry comes in the first batch (one query); the deadline still cuts the scan
+    between two time slices, and the cursor continues after the last entry examined."""
+
+    @pytest.fixture
+    def server_settings(self, server_settings: dict[str, str]) -> dict[str, str]:
+        return {**server_settings, "SEARCH_TIMEOUT_S": "0.15"}
+
+    async def test_continuing_finds_every_entry_once(self, server: RunningServer) -> None:
+        account = await signup(server.client)
+        total = 80
+        text = _hangul(random.Random(3), 95_000)  # several ms to normalise
+        await seed_entries(server, account.id, [
+            ({"body": f"{text} entry {i}" + (" needle" if i % 7 == 0 else "")},
+             BASE + timedelta(minutes=i)) for i in range(total)])
+        pages: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 100}
+        while len(pages) < 200:
+            page = await search(server, account, "needle", **params)
+            pages.append(page)
+            if page["nextCursor"] is None:
+                break
+            params["cursor"] = page["nextCursor"]
+        first, last = pages[0], pages[-1]
+        assert first["complete"] is False and first["nextCursor"]
+        assert first["scanned"] < total  # cut inside the first (and only) batch
+        assert last["complete"] is True and last["nextCursor"] is None
+        assert all(not page["complete"] for page in pages[:-1])
+        # no entry examined twice, none skipped
+        assert sum(page["scanned"] for page in pages) == total
+        found = [hit["entry"]["body"].rsplit(" entry ", 1)[1]
+                 for page in pages for hit in page["items"]]
+        assert found == [f"{i} needle" for i in reversed(range(total)) if i % 7 == 0]
+        for page in pages:
+            for hit in page["items"]:
+                assert hit["snippet"].startswith("…") and hit["snippet"].endswith("needle")

@@ -29,6 +29,7 @@ from workers.import_format import (
     SOURCE_ID_MAX,
     ImportEntry,
     Problems,
+    add_entry,
     check_body_length,
     check_entry_count,
     check_entry_fields,
@@ -61,7 +62,7 @@ def heading(line: str) -> str | None:
     if len(line) < 3 or line[0] != "#" or line[1] not in _BLANKS:
         return None
     title = line[1:].strip(_BLANKS)
-    if not title:
+    if not title or title[0].isspace():  # "# \rA" is no heading: the title starts with \S
         return None
     unclosed = title.rstrip("#")
     if unclosed != title and unclosed[-1:] in (" ", "\t") and unclosed.strip(_BLANKS):
@@ -122,7 +123,7 @@ def parse_dayone(doc: Any, *, prefix: str = "", max_entries: int = 100_000
         if valid is None or problems.items:
             continue
         assert valid.occurredAt is not None and isinstance(uuid, str)
-        entries.append(ImportEntry(
+        add_entry(problems, where, entries, ImportEntry(
             source=SOURCE, source_id=uuid.strip(), title=valid.title, body=valid.body,
             tags=valid.tags, mood=None, occurred_at=valid.occurredAt))
     problems.check()

@@ -231,12 +231,27 @@ def parse_innera_export(doc: Any, members: Mapping[str, int] | None, *, prefix: 
         if valid is None or attachments is None or problems.items:
             continue
         assert valid.occurredAt is not None and isinstance(source_id, str)
-        entries.append(ImportEntry(
+        add_entry(problems, where, entries, ImportEntry(
             source="innera", source_id=source_id.strip(), title=valid.title, body=valid.body,
             tags=valid.tags, mood=valid.mood, occurred_at=valid.occurredAt,
             attachments=attachments))
     problems.check()
     return entries
+
+
+def add_entry(problems: Problems, where: str, entries: list[ImportEntry], entry: ImportEntry
+              ) -> None:
+    """Append ``entry`` unless some text of it is not valid Unicode: JSON's ``\\ud800``
+    escapes give lone surrogates, which UTF-8 (and so storage) cannot hold."""
+    texts = [entry.source_id, entry.title or "", entry.body, entry.mood or "", *entry.tags]
+    texts += [t for a in entry.attachments for t in (a.filename, a.member)]
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        problems.add(where, "holds text that is not valid Unicode (a lone surrogate)")
+        return
+    entries.append(entry)
 
 
 def check_entry_count(problems: Problems, count: int, maximum: int) -> None:

@@ -21,6 +21,7 @@ before it is read:
 from __future__ import annotations
 
 import json
+import lzma
 import resource
 import sys
 import zipfile
@@ -135,8 +136,8 @@ def read_member(archive: zipfile.ZipFile, name: str, *, keep: bool = True) -> by
             while member.read(READ_CHUNK):
                 pass
             return b""
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError,
-            OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError,
+            ValueError, OSError) as exc:
         raise BadImportFile(f"{name}: damaged archive member ({exc})") from None
 
 

@@ -57,6 +57,8 @@ class CursorCodec:
             token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
             if len(token) != _PAYLOAD.size + _TAG_BYTES:
                 raise ValueError("wrong length")
+            if base64.urlsafe_b64encode(token).rstrip(b"=").decode() != cursor:
+                raise ValueError("not as issued")  # "=", "+/", other trailing bits, junk
             payload, tag = token[:_PAYLOAD.size], token[_PAYLOAD.size:]
             if not hmac.compare_digest(tag, self._tag(purpose, user_id, payload)):
                 raise ValueError("bad signature")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import trio
 from pydantic import Field
 from quart import Blueprint, g
 
@@ -13,13 +12,23 @@ from innera.api.context import services
 from innera.api.entries import EntryOut, entry_out
 from innera.api.operation import operation
 from innera.api.schemas import Model
-from innera.errors import ValidationFailed
-from innera.journal.search import parse_terms, search_entries, snippet
+from innera.errors import AppError, ValidationFailed
+from innera.journal.search import parse_terms, search_entries, snippets
 
 blueprint = Blueprint("search", __name__, url_prefix="/v1/search")
 
 SEARCH_PURPOSE = "search"
 
+
+class SearchInProgress(AppError):
+    """The account already has a search running in this process (one at a time each)."""
+
+    status, code = 429, "search_in_progress"
+    message = ("Another search of this account is still running; retry when it has "
+               "finished")
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
 
 
 class SearchQuery(Model):
@@ -49,7 +58,9 @@ class SearchOut(Model):
            response=SearchOut, errors=(400, 422, 429),
            description="Case- and accent-insensitive; every term must match the title, the "
                        "body or a tag. The scan is bounded by SEARCH_TIMEOUT_S: past it, the "
-                       "matches so far come back with `complete: false`.")
+                       "matches so far come back with `complete: false`. One search at a "
+                       "time per account: while one runs, another answers 429 "
+                       "`search_in_progress` (see Retry-After).")
 async def search(query: SearchQuery) -> SearchOut:
     svc = services()
     terms = parse_terms(query.q)
@@ -59,18 +70,22 @@ async def search(query: SearchQuery) -> SearchOut:
     codec = svc.cursors
     after = (codec.decode(SEARCH_PURPOSE, g.user_id, query.cursor)
              if query.cursor is not None else None)
+    if g.user_id in svc.searching:
+        raise SearchInProgress()
+    svc.searching.add(g.user_id)
     started = time.perf_counter()
     try:
         result = await search_entries(svc.db, svc.entry_cipher, g.user_id, terms,
                                       limit=query.limit,
                                       timeout_s=svc.settings.search_timeout_s, after=after)
-        items = []
-        for entry in result.entries:  # up to 100 bodies of up to 100,000 characters
-            items.append(SearchHit(entry=entry_out(entry), snippet=snippet(entry.body, terms)))
-            await trio.lowlevel.checkpoint()
+        # up to 100 bodies of up to 100,000 characters: off the loop, like the scan
+        texts = await snippets([entry.body for entry in result.entries], terms)
+        items = [SearchHit(entry=entry_out(entry), snippet=text)
+                 for entry, text in zip(result.entries, texts, strict=True)]
         return SearchOut(
             items=items, scanned=result.scanned, complete=result.complete,
             nextCursor=(codec.encode(SEARCH_PURPOSE, g.user_id, result.next_position)
                         if result.next_position is not None else None))
     finally:
+        svc.searching.discard(g.user_id)
         svc.metrics.search_duration.observe(time.perf_counter() - started)

@@ -25,12 +25,35 @@ Scan
     costs one short query and no cancellation), then the rest as one ``cursor.stream()``
     (libpq chunked mode, ``BATCH_SIZE`` rows per chunk). The data key is fetched once; rows
     are opened with the synchronous ``open_with``; timestamps are decoded only for the rows
-    returned. The task checkpoints after every batch, so a long scan does not starve other
-    requests. It stops when ``limit`` entries matched, at the end, or at the deadline
-    (``timeout_s``, which also bounds getting the key and the connection): then ``complete``
-    is False and what was found so far is returned, with the position to continue from. A
-    row that does not decrypt fails the search (500 ``crypto_error``, counted), as it fails
-    a read of the entry.
+    returned.
+
+    The per-row work (decrypt, normalise, match) runs off the event loop: rows are buffered
+    (up to ``BATCH_SIZE`` rows or ``BUFFER_BYTES`` of ciphertext; the first batch is loaded
+    whole and its connection goes back to the pool before it is examined) and examined in a
+    worker thread (``trio.to_thread``) in time slices of ~``SLICE_S`` (10 ms): the thread
+    returns after the row that used up its slice, the task checkpoints (so the deadline is
+    checked and other tasks run), then hands over the rest. The threads are those of one
+    process-wide :class:`trio.CapacityLimiter` (:func:`scan_limiter`, ``SCAN_THREADS``,
+    created lazily per Trio run), shared by every search, which take turns slice by slice.
+    Rows of at most ``INLINE_BYTES`` of ciphertext in all (a few short entries) are examined
+    on the loop instead: no thread hop (~75 µs), no wait behind other scans' slices.
+
+    The loop still shares the GIL with the scan thread: it gets it back within
+    ``sys.getswitchinterval()`` (5 ms) or when the C call in progress ends. Long non-ASCII
+    text is normalised in pieces of ``PIECE_CHARS`` characters so that no C call is long
+    (whole, 100,000 × U+FDFA — 18 characters each after NFKC — hold it ~180 ms; in pieces,
+    each call takes ~4 ms at most). One thread, not more: under the GIL a second one adds no
+    throughput, and the loop then competes with both for the GIL (longer stalls).
+
+    It stops when ``limit`` entries matched, at the end, or at the deadline (``timeout_s``,
+    which also bounds getting the key, the connection and the queries), which can pass it by
+    at most one slice plus one entry. Then ``complete`` is False and what was found so far is
+    returned, with the position to continue from: the last row examined (rows fetched but
+    not examined yet are read again by the next scan). A row that does not decrypt fails
+    the search (500 ``crypto_error``, counted), as it fails a read of the entry.
+
+    At most one search per account runs at a time in a process (``innera/api/search.py``
+    answers another one 429 ``search_in_progress``).
 
 Snippet
     Up to ~``SNIPPET_CHARS`` characters of the ORIGINAL body around the first (leftmost)
@@ -38,6 +61,7 @@ Snippet
     word boundaries when one is near, never inside a combining sequence, whitespace runs
     collapsed to one space, ``…`` where text was cut. The match position in the normalised
     text is mapped back to the original by normalising character by character.
+    :func:`snippets` computes those of a result off the loop, as the scan examines rows.
 """
 
 from __future__ import annotations
@@ -45,15 +69,17 @@ from __future__ import annotations
 import codecs
 import re
 import threading
+import time
 import unicodedata
+from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
-from psycopg import pq
+from psycopg import AsyncConnection, AsyncCursor, pq
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
@@ -63,17 +89,37 @@ from innera.journal.entries import AFTER, ORDER, ROW_COLUMNS, START, Entry, Posi
 
 __all__ = [
     "BATCH_SIZE",
+    "SCAN_THREADS",
+    "SLICE_S",
     "SNIPPET_CHARS",
     "SearchResult",
     "normalise",
     "normalise_reference",
     "parse_terms",
+    "scan_limiter",
     "search_entries",
     "snippet",
+    "snippets",
 ]
+
+T = TypeVar("T")
 
 BATCH_SIZE = 500
 SNIPPET_CHARS = 120
+#: Worker threads examining rows, for all the searches of the process together.
+SCAN_THREADS = 1
+#: How long a worker thread examines rows before handing back to the task (which
+#: checkpoints and checks the deadline); a single entry is never split.
+SLICE_S = 0.010
+#: Rows are handed to the thread when this much ciphertext is buffered (or BATCH_SIZE rows).
+BUFFER_BYTES = 4 * 1024 * 1024
+#: Rows of at most this much ciphertext in all (a few short entries) are examined on the
+#: loop, not in a thread: ~0.1 ms for most text, ~1.5 ms at worst (U+FDFA, whose NFKC is 18
+#: characters), less than the thread hop and the wait behind other scans' slices.
+INLINE_BYTES = 2048
+#: Longer non-ASCII text is normalised in pieces of this many characters, so that no single
+#: C call holds the GIL (so the loop) for long: 100,000 × U+FDFA take ~180 ms in one piece.
+PIECE_CHARS = 2048
 #: Characters the scan strips after NFD: every code point with a non-zero canonical combining
 #: class (none lies above plane 1; tests check that against the whole range), and the emoji
 #: presentation selectors.
@@ -202,6 +248,14 @@ def normalise(text: str) -> str:
     return _fold(_CP1252, raw, text)
 
 
+def _normalise_pieces(text: str, piece: int = PIECE_CHARS) -> str:
+    """:func:`normalise`, piece by piece for long non-ASCII text (the normal form of a text is
+    the concatenation of its characters', as tests check), so that each C call is short."""
+    if len(text) <= piece or text.isascii():
+        return normalise(text)
+    return "".join([normalise(text[i:i + piece]) for i in range(0, len(text), piece)])
+
+
 def _fold(page: _CodePage, raw: bytes, text: str) -> str:
     if len(raw) == len(text):
         return page.fold(raw)
@@ -259,7 +313,7 @@ def _locate(body: str, terms: list[str]) -> tuple[int, int] | None:
     """``[start, end)`` in ``body`` of the leftmost match of any term, or None."""
     if body.isascii():  # lower() keeps every offset
         return _first_hit(body.lower(), terms)
-    hit = _first_hit(normalise(body), terms)
+    hit = _first_hit(_normalise_pieces(body), terms)
     if hit is None:
         return None
     try:
@@ -338,7 +392,8 @@ def _timestamp(raw: bytes) -> datetime:
 
 
 class _Scan:
-    """The per-row work of a search (synchronous: the caller checkpoints between batches)."""
+    """The per-row work of a search (synchronous: run in a worker thread, see
+    :func:`_examine`)."""
 
     def __init__(self, cipher: EntryCipher, dek: bytes, user_id: str, terms: list[str],
                  limit: int) -> None:
@@ -346,7 +401,7 @@ class _Scan:
         self.dek, self.user_id, self.terms, self.limit = dek, user_id, terms, limit
         self.found: list[Entry] = []
         self.scanned = 0
-        self.last: Any = None  # the last row read
+        self.last: Any = None  # the last row examined
 
     def take(self, row: Any) -> bool:
         """Examine one row; True when ``limit`` entries matched."""
@@ -360,7 +415,7 @@ class _Scan:
             text = f"{title}\n{text}"
         if tags:
             text = text + "\n" + "\n".join(tags)
-        haystack = normalise(text)
+        haystack = _normalise_pieces(text)
         for term in self.terms:
             if term not in haystack:
                 return False
@@ -374,51 +429,150 @@ class _Scan:
         return None if self.last is None else (_timestamp(self.last[2]), self.last[0])
 
 
+_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "innera.search.scan_limiter")
+
+
+def scan_limiter() -> trio.CapacityLimiter:
+    """The worker threads of every scan of this Trio run (``SCAN_THREADS``), made on first
+    use."""
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(SCAN_THREADS)
+        _LIMITER.set(limiter)
+        return limiter
+
+
+def _run_for(step: Callable[[T], bool], items: Sequence[T], start: int, budget_s: float
+             ) -> tuple[int, bool]:
+    """``step`` over ``items[start:]`` until it returns True or ``budget_s`` passed (wall
+    clock: the item that crosses it is finished). Returns where to continue and whether
+    ``step`` returned True."""
+    stop_at = time.perf_counter() + budget_s
+    for i in range(start, len(items)):
+        if step(items[i]):
+            return i + 1, True
+        if time.perf_counter() >= stop_at:
+            return i + 1, False
+    return len(items), False
+
+
+async def _off_loop(step: Callable[[T], bool], items: Sequence[T], *, inline: bool,
+                    limiter: trio.CapacityLimiter) -> bool:
+    """``step`` over ``items`` until it returns True (then True): in slices of ``SLICE_S`` in
+    a worker thread of ``limiter``, checkpointing between them (a cancellation takes effect
+    after the slice, so ``step`` has seen exactly the items before it); on the loop when
+    ``inline``."""
+    if inline:
+        for item in items:
+            if step(item):
+                return True
+        await trio.lowlevel.checkpoint()
+        return False
+    i = 0
+    while i < len(items):
+        # Not abandoned on cancel: the slice finishes, then the checkpoint raises.
+        i, done = await trio.to_thread.run_sync(_run_for, step, items, i, SLICE_S,
+                                                limiter=limiter)
+        if done:
+            return True
+        await trio.lowlevel.checkpoint()
+    return False
+
+
+async def _examine(scan: _Scan, rows: Sequence[Any], limiter: trio.CapacityLimiter) -> bool:
+    """Examine ``rows`` in order (see :func:`_off_loop`); True when ``limit`` matched."""
+    inline = sum(len(row[1]) for row in rows) <= INLINE_BYTES
+    return await _off_loop(scan.take, rows, inline=inline, limiter=limiter)
+
+
+async def snippets(bodies: Sequence[str], terms: list[str],
+                   limiter: trio.CapacityLimiter | None = None) -> list[str]:
+    """:func:`snippet` of each body, off the loop as the scan (see the module docs)."""
+    out: list[str] = []
+
+    def one(body: str) -> bool:
+        out.append(snippet(body, terms))
+        return False
+
+    # a character is at most 4 bytes
+    inline = 4 * sum(len(body) for body in bodies) <= INLINE_BYTES
+    await _off_loop(one, bodies, inline=inline, limiter=limiter or scan_limiter())
+    return out
+
+
+async def _load(cursor: AsyncCursor[Any]) -> list[Any]:
+    """The rows of the result, loaded (copied) with a checkpoint every ``BUFFER_BYTES``."""
+    rows: list[Any] = []
+    size = 0
+    async for row in cursor:
+        rows.append(row)
+        size += len(row[1])
+        if size >= BUFFER_BYTES:
+            size = 0
+            await trio.lowlevel.checkpoint()
+    return rows
+
+
+async def _examine_stream(scan: _Scan, rows: AsyncIterable[Any], batch_size: int,
+                          limiter: trio.CapacityLimiter) -> bool:
+    """Read ``rows`` to the end, examining them in buffers of up to ``batch_size`` rows or
+    ``BUFFER_BYTES``; True when ``limit`` matched."""
+    buffer: list[Any] = []
+    size = 0
+    async for row in rows:
+        buffer.append(row)
+        size += len(row[1])
+        if len(buffer) >= batch_size or size >= BUFFER_BYTES:
+            if await _examine(scan, buffer, limiter):
+                return True
+            buffer, size = [], 0
+    return bool(buffer) and await _examine(scan, buffer, limiter)
+
+
 async def search_entries(pool: Pool, cipher: EntryCipher, user_id: str, terms: list[str], *,
                          limit: int, timeout_s: float, after: Position | None = None,
-                         batch_size: int = BATCH_SIZE) -> SearchResult:
+                         batch_size: int = BATCH_SIZE,
+                         limiter: trio.CapacityLimiter | None = None) -> SearchResult:
     """Scan ``user_id``'s entries newest first (after ``after``) for ``terms`` (from
     :func:`parse_terms`; all must match) until ``limit`` matched, the end, or ``timeout_s``.
 
     The first batch is a plain ``LIMIT`` query, so that a search answered by the newest
     entries costs one short query; the rest is one ``stream()`` in chunks of ``batch_size``
-    (stopping it early costs a server-side cancel, a few ms).
+    (stopping it early costs a server-side cancel, a few ms). Rows are examined in worker
+    threads of ``limiter`` (default: :func:`scan_limiter`) in time slices (see the module
+    docs).
     """
+    limiter = limiter or scan_limiter()
     scan = _Scan(cipher, b"", user_id, terms, limit)
     exhausted = False
     with trio.move_on_after(timeout_s) as deadline:
         scan.dek = await cipher.data_keys.get(user_id)
-        async with pool.connection() as conn:
-            cursor = conn.cursor(binary=True)
-            cursor.adapters.register_loader("timestamptz", _RawTimestamptz)
+        async with pool.connection() as conn, _cursor(conn) as cursor:
             await cursor.execute(_query(after, limit=True), _params(user_id, after, batch_size))
-            rows = await cursor.fetchall()
-            done = False
-            for row in rows:
-                if done := scan.take(row):
-                    break
-            if not done and len(rows) == batch_size:
-                await trio.lowlevel.checkpoint()
-                after = scan.position()
+            rows = await _load(cursor)
+        # the connection is back in the pool while the first batch is examined
+        done = await _examine(scan, rows, limiter)
+        if not done and len(rows) == batch_size:
+            del rows
+            after = scan.position()
+            async with pool.connection() as conn, _cursor(conn) as cursor:
                 stream = cursor.stream(_query(after), _params(user_id, after), size=batch_size)
                 async with aclosing(stream) as rows_left:
-                    countdown = batch_size
-                    async for row in rows_left:
-                        if scan.take(row):
-                            break
-                        countdown -= 1
-                        if not countdown:
-                            countdown = batch_size
-                            await trio.lowlevel.checkpoint()
-                    else:
-                        exhausted = True
-            elif not done:
-                exhausted = True
+                    done = await _examine_stream(scan, rows_left, batch_size, limiter)
+        exhausted = not done
     result = SearchResult(entries=scan.found, scanned=scan.scanned)
     result.complete = exhausted or len(scan.found) >= limit or not deadline.cancelled_caught
     if not exhausted:
         result.next_position = scan.position() or after or START
     return result
+
+
+def _cursor(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
+    cursor = conn.cursor(binary=True)
+    cursor.adapters.register_loader("timestamptz", _RawTimestamptz)
+    return cursor
 
 
 def _query(after: Position | None, *, limit: bool = False) -> str:
