@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from wsproto.events import BytesMessage
 
@@ -176,11 +176,6 @@ LIMITS = Limits(max_bytes=200_000, attachment_max_bytes=50_000, max_entries=50,
                 max_attachments=20)
 IMPORT_CODES = {"invalid_import_file", "import_too_large", "too_many_entries",
                 "too_many_attachments", "entry_too_large", "too_deep"}
-#: BUG, reported with the fuzz tests (see test_a_lone_surrogate_in_an_id_fails_the_file):
-#: an id (Day One ``uuid``, innera ``id``) or attachment file name holding a lone surrogate
-#: passes the parser, and the parsing child then crashes writing the entry out (its output is
-#: UTF-8). Set False once fixed: the properties then insist on it.
-KNOWN_SURROGATE_BUG = False
 
 dates = (st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
                       timezones=st.just(UTC)).map(lambda d: d.isoformat())
@@ -329,22 +324,9 @@ uploads = (any_bytes | documents(json_values | nested()) | documents(dayone_docs
 
 
 def check_writable(entry: ImportEntry) -> None:
-    """The parsing child can write the entry out (its output is UTF-8 JSON lines)."""
-    try:
-        _write(io.BytesIO(), _encode(entry))
-    except UnicodeEncodeError:
-        names = [entry.source_id, *(a.filename for a in entry.attachments)]
-        if not (KNOWN_SURROGATE_BUG and any(not is_utf8(name) for name in names)):
-            raise
-        event("KNOWN_SURROGATE_BUG: an id or file name with a lone surrogate was accepted")
-
-
-def is_utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    """The parsing child can write the entry out (its output is UTF-8 JSON lines: a lone
+    surrogate, which JSON's "\\ud800" escapes give, would crash it)."""
+    _write(io.BytesIO(), _encode(entry))
 
 
 def check_entries(entries: list[ImportEntry], source: str,
@@ -460,17 +442,14 @@ def test_split_title_keeps_the_text(text: str) -> None:
 
 
 def test_a_lone_surrogate_in_an_id_fails_the_file() -> None:
-    """The minimal reproducer of :data:`KNOWN_SURROGATE_BUG`."""
+    """What the fuzzing found: an id holding a lone surrogate passed the parser, and the
+    parsing child crashed writing the entry out."""
     journal = (b'{"entries": [{"uuid": "\\ud800", "text": "Hello",'
                b' "creationDate": "2024-01-02T03:04:05Z"}]}')
-    try:
-        parsed = parse_upload(io.BytesIO(journal), LIMITS)
-    except BadImportFile as exc:
-        refused_clearly(exc)
-        return
-    if KNOWN_SURROGATE_BUG:
-        pytest.xfail("an id with a lone surrogate passes the parser; the child cannot write it")
-    _write(io.BytesIO(), _encode(parsed.entries[0]))
+    with pytest.raises(BadImportFile) as caught:
+        parse_upload(io.BytesIO(journal), LIMITS)
+    assert caught.value.code == "invalid_import_file"
+    assert "entries[0]" in str(caught.value)
 
 
 # --- 2. cursors --------------------------------------------------------------------------

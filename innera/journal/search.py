@@ -27,22 +27,23 @@ Scan
     are opened with the synchronous ``open_with``; timestamps are decoded only for the rows
     returned.
 
-    The per-row work (decrypt, normalise, match) runs off the event loop: rows are buffered
-    (up to ``BATCH_SIZE`` rows or ``BUFFER_BYTES`` of ciphertext; the first batch is loaded
-    whole and its connection goes back to the pool before it is examined) and examined in a
-    worker thread (``trio.to_thread``) in time slices of ~``SLICE_S`` (10 ms): the thread
-    returns after the row that used up its slice, the task checkpoints (so the deadline is
-    checked and other tasks run), then hands over the rest. The threads are those of one
-    process-wide :class:`trio.CapacityLimiter` (:func:`scan_limiter`, ``SCAN_THREADS``,
-    created lazily per Trio run), shared by every search, which take turns slice by slice.
-    Rows of at most ``INLINE_BYTES`` of ciphertext in all (a few short entries) are examined
-    on the loop instead: no thread hop (~75 µs), no wait behind other scans' slices.
+    The per-row work (decrypt, normalise, match) runs off the event loop, in a worker thread
+    (``trio.to_thread``), in time slices of ~``SLICE_S`` (10 ms): the thread returns after
+    the row that used up its slice, the task checkpoints (so the deadline is checked and
+    other tasks run), then hands over the rest. Rows are handed over in buffers: the first
+    batch whole (loaded with a checkpoint every ``BUFFER_BYTES``; when it is the last, its
+    connection goes back to the pool before the rows are examined), then the stream's rows
+    by ``BATCH_SIZE`` rows or ``BUFFER_BYTES`` of ciphertext. The threads are those of one
+    process-wide :class:`trio.CapacityLimiter` (:func:`scan_limiter`: ``SCAN_THREADS``,
+    created lazily per Trio run), shared by every search: concurrent scans take turns slice
+    by slice. Rows of at most ``INLINE_BYTES`` of ciphertext in all (a few short entries)
+    are examined on the loop instead: no thread hop (~75 µs), no wait behind other scans.
 
     The loop still shares the GIL with the scan thread: it gets it back within
     ``sys.getswitchinterval()`` (5 ms) or when the C call in progress ends. Long non-ASCII
     text is normalised in pieces of ``PIECE_CHARS`` characters so that no C call is long
     (whole, 100,000 × U+FDFA — 18 characters each after NFKC — hold it ~180 ms; in pieces,
-    each call takes ~4 ms at most). One thread, not more: under the GIL a second one adds no
+    each call takes ~2.5 ms at most). One thread, not more: under the GIL a second one adds no
     throughput, and the loop then competes with both for the GIL (longer stalls).
 
     It stops when ``limit`` entries matched, at the end, or at the deadline (``timeout_s``,
@@ -72,7 +73,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import AsyncIterable, Callable, Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -549,18 +550,24 @@ async def search_entries(pool: Pool, cipher: EntryCipher, user_id: str, terms: l
     exhausted = False
     with trio.move_on_after(timeout_s) as deadline:
         scan.dek = await cipher.data_keys.get(user_id)
-        async with pool.connection() as conn, _cursor(conn) as cursor:
-            await cursor.execute(_query(after, limit=True), _params(user_id, after, batch_size))
-            rows = await _load(cursor)
-        # the connection is back in the pool while the first batch is examined
-        done = await _examine(scan, rows, limiter)
-        if not done and len(rows) == batch_size:
-            del rows
-            after = scan.position()
-            async with pool.connection() as conn, _cursor(conn) as cursor:
-                stream = cursor.stream(_query(after), _params(user_id, after), size=batch_size)
-                async with aclosing(stream) as rows_left:
-                    done = await _examine_stream(scan, rows_left, batch_size, limiter)
+        async with AsyncExitStack() as lease:
+            conn = await lease.enter_async_context(pool.connection())
+            async with _cursor(conn) as cursor:
+                await cursor.execute(_query(after, limit=True),
+                                     _params(user_id, after, batch_size))
+                rows = await _load(cursor)
+            more = len(rows) == batch_size
+            if not more:  # the connection goes back to the pool while the rows are examined
+                await lease.aclose()
+            done = await _examine(scan, rows, limiter)
+            if more and not done:
+                del rows
+                after = scan.position()
+                async with _cursor(conn) as cursor:
+                    stream = cursor.stream(_query(after), _params(user_id, after),
+                                           size=batch_size)
+                    async with aclosing(stream) as rows_left:
+                        done = await _examine_stream(scan, rows_left, batch_size, limiter)
         exhausted = not done
     result = SearchResult(entries=scan.found, scanned=scan.scanned)
     result.complete = exhausted or len(scan.found) >= limit or not deadline.cancelled_caught
