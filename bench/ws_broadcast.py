@@ -171,7 +171,10 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("NODE_ENV",)}
     env.update(INNERA_ENV="test", HOST="127.0.0.1", PORT="0", LOG_LEVEL="info",
                DATABASE_URL=ADMIN.rsplit("/", 1)[0] + "/" + name, REDIS_URL=REDIS_BASE + "/15",
-               INNERA_DATA_DIR=str(data_dir), DB_POOL_MIN="1", DB_POOL_MAX="5")
+               INNERA_DATA_DIR=str(data_dir), DB_POOL_MIN="1", DB_POOL_MAX="5",
+               # every client is a socket of one user: lift the per-user caps
+               WS_MAX_CONNECTIONS_PER_USER=str(args.clients + 100),
+               RATE_LIMIT_WS=f"{args.clients + 100}/min")
     proc = subprocess.Popen([sys.executable, "-m", "innera.cli", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

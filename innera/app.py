@@ -7,7 +7,8 @@ Order of what wraps a request:
 3. errors → the contract in ``innera/errors.py``: AppError subclasses keep their status and
    code, werkzeug's HTTP errors are mapped to codes, anything else is a 500
    ``internal_error`` that reveals nothing (and goes to Sentry);
-4. one completion log line and the route metrics (``/metrics`` itself is not counted).
+4. one completion log line and the route metrics (``/metrics`` scrapes themselves are not
+   counted; its 401s are).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from innera.api import (
     ws,
 )
 from innera.api.context import json_response, services
-from innera.errors import AppError, InvalidJson, error_body
+from innera.errors import AppError, InvalidJson, Unauthorized, error_body
 from innera.framework import TrimmedQuart
+from innera.guards.client_ip import UntrustedForwardedFor
 from innera.ids import new_uuid4
 from innera.observability import sentry
 from innera.observability.logging import (
@@ -163,6 +165,8 @@ def create_app(svc: Services) -> QuartTrio:
     #: (name, value, lower-case name) per "is this an API path"
     security = {api: [(name, value, name.lower()) for name, value in
                       _security_headers(production, api)] for api in (False, True)}
+    #: one warning when X-Forwarded-For arrives while TRUST_PROXY=0 (the header is ignored)
+    forwarded_for = UntrustedForwardedFor(svc.settings.trust_proxy)
 
     @app.before_request
     async def start_request() -> None:
@@ -170,6 +174,8 @@ def create_app(svc: Services) -> QuartTrio:
         ctx.started = time.perf_counter()
         ctx.request_id = new_uuid4()
         bind_request(ctx.request_id)
+        if forwarded_for.pending and "x-forwarded-for" in request.headers:
+            forwarded_for.seen()
         if access_log.isEnabledFor(logging.DEBUG):
             small = (request.content_length or 0) <= DEBUG_BODY_MAX_BYTES
             loggable = request.is_json and small and not imports.is_import_upload(
@@ -207,7 +213,7 @@ def create_app(svc: Services) -> QuartTrio:
         if cors_origins:
             add_cors_headers(response, cors_origins)
         route = req.url_rule.rule if req.url_rule is not None else None
-        if route == "/metrics":
+        if route == "/metrics" and response.status_code == 200:  # scrapes are not counted
             return response
         elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
         svc.metrics.observe_request(req.method, route, response.status_code, elapsed)
@@ -217,6 +223,10 @@ def create_app(svc: Services) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if not plain.metrics_authorized(svc.settings.metrics_token,
+                                        request.headers.get("authorization")):
+            raise Unauthorized("GET /metrics needs the metrics token (Authorization: Bearer)",
+                               headers={"WWW-Authenticate": "Bearer"})
         return Response(svc.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     @app.errorhandler(AppError)

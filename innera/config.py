@@ -95,6 +95,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RATE_LIMIT_AUTH", "10/min", "limit per client IP on the auth routes"),
     Variable("RATE_LIMIT_USER", "300/min", "limit per user on authenticated routes"),
     Variable("RATE_LIMIT_ANON", "100/min", "limit per client IP on other anonymous routes"),
+    Variable("RATE_LIMIT_WS", "30/min",
+             "WebSocket handshakes (/v1/ws) per user and, separately, per client IP"),
+    Variable("WS_MAX_CONNECTIONS_PER_USER", "10",
+             "open WebSockets one user may hold on one instance"),
+    Variable("MAX_DEVICES_PER_USER", "20", "push devices one user may register"),
+    Variable("METRICS_TOKEN", None,
+             "when set, GET /metrics needs `Authorization: Bearer <token>` (401 otherwise)",
+             True),
     Variable("CORS_ORIGINS", None,
              "comma-separated origins allowed by CORS (`*` for any); unset: no CORS headers"),
     Variable("SEARCH_TIMEOUT_S", "5",
@@ -139,6 +147,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("IMPORT_PARSE_TIMEOUT_S", "120",
              "wall-clock limit of the import parser's child process (import_too_large past it)"),
     Variable("EXPORT_URL_TTL_S", "86400", "lifetime of an export's download link (24 h)"),
+    Variable("EXPORT_RETENTION_DAYS", "7",
+             "export archives are deleted this many days after they were made (the job then "
+             "shows `expired`)"),
 )
 VARIABLE_NAMES = frozenset(v.name for v in VARIABLES) | {"NODE_ENV"}
 
@@ -200,6 +211,11 @@ class Settings:
     import_parse_cpu_s: int = 60
     import_parse_timeout_s: float = 120.0
     export_url_ttl_s: int = 86_400
+    rate_limit_ws: tuple[int, int] = (30, 60)
+    ws_max_connections_per_user: int = 10
+    max_devices_per_user: int = 20
+    metrics_token: str | None = field(default=None, repr=False)
+    export_retention_days: int = 7
 
     @property
     def production(self) -> bool:
@@ -302,6 +318,11 @@ def _effective_values(s: Settings) -> dict[str, str | None]:
         "IMPORT_PARSE_CPU_S": str(s.import_parse_cpu_s),
         "IMPORT_PARSE_TIMEOUT_S": f"{s.import_parse_timeout_s:g}",
         "EXPORT_URL_TTL_S": str(s.export_url_ttl_s),
+        "RATE_LIMIT_WS": format_rate(s.rate_limit_ws),
+        "WS_MAX_CONNECTIONS_PER_USER": str(s.ws_max_connections_per_user),
+        "MAX_DEVICES_PER_USER": str(s.max_devices_per_user),
+        "METRICS_TOKEN": s.metrics_token,
+        "EXPORT_RETENTION_DAYS": str(s.export_retention_days),
     }
 
 
@@ -509,6 +530,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         import_parse_cpu_s=r.integer("IMPORT_PARSE_CPU_S", minimum=1),
         import_parse_timeout_s=r.number("IMPORT_PARSE_TIMEOUT_S", minimum=0),
         export_url_ttl_s=r.integer("EXPORT_URL_TTL_S", minimum=60, maximum=7 * 86400),
+        rate_limit_ws=_rate(r, "RATE_LIMIT_WS"),
+        ws_max_connections_per_user=r.integer("WS_MAX_CONNECTIONS_PER_USER", minimum=1),
+        max_devices_per_user=r.integer("MAX_DEVICES_PER_USER", minimum=1),
+        metrics_token=r.raw("METRICS_TOKEN"),
+        export_retention_days=r.integer("EXPORT_RETENTION_DAYS", minimum=1),
     )
     _check_consistency(settings, r.problems)
     if r.problems:

@@ -14,7 +14,7 @@
                cleaner task when refresh tokens live in PostgreSQL)
             4. pub/sub listener, WebSocket hub  (realtime issue)
             5. job reconciler, upload sweeper,  (innera/jobs; unless INNERA_WORKERS=0)
-               job workers                      (workers/)
+               export sweeper, job workers      (workers/)
             6. HTTP server                      (innera/http: fast, or Hypercorn)
 
 Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
@@ -58,7 +58,9 @@ from innera.db.health import max_connections
 from innera.db.migrate import migrate
 from innera.db.pool import Pool
 from innera.guards.idempotency import Idempotency
+from innera.guards.login_attempts import LoginAttempts
 from innera.guards.ratelimit import RateLimiter
+from innera.jobs.export_sweeper import run_export_sweeper
 from innera.jobs.reconciler import RECONCILE_INTERVAL_S, run_reconciler
 from innera.jobs.runtime import worker_queues
 from innera.jobs.upload_sweeper import run_upload_sweeper
@@ -160,7 +162,8 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         await stack.enter_async_context(supervised(refresh_tokens.run_cleaner))
     jwt_secret = await load_jwt_secret_async(settings)
     return Services(
-        settings=settings, db=pool, redis=redis, metrics=metrics, hub=Hub(metrics),
+        settings=settings, db=pool, redis=redis, metrics=metrics,
+        hub=Hub(metrics, max_per_user=settings.ws_max_connections_per_user),
         lifecycle=lifecycle,
         storage=open_storage(settings, url_key=derive_key(jwt_secret, "attachments-url")),
         cursors=CursorCodec(derive_key(jwt_secret, "innera:cursor:v1")),
@@ -169,6 +172,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         refresh_tokens=refresh_tokens,
         reauth=ReauthTokens(redis),
         rate_limiter=RateLimiter(redis),
+        login_attempts=LoginAttempts(redis),
         idempotency=Idempotency(redis),
         data_keys=data_keys,
         entry_cipher=entry_cipher,
@@ -192,15 +196,18 @@ def frozen_start_up_heap() -> Iterator[None]:
 
 
 async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
-    """Step 5: the reconciler (one pass before it reports started), the sweeper of uploads
-    never completed, then the job workers of the registered queues; on exit the workers stop
-    claiming and get until SHUTDOWN_TIMEOUT_S − 5 s (at least 1 s) to finish their current
-    jobs."""
+    """Step 5: the reconciler (one pass before it reports started), the sweepers of uploads
+    never completed and of export archives past EXPORT_RETENTION_DAYS, then the job workers
+    of the registered queues; on exit the workers stop claiming and get until
+    SHUTDOWN_TIMEOUT_S − 5 s (at least 1 s) to finish their current jobs."""
     await stack.enter_async_context(supervised(
         partial(run_reconciler, svc.db, svc.redis, interval_s=RECONCILE_INTERVAL_S)))
     await stack.enter_async_context(supervised(
         partial(run_upload_sweeper, svc.db, svc.storage,
                 url_ttl_s=svc.settings.attachment_url_ttl_s)))
+    await stack.enter_async_context(supervised(
+        partial(run_export_sweeper, svc.db, svc.storage,
+                retention_days=svc.settings.export_retention_days)))
     queues = worker_queues(svc)
     if queues:
         await stack.enter_async_context(job_workers(

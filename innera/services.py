@@ -20,9 +20,11 @@ from innera.crypto.data_keys import DataKeys
 from innera.crypto.entry_cipher import EntryCipher
 from innera.db.pool import Pool
 from innera.guards.idempotency import Idempotency
+from innera.guards.login_attempts import LoginAttempts
 from innera.guards.ratelimit import RateLimiter
 from innera.journal.entries import EntryReads
 from innera.observability.metrics import Metrics
+from innera.observability.readiness import SharedCheck
 from innera.realtime.hub import Hub
 from innera.redis import Redis
 from innera.storage import Storage
@@ -52,6 +54,8 @@ class Services:
     refresh_tokens: RefreshTokenStore
     reauth: ReauthTokens
     rate_limiter: RateLimiter
+    #: per-account sign-in / re-auth failure counters and backoff
+    login_attempts: LoginAttempts
     idempotency: Idempotency
     data_keys: DataKeys
     entry_cipher: EntryCipher
@@ -61,3 +65,5 @@ class Services:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     #: The users with a search running (one at a time per account: innera/api/search.py).
     searching: set[str] = field(default_factory=set)
+    #: readiness's storage check, shared by the probes of one second (an S3 call each)
+    storage_check: SharedCheck = field(default_factory=SharedCheck)

@@ -1,4 +1,10 @@
-"""Accounts in PostgreSQL: create, look up, change password or status."""
+"""Accounts in PostgreSQL: create, look up, change password or status, end sessions.
+
+``session_generation`` (migration 0012) is what ends sessions: an access token carries the
+generation it was issued with, and :class:`ActiveUsers` (the per-request check) reads the
+current one, so raising it ends every earlier token at once with no added round trip.
+Password writes are compare-and-set on the hash that was verified, so a login in flight with
+the old password (rehashing it) can never write the old password back over a change."""
 
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ class User:
     email: str
     status: str
     created_at: datetime
+    session_generation: int = 0
 
     def public(self) -> dict[str, Any]:
         created = self.created_at.astimezone(UTC).isoformat(timespec="milliseconds")
@@ -44,7 +51,8 @@ def is_valid_email(email: str) -> bool:
 
 
 def _user(row: dict[str, Any]) -> User:
-    return User(str(row["id"]), row["email"], row["status"], row["created_at"])
+    return User(str(row["id"]), row["email"], row["status"], row["created_at"],
+                row.get("session_generation", 0))
 
 
 async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_hash: str
@@ -53,7 +61,7 @@ async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_h
     try:
         cur = await conn.cursor(row_factory=dict_row).execute(
             "INSERT INTO users (email, password_hash) VALUES (%s, %s) "
-            "RETURNING id, email, status, created_at", (email, password_hash))
+            "RETURNING id, email, status, created_at, session_generation", (email, password_hash))
     except psycopg.errors.UniqueViolation:
         raise EmailTaken() from None
     row = await cur.fetchone()
@@ -61,7 +69,8 @@ async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_h
     return _user(row)
 
 
-_ACTIVE = "SELECT id, email, status, created_at FROM users WHERE status = 'active' AND "
+_ACTIVE = ("SELECT id, email, status, created_at, session_generation FROM users "
+           "WHERE status = 'active' AND ")
 
 
 class ActiveUsers:
@@ -101,7 +110,7 @@ async def find_for_login(pool: Pool, email: str) -> tuple[User, str] | None:
     """The active user with this (normalised) email and its password hash."""
     async with pool.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
-            "SELECT id, email, status, created_at, password_hash FROM users "
+            "SELECT id, email, status, created_at, session_generation, password_hash FROM users "
             "WHERE email = %s AND status = 'active'", (email,))
         row = await cur.fetchone()
     return (_user(row), row["password_hash"]) if row else None
@@ -115,8 +124,37 @@ async def password_hash_of(pool: Pool, user_id: str) -> str | None:
     return row[0] if row else None
 
 
-async def set_password_hash(pool: Pool, user_id: str, password_hash: str) -> None:
+async def rehash_password(pool: Pool, user_id: str, verified_hash: str, new_hash: str
+                          ) -> bool:
+    """Replace the hash just verified by a stronger one (login): only if it is still the
+    stored one, so a password changed meanwhile is never overwritten."""
     async with pool.connection() as conn:
-        await conn.execute("UPDATE users SET password_hash = %s WHERE id = %s",
-                           (password_hash, user_id))
+        cur = await conn.execute(
+            "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash = %s",
+            (new_hash, user_id, verified_hash))
+        return cur.rowcount == 1
 
+
+async def change_password(pool: Pool, user_id: str, verified_hash: str, new_hash: str
+                          ) -> int | None:
+    """Set a new password and end every session (the generation goes up), only if
+    ``verified_hash`` (the current password's, just verified) is still the stored one. The
+    new session generation, or None when the password changed meanwhile."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE users SET password_hash = %s, session_generation = session_generation + 1 "
+            "WHERE id = %s AND password_hash = %s AND status = 'active' "
+            "RETURNING session_generation", (new_hash, user_id, verified_hash))
+        row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def end_sessions(pool: Pool, user_id: str) -> int | None:
+    """End every session of the user at once (the generation goes up): the new generation,
+    or None for an unknown user."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE users SET session_generation = session_generation + 1 WHERE id = %s "
+            "RETURNING session_generation", (user_id,))
+        row = await cur.fetchone()
+    return None if row is None else int(row[0])

@@ -174,10 +174,11 @@ async def test_password_change_needs_reauth_and_revokes_every_refresh_token(
     r = await server.client.post("/v1/me/password", json=change,
                                  headers={**account.auth, "x-reauth-token": token})
     assert r.status_code == 204, r.text
-    # the re-auth token was single use
+    # the session that changed it ended too: its access token fails at once
+    assert_error(await server.client.get("/v1/me", headers=account.auth), 401, "unauthorized")
     assert_error(await server.client.post("/v1/me/password", json=change,
                                           headers={**account.auth, "x-reauth-token": token}),
-                 403, "reauth_required")
+                 401, "unauthorized")
     for refresh in (account.refresh, other_session["refreshToken"]):
         assert_error(await server.client.post("/v1/auth/refresh", json={"refreshToken": refresh}),
                      401, "unauthorized")

@@ -119,6 +119,21 @@ def test_createbuckets_creates_versioned_bucket(services: dict[str, Any]) -> Non
     assert script.index("mc mb") < script.index("mc version enable")
 
 
+def test_createbuckets_expires_noncurrent_versions(services: dict[str, Any]) -> None:
+    """Deleted objects (attachments, expired export archives) do not live on as noncurrent
+    versions: they expire a day later, and the rules are replaced (not added again) on every
+    run of the service."""
+    entrypoint = services["createbuckets"]["entrypoint"]
+    script = entrypoint if isinstance(entrypoint, str) else " ".join(entrypoint)
+    steps = [s.strip() for s in script.split(";")]
+    add = "mc ilm rule add --noncurrent-expire-days 1 local/innera-attachments"
+    assert add in steps
+    assert "mc ilm rule add --expire-delete-marker local/innera-attachments" in steps
+    reset = next(s for s in steps if s.startswith("mc ilm rule rm --all --force "))
+    assert "local/innera-attachments" in reset and reset.endswith("|| true")
+    assert script.index("mc version enable") < script.index(reset) < script.index(add)
+
+
 def test_api_depends_on_healthy_services(services: dict[str, Any]) -> None:
     api = services["api"]
     assert api["build"] == "."

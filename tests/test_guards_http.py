@@ -62,7 +62,7 @@ async def test_a_spoofed_forwarded_for_is_ignored_unless_proxies_are_trusted(
         async with srv.client:
             await srv.client.post("/v1/auth/login", json={"email": new_email(), "password": "x1"},
                                   headers={"x-forwarded-for": "203.0.113.9"})
-            keys = [k async for k in srv.services.redis.client.scan_iter(match="rl:*")]
+            keys = [k async for k in srv.services.redis.client.scan_iter(match="rl:/*")]
             assert keys == [f"rl:/v1/auth/login:{expected}"], keys
             await srv.services.redis.client.flushdb()
         await srv.stop()

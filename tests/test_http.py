@@ -323,3 +323,140 @@ async def test_a_request_whose_client_hangs_up_stops_its_query(
             while await running(watcher):
                 await trio.sleep(0.05)
     assert (await server.client.get("/health/ready")).status_code == 200
+
+
+# --- /metrics behind METRICS_TOKEN ----------------------------------------------------------
+
+
+async def test_metrics_token_guards_metrics_and_nothing_else(
+        nursery: trio.Nursery, server_settings: dict[str, str]) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    token = "metrics-" + uuid.uuid4().hex
+    srv = await start_server(nursery, load_settings({**server_settings,
+                                                     "METRICS_TOKEN": token}))
+    async with srv.client:
+        # the plain path, and the framework's (a request with an Origin header goes there)
+        for origin in ({}, {"origin": "https://example.com"}):
+            for authorization in (None, "Bearer", "Bearer wrong", f"Bearer {token}x",
+                                  f"Basic {token}", token, f"Bearer {token[:-1]}"):
+                headers = dict(origin)
+                if authorization is not None:
+                    headers["authorization"] = authorization
+                r = await srv.client.get("/metrics", headers=headers)
+                body = assert_error(r, 401, "unauthorized")
+                assert "http_requests_total" not in r.text
+                assert r.headers["www-authenticate"] == "Bearer", body
+            ok = await srv.client.get("/metrics", headers={
+                **origin, "authorization": f"bearer  {token}"})
+            assert ok.status_code == 200 and b"http_requests_total" in ok.content
+        head = await srv.client.head("/metrics")
+        assert head.status_code == 401 and head.content == b""
+        assert (await srv.client.head("/metrics", headers={
+            "authorization": f"Bearer {token}"})).status_code == 200
+        # the unauthorised attempts are counted like any request, scrapes are not
+        text = (await srv.client.get("/metrics", headers={
+            "authorization": f"Bearer {token}"})).text
+        assert 'http_requests_total{method="GET",route="/metrics",status_code="401"} 14.0' \
+            in text
+        assert 'route="/metrics",status_code="200"' not in text
+        # health stays open
+        assert (await srv.client.get("/health")).status_code == 200
+        assert (await srv.client.get("/health/ready")).status_code == 200
+    await srv.stop()
+
+
+# --- the readiness storage check is shared for 1 s --------------------------------------------
+
+
+async def test_rapid_readiness_probes_share_one_s3_call(
+        nursery: trio.Nursery, server_settings: dict[str, str], s3_bucket: Any) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    srv = await start_server(nursery, load_settings({**server_settings, **s3_bucket.env}))
+    calls: list[str] = []
+    # counted on innera's own S3 client as boto sends them (not replaced, only observed)
+    srv.services.storage.client.meta.events.register(
+        "before-call.s3.HeadBucket", lambda **_: calls.append("HeadBucket"))
+    async with srv.client:
+        storage: list[tuple[str, float]] = []
+
+        async def probe() -> None:
+            r = await srv.client.get("/health/ready")
+            assert r.status_code == 200, r.text
+            (entry,) = r.json()["checks"]["storage:responseTime"]
+            assert entry["status"] == "pass"
+            storage.append((entry["time"], entry["observedValue"]))
+
+        started = trio.current_time()
+        async with trio.open_nursery() as probes:  # concurrent probes ...
+            for _ in range(20):
+                probes.start_soon(probe)
+        for _ in range(20):  # ... and back-to-back ones
+            await probe()
+        elapsed = trio.current_time() - started
+    await srv.stop()
+    # a new S3 call only once the last observation is 1 s old: however long the 40 probes
+    # took, at most one call per started second, and every probe shows one of those calls
+    assert 1 <= len(calls) <= 1 + int(elapsed)
+    assert len(set(storage)) == len(calls)
+    assert len(storage) == 40
+
+
+async def test_a_shared_check_runs_once_per_ttl_for_any_number_of_callers(
+        autojump_clock: trio.testing.MockClock) -> None:
+    from innera.observability.readiness import Observation, SharedCheck
+
+    runs: list[float] = []
+    outcome = {"ok": True, "hang": False}
+
+    async def probe() -> bool:
+        runs.append(trio.current_time())
+        await trio.sleep(3600 if outcome["hang"] else 0.2)
+        return outcome["ok"]
+
+    check = SharedCheck(ttl_s=1.0)
+    seen: list[Observation] = []
+
+    async def many(n: int) -> None:
+        async def one() -> None:
+            seen.append(await check.observe(probe, 1.0))
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(one)
+
+    await many(10)  # concurrent callers: one run, one observation
+    assert len(runs) == 1 and len(seen) == 10 and len(set(seen)) == 1
+    assert seen[0].ok and seen[0].elapsed_ms == 200.0
+    await trio.sleep(0.9)  # within the TTL: the same observation
+    await many(5)
+    assert len(runs) == 1 and len(set(seen)) == 1
+    await trio.sleep(0.2)  # past it: a new run
+    outcome["ok"] = False
+    await many(5)
+    assert len(runs) == 2 and not seen[-1].ok and len(set(seen[-5:])) == 1
+    await many(5)  # a failure is shared the same way
+    assert len(runs) == 2
+    # a check past its deadline fails at the deadline, and that is shared too
+    await trio.sleep(1.0)
+    outcome["hang"] = True
+    await many(3)
+    assert len(runs) == 3 and not seen[-1].ok and seen[-1].elapsed_ms == 1000.0
+    # the caller running the check is cancelled: a waiter runs it instead
+    await trio.sleep(1.0)
+    outcome.update(ok=True, hang=False)
+    async with trio.open_nursery() as nursery:
+        cancelled = trio.CancelScope()
+
+        async def runner() -> None:
+            with cancelled:
+                await check.observe(probe, 1.0)
+
+        nursery.start_soon(runner)
+        await trio.sleep(0.1)  # the runner is in its probe
+        nursery.start_soon(many, 2)
+        await trio.sleep(0.05)
+        cancelled.cancel()
+    assert len(runs) == 5 and seen[-1].ok and seen[-1] == seen[-2]

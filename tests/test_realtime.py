@@ -1,6 +1,7 @@
 """The realtime socket ``/v1/ws`` on real sockets, with real PostgreSQL and Redis: auth,
 the message protocol, delivery through Redis pub/sub (one process and across processes),
-slow clients, token expiry, liveness, a Redis restart."""
+slow clients, token expiry, liveness, a Redis restart, the per-user socket cap and the
+handshake rate limits."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import jwt
 import pytest
 import trio
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 
 from innera.api import ws as ws_module
 from innera.realtime.events import publish_to_user
@@ -321,3 +323,111 @@ async def test_deleting_the_account_closes_its_sockets(server: RunningServer) ->
     assert (await receive_json(theirs))["type"] == "pong"
     await mine.aclose()
     await theirs.aclose()
+
+
+# --- per-user caps: sockets per instance, handshakes per user and per IP -------------------
+
+
+async def handshake(url: str, token: str, forwarded_for: str | None = None
+                    ) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body answering a ``/v1/ws`` handshake (101: accepted; the
+    connection is then dropped at once)."""
+    host, port = _hostport(url)
+    client = WsClient(await trio.open_tcp_stream(host, port))
+    headers = [("authorization", f"Bearer {token}")]
+    if forwarded_for is not None:
+        headers.append(("x-forwarded-for", forwarded_for))
+    try:
+        await client._send(Request(host=f"{host}:{port}", target="/v1/ws",
+                                   extra_headers=headers))
+        with trio.fail_after(5):
+            event = await client.next_event()
+            if isinstance(event, AcceptConnection):
+                return 101, {}, b""
+            assert isinstance(event, RejectConnection), event
+            body = b""
+            while event.has_body:
+                data = await client.next_event()
+                assert isinstance(data, RejectData), data
+                body += data.data
+                if data.body_finished:
+                    break
+        return (event.status_code,
+                {name.decode().lower(): value.decode() for name, value in event.headers}, body)
+    finally:
+        await client.aclose()
+
+
+async def test_past_the_socket_cap_the_oldest_socket_is_closed_with_4008(
+        nursery: trio.Nursery, server_settings: dict[str, str]) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    srv = await start_server(nursery, load_settings({**server_settings,
+                                                     "WS_MAX_CONNECTIONS_PER_USER": "3"}))
+    async with srv.client:
+        alice, bob = await signup(srv.client), await signup(srv.client)
+        bobs = [await connect(srv.url, bob.access) for _ in range(3)]
+        sockets = [await connect(srv.url, alice.access) for _ in range(3)]
+        assert gauge(srv) == 6
+        for client in (*sockets, *bobs):  # at the cap: all open
+            await client.send_text('{"type":"ping"}')
+            assert await receive_json(client) == {"type": "pong"}
+
+        sockets.append(await connect(srv.url, alice.access))  # one past the cap
+        assert await receive_close(sockets[0]) == Closed(4008, "Too many connections")
+        sockets.append(await connect(srv.url, alice.access, query=True))
+        assert await receive_close(sockets[1]) == Closed(4008, "Too many connections")
+        await wait_for(lambda: len(srv.services.hub.sockets_of(alice.id)) == 3)
+        await wait_for(lambda: gauge(srv) == 6)
+        # the newest three of alice and all of bob's stay, and still get their events
+        await publish_to_user(srv.services.redis, alice.id, "job.progress", {"pct": 1})
+        await publish_to_user(srv.services.redis, bob.id, "job.progress", {"pct": 2})
+        for client in sockets[2:]:
+            assert await receive_json(client) == {"type": "job.progress", "data": {"pct": 1}}
+        for client in bobs:
+            assert await receive_json(client) == {"type": "job.progress", "data": {"pct": 2}}
+        for client in (*sockets, *bobs):
+            await client.aclose()
+        await wait_for(lambda: gauge(srv) == 0)
+    await srv.stop()
+
+
+async def test_handshakes_are_rate_limited_per_user_and_per_ip(
+        nursery: trio.Nursery, server_settings: dict[str, str]) -> None:
+    from innera.config import load_settings
+    from tests.fixtures.server import start_server
+
+    srv = await start_server(nursery, load_settings({
+        **server_settings, "RATE_LIMIT_WS": "3/min", "TRUST_PROXY": "1"}))
+    async with srv.client:
+        alice, bob, carol = (await signup(srv.client), await signup(srv.client),
+                             await signup(srv.client))
+        ip_a, ip_b, ip_c = "203.0.113.1", "203.0.113.2", "203.0.113.3"
+        for _ in range(3):
+            assert (await handshake(srv.url, alice.access, ip_a))[0] == 101
+        # the 4th of alice (from another IP too): 429 with the rate limit headers
+        for ip in (ip_a, ip_b):
+            status, headers, body = await handshake(srv.url, alice.access, ip)
+            assert status == 429, body
+            error = json.loads(body)["error"]
+            assert error["code"] == "rate_limited" and error["message"]
+            assert headers["ratelimit-limit"] == "3" and headers["ratelimit-remaining"] == "0"
+            assert 1 <= int(headers["retry-after"]) <= 60
+            assert headers["retry-after"] == headers["ratelimit-reset"]
+            assert headers["content-type"] == "application/json"
+        # another user is not limited by alice's handshakes ...
+        assert (await handshake(srv.url, bob.access, ip_c))[0] == 101
+        # ... but ip_a is spent (4 handshakes), whoever connects from it
+        status, headers, _ = await handshake(srv.url, carol.access, ip_a)
+        assert status == 429 and "retry-after" in headers
+        assert (await handshake(srv.url, carol.access, ip_c))[0] == 101
+        keys = {k async for k in srv.services.redis.client.scan_iter(match="rl:/v1/ws:*")}
+        assert keys == {f"rl:/v1/ws:user:{alice.id}", f"rl:/v1/ws:user:{bob.id}",
+                        f"rl:/v1/ws:user:{carol.id}", f"rl:/v1/ws:ip:{ip_a}",
+                        f"rl:/v1/ws:ip:{ip_b}", f"rl:/v1/ws:ip:{ip_c}"}
+        # a bad token is refused before it is counted
+        with pytest.raises(ConnectionRefusedError, match="401"):
+            await connect(srv.url, "not-a-jwt")
+        await wait_for(lambda: gauge(srv) == 0)
+    await srv.stop()

@@ -111,7 +111,7 @@ _HEADER_SECRETS = {
     "X-Reauth-Token": "reauth-secret-0003",
     "Idempotency-Key": "idem-secret-0004",
 }
-_URL = "https://api.innera.test/v1/ws?page=2&token=url-secret-0005"
+_URL = "https://api.innera.test/v1/ws?page=2&limit=7&token=url-secret-0005"
 _BODY_SECRETS = {
     "password": "pw-secret-0006",
     "refreshToken": "refresh-secret-0007",
@@ -141,7 +141,7 @@ async def test_request_exception_has_extras_and_scrubbed_headers(
     assert event["extra"] == {
         "requestId": "req-1",
         "userId": "user-42",
-        "url": "https://api.innera.test/v1/ws?page=2&token=%5BREDACTED%5D",
+        "url": "https://api.innera.test/v1/ws?limit=7",  # only allow-listed parameters
         "method": "POST",
     }
     assert event["request"]["method"] == "POST"
@@ -190,8 +190,8 @@ def test_scrub_event_request_data_headers_and_breadcrumbs() -> None:
     assert out["request"] == {
         "headers": {"accept": "*/*"},
         "data": {"auth": {"refreshToken": REDACTED}, "n": 1},
-        "query_string": "code=%5BREDACTED%5D&state=s",
-        "url": "/auth/callback?code=%5BREDACTED%5D",
+        "query_string": "",  # neither is allow-listed
+        "url": "/auth/callback",
     }
     assert out["extra"] == {
         "nested": [{"headers": {"Set-Cookie": REDACTED}}, {"refresh_token": REDACTED}]
@@ -359,3 +359,103 @@ async def test_an_unexpected_route_error_reaches_sentry_once_with_request_extras
     await server.client.get("/_test/sleep", params={"seconds": "x"})
     await server.client.get("/nope")
     assert len(sentry.events) == 1
+
+
+# --- query strings: an allow-list -----------------------------------------------------------
+
+_TERM = "secretterm" + "-0013"  # a search term: journal content
+
+
+def test_query_strings_keep_only_the_allow_list_everywhere() -> None:
+    query = f"q={_TERM}&limit=5&{_TERM}&cursor=c1&unread=true&access_token=at-0014&page=2"
+    event: dict[str, Any] = {
+        "transaction": f"GET /v1/search?{query}",
+        "message": f"failed: https://api.innera.test/v1/search?{query}#frag",
+        "logentry": {"message": f"GET /v1/search?{query}", "params": [{"url": f"/s?{query}"}]},
+        "request": {
+            "url": f"https://user:pw-0015@api.innera.test/v1/search?{query}",
+            "query_string": query,
+            "headers": {"Referer": f"https://app.innera.test/search?{query}",
+                        "X-Api-Key": "api-key-0016", "Accept": "*/*"},
+        },
+        "extra": {"url": f"/v1/search?{query}", "req": {"url": f"/v1/search?{query}"}},
+        "exception": {"values": [{"type": "HTTPError", "value": f"500 for /v1/search?{query}"}]},
+        "breadcrumbs": {"values": [
+            {"message": f"request completed /v1/search?{query}",
+             "data": {"req": {"url": f"/v1/search?{query}", "query_string": query}}},
+            {"type": "http", "data": {"url": f"https://s3.test/b/o?{query}"}},
+        ]},
+    }
+
+    out = scrub_event(event, {})
+
+    assert out is not None
+    sent = json.dumps(out)
+    for secret in (_TERM, "at-0014", "pw-0015", "api-key-0016", "page", "frag", "q="):
+        assert secret not in sent, secret
+    kept = "limit=5&cursor=c1&unread=true"
+    assert out["transaction"] == f"GET /v1/search?{kept}"
+    assert out["request"]["url"] == f"https://api.innera.test/v1/search?{kept}"
+    assert out["request"]["query_string"] == kept
+    assert out["request"]["headers"] == {
+        "Referer": f"https://app.innera.test/search?{kept}", "Accept": "*/*"}
+    assert out["extra"] == {"url": f"/v1/search?{kept}", "req": {"url": f"/v1/search?{kept}"}}
+    assert out["breadcrumbs"]["values"][0] == {
+        "message": f"request completed /v1/search?{kept}",
+        "data": {"req": {"url": f"/v1/search?{kept}", "query_string": kept}}}
+    assert out["breadcrumbs"]["values"][1]["data"] == {"url": f"https://s3.test/b/o?{kept}"}
+    assert out["exception"]["values"][0]["value"] == f"500 for /v1/search?{kept}"
+    # nothing allowed: no "?" at all; a question mark in prose is left alone
+    only = scrub_event({"request": {"url": f"/v1/search?q={_TERM}"},
+                        "message": "what? a/b? yes"}, {})
+    assert only == {"request": {"url": "/v1/search"}, "message": "what? a/b? yes"}
+
+
+def test_the_allow_list_names_harmless_query_parameters_of_the_api() -> None:
+    import innera.app  # noqa: F401 - registers every operation
+    from innera.api.openapi import build_document
+    from innera.observability.logging import is_redacted_key
+    from innera.observability.sentry import QUERY_ALLOW_LIST
+
+    doc = build_document()
+    names = {p["name"] for ops in doc["paths"].values() for op in ops.values()
+             for p in op.get("parameters", ()) if p["in"] == "query"}
+    assert {"q", "access_token"} <= names  # what must never be sent exists ...
+    assert QUERY_ALLOW_LIST <= names  # ... and the allow-list names real parameters only
+    assert "q" not in QUERY_ALLOW_LIST
+    assert not any(is_redacted_key(name) for name in QUERY_ALLOW_LIST)
+
+
+async def test_transactions_are_scrubbed_too(
+    sentry_init: Callable[..., CapturingTransport],
+) -> None:
+    transport = sentry_init(traces_sample_rate=1.0)
+    with task_scope(), sentry_sdk.start_transaction(
+            op="http.server", name=f"GET /v1/search?q={_TERM}&limit=5") as transaction:
+        transaction.set_data("url", f"/v1/search?q={_TERM}&limit=5")
+        with sentry_sdk.start_span(op="http.client",
+                                   name=f"GET https://s3.test/o?X-Amz-Signature={_TERM}") as span:
+            span.set_data("password", _TERM)
+    [sent] = transport.transactions
+    assert sent["transaction"] == "GET /v1/search?limit=5"
+    assert sent["spans"][0]["description"] == "GET https://s3.test/o"
+    assert _TERM not in transport.serialized()
+
+
+async def test_a_500_on_a_search_url_sends_no_search_term(
+    sentry: CapturingTransport, server  # type: ignore[no-untyped-def]
+) -> None:
+    r = await server.client.get(
+        "/_test/boom", params={"q": _TERM, "limit": "5"},
+        headers={"referer": f"https://app.innera.test/search?q={_TERM}",
+                 "x-api-key": "e2e-api-key-0017", "x-reauth-token": "e2e-reauth-0018"})
+    assert r.status_code == 500
+    [event] = sentry.events
+    payload = sentry.serialized()
+    for secret in (_TERM, "e2e-api-key-0017", "e2e-reauth-0018"):
+        assert secret not in payload, secret
+    assert event["extra"]["url"].endswith("/_test/boom?limit=5")
+    assert event["request"]["url"].endswith("/_test/boom?limit=5")
+    headers = {k.lower(): v for k, v in event["request"]["headers"].items()}
+    assert headers["referer"] == "https://app.innera.test/search"
+    assert "x-api-key" not in headers and "x-reauth-token" not in headers

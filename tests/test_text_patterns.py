@@ -26,6 +26,8 @@ from innera import ids, notifications, users
 from innera.auth import reauth, refresh_tokens
 from innera.guards import idempotency
 from innera.journal import rules, search
+from innera.observability import logging as log_redaction
+from innera.observability import sentry
 from workers import dayone
 
 N = 100_000
@@ -54,6 +56,8 @@ USER_TEXT: list[tuple[Any, str, str, list[str]]] = [
     (search, "_MAY_HAVE_ASTRAL_MARKS", "search", ["a" * N, "😊" * N]),
     (search, "_CHAR_REF", "sub", [
         "&#" * (N // 2), "&#1" * (N // 3), "&#" + "1" * (N - 2), "&#1;" * (N // 4)]),
+    (log_redaction, "_NOT_ALNUM", "sub", ["-" * N, "a-" * (N // 2), "é" * N]),
+    (sentry, "_TEXT_GAPS", "split", [" " * N, "a " * (N // 2), "\"'<>" * (N // 4)]),
 ]
 
 #: patterns that never see client text, and why
@@ -68,6 +72,10 @@ PARSERS: dict[str, tuple[Callable[[str], Any], list[str]]] = {
         "# " + "#" * N + "\nbody", "# a" + " #" * (N // 2) + "\nbody", "\n" * N]),
     "dayone.heading": (dayone.heading, [
         "# a" + " " * N + "b", "# " + "# " * (N // 2), "# x" + " \t" * (N // 2) + "#"]),
+    # Sentry's scrubbing of URLs in free text (messages, transaction names)
+    "sentry._scrub_text": (sentry._scrub_text, [
+        "/a" * (N // 2) + " ?", "a" * N + "?", "/" * N + " ?", "http://x/" * (N // 9) + "?q=1",
+        "/" + "a" * N + "?q=s#" + "f" * 100]),
 }
 
 
@@ -80,6 +88,8 @@ def _cpu_time(fn: Callable[[], Any]) -> float:
 def _apply(pattern: re.Pattern[str], how: str, text: str) -> Callable[[], Any]:
     if how == "sub":
         return lambda: pattern.sub("", text)
+    if how == "split":
+        return lambda: pattern.split(text)
     return lambda: getattr(pattern, how)(text)
 
 

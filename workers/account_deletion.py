@@ -13,7 +13,9 @@ runs them all again and finishes the work:
 3. ``entries`` — entries, in batches, with their ``attachments`` rows (search has no table
    of its own: it scans the sealed entries);
 4. ``storage`` — every stored object under ``{userId}/`` (attachments, export archives,
-   import uploads), then a delayed *late sweep* (below);
+   import uploads), with every version and delete marker of a versioned bucket (a plain
+   delete there would keep the bytes as noncurrent versions), then a delayed *late sweep*
+   (below);
 5. ``notifications``, 6. ``devices``;
 7. ``tokens`` — refresh tokens in both stores (Redis and the ``refresh_tokens`` table,
    whichever ``REFRESH_TOKEN_STORE`` is: a store switch leaves tokens in the other);
@@ -160,7 +162,7 @@ async def delete_entries(p: Purge) -> None:
 async def delete_objects(p: Purge) -> None:
     await schedule_sweep(p.svc, p.user_id, p.job_id)
     with trio.fail_after(CALL_TIMEOUT_S * 10):  # many S3 pages: each call bounded too
-        await p.svc.storage.delete_prefix(user_prefix(p.user_id))
+        await p.svc.storage.delete_prefix(user_prefix(p.user_id), all_versions=True)
 
 
 async def delete_notifications(p: Purge) -> None:
@@ -289,7 +291,7 @@ async def sweep(svc: Services, payload: dict[str, Any]) -> None:
     except InvalidKey:
         raise PermanentJobError("the sweep's payload has no valid user_id") from None
     with trio.fail_after(CALL_TIMEOUT_S * 10):
-        objects = await svc.storage.delete_prefix(prefix)
+        objects = await svc.storage.delete_prefix(prefix, all_versions=True)
     keys = await purge_redis(svc, prefix[:-1])
     if objects or keys:
         log.warning("account deletion late sweep: deleted %d object(s) and %d Redis key(s) "

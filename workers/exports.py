@@ -1,7 +1,10 @@
 """Export jobs (queue ``export-jobs``, table ``export_jobs``): every entry of the user,
 decrypted, and the bytes of every ready attachment, in one ZIP archive
 (``docs/export-format.md``) streamed into storage under ``{userId}/exports/{jobId}``; then an
-``export.ready`` notification carrying the download link.
+``export.ready`` notification carrying the export's id only. Its data also goes to push
+providers (Expo, FCM, a webhook), so it holds no download link, a bearer link to the whole
+decrypted journal: the client reads ``GET /v1/exports/{id}`` for a fresh one. The archive is
+deleted EXPORT_RETENTION_DAYS after it was made (``innera/jobs/export_sweeper.py``).
 
 One pass over the user's entries in keyset pages of :data:`PAGE_ENTRIES`, ordered by
 ``(occurred_at, id)``. For each page, the ready attachments of its entries are copied into
@@ -29,12 +32,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from innera.api.exports import CONTENT_TYPE, TABLE, archive_key, download_link
+from innera.api.exports import CONTENT_TYPE, TABLE, archive_key
 from innera.jobs.handlers import JobRun, table_handler
 from innera.journal.entries import ROW_COLUMNS, entry_from_row, iso_utc
 from innera.notifications import create_notification
@@ -83,25 +86,16 @@ async def export_archive(run: JobRun) -> None:
 
 
 async def notify_ready(run: JobRun) -> None:
-    """The ``export.ready`` notification, with a download link valid EXPORT_URL_TTL_S."""
+    """The ``export.ready`` notification: ``{exportId}`` only, never a link (its data is
+    pushed through third parties); the app reads the export for a fresh download link."""
     svc, user_id = run.svc, run.user_id
     assert user_id is not None
-    url, ttl = await download_link(svc, user_id, str(run.id), run.row["created_at"])
-    expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
+    days = svc.settings.export_retention_days
     await create_notification(
         svc, user_id, kind="export.ready", title="Your export is ready",
-        body=f"Your journal export is ready to download. The link is valid for "
-             f"{_duration(ttl)}.",
-        data={"exportId": str(run.id), "downloadUrl": url,
-              "expiresAt": expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")})
-
-
-def _duration(seconds: int) -> str:
-    if seconds % 3600 == 0:
-        hours = seconds // 3600
-        return f"{hours} hour{'s' if hours != 1 else ''}"
-    minutes = max(1, seconds // 60)
-    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+        body=f"Your journal export is ready to download in the app. It is kept for {days} "
+             f"day{'s' if days != 1 else ''}.",
+        data={"exportId": str(run.id)})
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ import trio
 from psycopg.types.json import Jsonb
 
 from innera.jobs.handlers import JobRun, LeaseLost, table_handler
-from innera.queue.jobs import PermanentJobError
+from innera.queue.jobs import PermanentJobError, UserFacingJobError
 from innera.queue.worker import Handler
 from innera.storage.keys import entry_prefix, job_file_key, object_key
 from workers.import_child import ChildLimits, ParsedFile, parse_in_child
@@ -183,8 +183,9 @@ async def _delete_upload(svc: Services, key: str) -> None:
             log.warning("could not delete the import upload %s", key, exc_info=True)
 
 
-class ImportRejected(PermanentJobError):
-    """The file can never be imported (no retry): its code and message name the problem."""
+class ImportRejected(UserFacingJobError):
+    """The file can never be imported (no retry): its code and message name the problem.
+    The message is the parser's, written for the user (the job shows it as it is)."""
 
 
 async def _copy_upload(svc: Services, key: str, max_bytes: int, path: Path) -> None:

@@ -1,10 +1,12 @@
 """The ``key-rotation`` queue: re-wraps the data keys of ``key_rotation_jobs`` rows with the
 job's target master key version (the work itself is :func:`innera.crypto.rotation.rewrap_all`).
 
-The job fails at once (:class:`PermanentJobError`) when this process' ``INNERA_MEK`` lacks the
-target version or an old version still wrapping data keys (nothing is changed then), and at
-its end when some data keys did not unwrap (those rows are left as they are; the message
-gives their count and user ids). Data keys left on an old version for another reason
+The job fails at once when this process' ``INNERA_MEK`` lacks the target version or an old
+version still wrapping data keys (nothing is changed then), and at its end when some data
+keys did not unwrap (those rows are left as they are; the message gives their count and user
+ids). These failures are :class:`~innera.queue.jobs.UserFacingJobError`: the job's row keeps
+their message, written by innera for the operator, who reads it in ``innera keys status``
+(the job belongs to no user). Data keys left on an old version for another reason
 (written meanwhile by an instance lacking the new key) fail the attempt, and the queue
 retries it. Progress (the share of data keys on the target version) goes to the job row, the
 queue and the gauge ``innera_key_rotation_progress``. A job that stops half-way continues
@@ -20,7 +22,7 @@ import trio
 
 from innera.crypto import rotation
 from innera.jobs.handlers import JobRun, table_handler
-from innera.queue.jobs import PermanentJobError
+from innera.queue.jobs import UserFacingJobError
 from innera.queue.worker import Handler
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ async def rotate_keys(svc: Services, run: JobRun) -> None:
     to_version = int(run.row["to_version"])
     provider = svc.data_keys.provider
     if to_version not in provider.versions:
-        raise PermanentJobError(
+        raise UserFacingJobError(
             f"master key version {to_version} is not configured in this process' INNERA_MEK "
             f"(configured: {', '.join(map(str, sorted(provider.versions)))}); nothing was "
             f"re-wrapped")
@@ -46,7 +48,7 @@ async def rotate_keys(svc: Services, run: JobRun) -> None:
         rotation.check_old_versions(provider.versions, to_version,
                                     await rotation.dek_counts(svc.db))
     except rotation.InvalidRotation as exc:
-        raise PermanentJobError(f"{exc}; nothing was re-wrapped") from None
+        raise UserFacingJobError(f"{exc}; nothing was re-wrapped") from None
     batch_size = int(run.payload.get("batch_size") or rotation.BATCH_SIZE)
     batch_size = min(max(batch_size, 1), rotation.MAX_BATCH_SIZE)
     gauge = svc.metrics.key_rotation_progress
@@ -62,7 +64,7 @@ async def rotate_keys(svc: Services, run: JobRun) -> None:
              " (%d did not unwrap)", run.id, state.rewrapped, to_version,
              trio.current_time() - started, len(state.failed))
     if state.failed:
-        raise PermanentJobError(state.failure_message())
+        raise UserFacingJobError(state.failure_message())
     if state.left_behind:
         raise RotationIncomplete(
             f"{state.left_behind} data key(s) are still wrapped by a master key version older "

@@ -16,6 +16,7 @@ import hmac
 import struct
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from innera.errors import BadRequest
 
@@ -48,6 +49,17 @@ class CursorCodec:
         payload = _PAYLOAD.pack(micros, uuid.UUID(item_id).bytes)
         token = payload + self._tag(purpose, user_id, payload)
         return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+
+    def page(self, purpose: str, user_id: str, rows: list[Any], limit: int
+             ) -> tuple[list[Any], str | None]:
+        """A keyset page from ``rows`` read with ``LIMIT limit + 1`` (newest first, each row
+        with ``created_at`` and ``id``): the first ``limit`` rows, and the cursor after the
+        last one when there are more (else None)."""
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        last = rows[-1]
+        return rows, self.encode(purpose, user_id, (last["created_at"], str(last["id"])))
 
     def decode(self, purpose: str, user_id: str, cursor: str) -> Position:
         """The position a cursor of ours encodes; :class:`InvalidCursor` for anything else."""

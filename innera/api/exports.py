@@ -6,10 +6,13 @@ decrypted, and every ready attachment; the format is ``docs/export-format.md``).
   running, that job is answered (202 again) and no second one is started. The archive is
   built by the ``export-jobs`` worker (``workers/exports.py``), which sends ``job.progress``
   events over the user's WebSocket and, when it is ready, an ``export.ready`` notification
-  whose data carries ``exportId``, ``downloadUrl`` and ``expiresAt``.
+  whose data carries ``exportId`` only (notifications are pushed through third parties: no
+  link leaves innera that way).
 - ``GET /v1/exports/{id}`` → the job; once ``completed`` it carries a fresh ``downloadUrl``
   (valid ``expiresIn`` = EXPORT_URL_TTL_S seconds, 24 h by default) to
-  ``innera-export-YYYY-MM-DD.zip`` (the date the export was requested, UTC).
+  ``innera-export-YYYY-MM-DD.zip`` (the date the export was requested, UTC). The archive is
+  kept EXPORT_RETENTION_DAYS after it was made; then it is deleted and the job's status is
+  ``expired``, without a link (``innera/jobs/export_sweeper.py``).
 - ``GET /v1/exports`` → the user's exports, newest first (``{items, nextCursor}``; ``limit``
   1..100, default 20). Items carry no ``downloadUrl``: read the job for one.
 
@@ -46,7 +49,7 @@ CONTENT_TYPE = "application/zip"
 CURSOR_PURPOSE = "exports"
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-_COLUMNS = ("id, user_id, status, attempts, progress, error, payload, created_at, "
+_COLUMNS = ("id, user_id, status, attempts, progress, error, error_code, payload, created_at, "
             "started_at, finished_at, updated_at")
 
 
@@ -169,11 +172,7 @@ async def list_exports(query: ExportListQuery) -> ExportPage:
             f"SELECT {_COLUMNS} FROM export_jobs WHERE {where} "
             "ORDER BY created_at DESC, id DESC LIMIT %s", (*params, query.limit + 1))
         rows = await cur.fetchall()
-    more = len(rows) > query.limit
-    rows = rows[:query.limit]
-    cursor = (svc.cursors.encode(CURSOR_PURPOSE, user_id,
-                                 (rows[-1]["created_at"], str(rows[-1]["id"])))
-              if more else None)
+    rows, cursor = svc.cursors.page(CURSOR_PURPOSE, user_id, rows, query.limit)
     return ExportPage(items=[job_out(r) for r in rows], nextCursor=cursor)
 
 
@@ -181,7 +180,9 @@ async def list_exports(query: ExportListQuery) -> ExportPage:
            "once completed",
            description="`downloadUrl` (fresh on every read, valid `expiresIn` seconds) is "
                        "present when the status is completed: absolute with S3, relative to "
-                       "the API's base URL with the local store; no Authorization header.",
+                       "the API's base URL with the local store; no Authorization header. "
+                       "EXPORT_RETENTION_DAYS after it was made the archive is deleted and "
+                       "the status is `expired` (no downloadUrl).",
            response=JobOut, errors=(404, 429))
 async def get_export(export_id: str) -> JobOut:
     svc = services()

@@ -11,8 +11,9 @@ from quart import Response, g, request
 from innera.api.attachments import body_chunks
 from innera.api.context import services
 from innera.api.operation import Operation
+from innera.auth.sessions import session_user
 from innera.errors import AppError, PayloadTooLarge, RateLimited, Unauthorized
-from innera.guards.client_ip import client_ip
+from innera.guards.client_ip import client_ip, rate_limit_client
 from innera.guards.idempotency import (
     Fingerprint,
     FingerprintSource,
@@ -29,20 +30,22 @@ class ReauthRequired(AppError):
 
 async def authenticate() -> None:
     """``Authorization: Bearer <access token>`` → an active user, else 401 ``unauthorized``.
-    The user's status is read on every request (concurrent requests share one query), so a
-    disabled or deleted user's tokens stop working at once."""
+    The user's status and session generation are read on every request (concurrent requests
+    share one query), so a disabled or deleted user's tokens, and tokens of sessions that
+    ended, stop working at once."""
     svc = services()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    user_id = svc.access_tokens.verify(token.strip())
-    user = await svc.active_users.get(user_id)
-    if user is None:
-        raise Unauthorized("This account is no longer active",
-                           headers={"WWW-Authenticate": "Bearer"})
-    g.user_id = user_id
+    claims = svc.access_tokens.verify_claims(token.strip())
+    try:
+        user = await session_user(svc, claims)
+    except Unauthorized as exc:
+        raise Unauthorized(exc.message, headers={"WWW-Authenticate": "Bearer"}) from None
+    g.user_id = claims.user_id
     g.user = user
-    bind_user(user_id)
+    g.session_id = claims.session_id
+    bind_user(claims.user_id)
 
 
 def request_client_ip() -> str:
@@ -60,7 +63,9 @@ async def limit_rate(op: Operation) -> None:
         limit, window = {"auth": settings.rate_limit_auth, "user": settings.rate_limit_user,
                          "anon": settings.rate_limit_anon}[op.rate]
     user_id = g.get("user_id")
-    client = user_id if user_id and op.rate != "auth" else request_client_ip()
+    # a client IP counts as itself, an IPv6 one as its /64 (rate_limit_client)
+    client = (user_id if user_id and op.rate != "auth"
+              else rate_limit_client(request_client_ip()))
     decision = await svc.rate_limiter.hit(op.path, client, limit, window)
     if decision is None:  # Redis unavailable: fail open (counted and warned by the limiter)
         return
@@ -73,7 +78,7 @@ async def limit_rate(op: Operation) -> None:
 async def require_reauth() -> None:
     svc = services()
     token = request.headers.get("x-reauth-token", "").strip()
-    if not token or not await svc.reauth.consume(g.user_id, token):
+    if not token or not await svc.reauth.consume(g.user_id, token, g.user.session_generation):
         raise ReauthRequired()
 
 

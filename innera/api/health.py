@@ -4,13 +4,18 @@ Readiness follows the IETF health-check draft (``application/health+json``): eve
 gets a ``<component>:responseTime`` entry. The checks run concurrently, each under its own
 deadline, so readiness answers within about a second even when a dependency hangs. While the
 process drains, readiness answers 503 at once so load balancers stop sending traffic.
+
+The storage check (an S3 ``HeadBucket``, or a probe file on local disk) is shared: probes
+within :data:`~innera.observability.readiness.SHARED_CHECK_TTL_S` (1 s) of it get the same
+observation (``observedValue`` and ``time`` included), and concurrent probes wait for the one
+in flight, so readiness probes cannot be used to multiply calls to the bucket
+(:mod:`innera.observability.readiness`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -18,6 +23,7 @@ from quart import Blueprint, Response
 
 from innera.api.context import json_response, services
 from innera.db.health import check_db_health
+from innera.observability.readiness import Observation, observe
 from innera.redis import check_redis_health
 
 blueprint = Blueprint("health", __name__)
@@ -47,25 +53,26 @@ async def readiness() -> Response:
             return False
         return True
 
-    probes: dict[str, tuple[str, Callable[[], Awaitable[bool]]]] = {
-        "postgres:responseTime": ("datastore", lambda: check_db_health(svc.db, CHECK_TIMEOUT_S)),
-        "redis:responseTime": ("datastore", lambda: check_redis_health(svc.redis, CHECK_TIMEOUT_S)),
-        "storage:responseTime": ("component", storage_ok),
+    probes: dict[str, tuple[str, Callable[[], Awaitable[Observation]]]] = {
+        "postgres:responseTime": ("datastore", lambda: observe(
+            lambda: check_db_health(svc.db, CHECK_TIMEOUT_S), CHECK_TIMEOUT_S)),
+        "redis:responseTime": ("datastore", lambda: observe(
+            lambda: check_redis_health(svc.redis, CHECK_TIMEOUT_S), CHECK_TIMEOUT_S)),
+        "storage:responseTime": ("component", lambda: svc.storage_check.observe(
+            storage_ok, CHECK_TIMEOUT_S)),
     }
     checks: dict[str, list[dict[str, Any]]] = {}
 
-    async def run(name: str, component: str, probe: Callable[[], Awaitable[bool]]) -> None:
-        started = trio.current_time()
-        ok = False
-        with trio.move_on_after(CHECK_TIMEOUT_S):
-            ok = await probe()
-        elapsed_ms = (trio.current_time() - started) * 1000
+    async def run(name: str, component: str,
+                  probe: Callable[[], Awaitable[Observation]]) -> None:
+        seen = await probe()
+        ok = seen.ok
         entry: dict[str, Any] = {
             "componentType": component,
-            "observedValue": round(elapsed_ms, 2),
+            "observedValue": seen.elapsed_ms,
             "observedUnit": "ms",
             "status": "pass" if ok else "fail",
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "time": seen.time,
         }
         if not ok:
             entry["output"] = "unreachable or timed out"

@@ -1,6 +1,8 @@
 """The job resource the API returns for exports, imports and account deletions:
-``{id, status, progress, error, createdAt, startedAt, finishedAt}`` plus ``downloadUrl`` /
-``expiresIn`` for a completed export."""
+``{id, status, progress, error, errorCode, createdAt, startedAt, finishedAt}`` plus
+``downloadUrl`` / ``expiresIn`` for a completed export. ``error`` is a message written for the
+user: the fixed one of ``errorCode``, or the precise problem of an imported file, never
+exception text (``innera/jobs/handlers.py``)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,14 @@ from innera.jobs import tables
 
 class JobOut(Model):
     id: str = Field(description="Job id (UUID)")
-    status: Literal["pending", "running", "completed", "failed"]
+    status: Literal["pending", "running", "completed", "failed", "expired"] = Field(
+        description="`expired`: an export whose archive was deleted EXPORT_RETENTION_DAYS "
+                    "after it was made")
     progress: float = Field(ge=0, le=1, description="0..1")
-    error: str | None = Field(None, description="Why the job failed (status failed)")
+    error: str | None = Field(
+        None, description="Why the job failed (status failed), for the user: the fixed "
+                          "message of errorCode, or for an import the problem found in the "
+                          "file")
     errorCode: str | None = Field(
         None, description="The failure's stable code (status failed): for imports "
                           "`invalid_import_file`, `import_too_large`, `too_many_entries`, "

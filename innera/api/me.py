@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from psycopg.errors import UniqueViolation
@@ -15,11 +16,14 @@ from innera.api.jobs import JobOut, job_out
 from innera.api.operation import operation
 from innera.api.schemas import Model, UserOut
 from innera.auth.errors import InvalidCredentials
-from innera.errors import Unauthorized
+from innera.auth.sessions import end_all_sessions
+from innera.errors import NotFound, Unauthorized
+from innera.ids import canonical_uuid
 from innera.jobs import tables
 from innera.realtime.events import close_user_everywhere
 from innera.redis import UNAVAILABLE_ERRORS
-from innera.users import password_hash_of, set_password_hash
+from innera.users import change_password as store_new_password
+from innera.users import password_hash_of
 
 if TYPE_CHECKING:
     from innera.services import Services
@@ -38,6 +42,19 @@ class PasswordChangeIn(Model):
     newPassword: str = Field(min_length=8, max_length=256)
 
 
+class SessionOut(Model):
+    id: str = Field(description="The session's id (one per sign-in)")
+    createdAt: str = Field(description="When the sign-in happened")
+    lastUsedAt: str = Field(description="When the session last got tokens (sign-in or "
+                                        "refresh)")
+    client: str = Field(description="A coarse client name from the User-Agent, e.g. "
+                                    "\"Innera iOS\", \"Firefox\"")
+    current: bool = Field(description="The session of the access token of this request")
+
+
+class SessionList(Model):
+    items: list[SessionOut]
+
 
 @operation(blueprint, "GET", "", summary="The signed-in user", response=UserOut,
            errors=(401, 429))
@@ -46,15 +63,54 @@ async def get_me() -> UserOut:
 
 
 @operation(blueprint, "POST", "/password", summary="Change the password",
-           description="Needs x-reauth-token. Every refresh token of the user is revoked.",
+           description="Needs x-reauth-token. Every session of the user ends at once, this "
+                       "one included: every access, refresh and re-auth token issued before "
+                       "fails (401), and the user's sockets close with 4001 \"Session ended\" "
+                       "on every instance. Sign in again with the new password.",
            body=PasswordChangeIn, status=204, reauth=True, errors=(401, 403, 422, 429))
 async def change_password(body: PasswordChangeIn) -> None:
     svc = services()
     stored = await password_hash_of(svc.db, g.user_id)
     if stored is None or not await svc.passwords.verify(stored, body.currentPassword):
         raise InvalidCredentials("The current password is wrong")
-    await set_password_hash(svc.db, g.user_id, await svc.passwords.hash(body.newPassword))
-    await svc.refresh_tokens.revoke_user(g.user_id)
+    new_hash = await svc.passwords.hash(body.newPassword)
+    # compare-and-set on the hash just verified: a concurrent change (or a login rehashing
+    # the old password) cannot interleave
+    if await store_new_password(svc.db, g.user_id, stored, new_hash) is None:
+        raise InvalidCredentials("The password was changed meanwhile; sign in again")
+    await end_all_sessions(svc, g.user_id, generation_raised=True)
+
+
+def _iso(value: Any) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@operation(blueprint, "GET", "/sessions", summary="The account's sessions",
+           description="One per sign-in (a refresh-token family) that can still be "
+                       "refreshed, most recently used first. `current` marks the session of "
+                       "this request's access token.",
+           response=SessionList, errors=(401, 429))
+async def list_sessions() -> SessionList:
+    svc = services()
+    current = g.get("session_id")
+    return SessionList(items=[
+        SessionOut(id=s.id, createdAt=_iso(s.created_at), lastUsedAt=_iso(s.last_used_at),
+                   client=s.client, current=s.id == current)
+        for s in await svc.refresh_tokens.sessions(g.user_id)])
+
+
+@operation(blueprint, "DELETE", "/sessions/<session_id>", summary="End one session",
+           description="Revokes the session's refresh tokens: it cannot be refreshed again. "
+                       "Its current access token stays valid until it expires (at most "
+                       "ACCESS_TOKEN_TTL_S); to end every token at once, use "
+                       "`POST /v1/auth/logout` with `{\"all\": true}`. Another user's, an "
+                       "unknown or a malformed id: 404.",
+           status=204, errors=(401, 404, 429))
+async def delete_session(session_id: str) -> None:
+    svc = services()
+    family = canonical_uuid(session_id)
+    if family is None or not await svc.refresh_tokens.revoke_session(g.user_id, family):
+        raise NotFound("No such session")
 
 
 @operation(blueprint, "DELETE", "", summary="Delete the account",

@@ -92,12 +92,7 @@ async def list_notifications(query: NotificationQuery) -> NotificationPage:
                 f"WHERE {' AND '.join(conditions)} "
                 "ORDER BY created_at DESC, id DESC LIMIT %s", params)
             rows = await cur.fetchall()
-    next_cursor = None
-    if len(rows) > query.limit:
-        rows = rows[:query.limit]
-        last = rows[-1]
-        next_cursor = svc.cursors.encode(CURSOR_PURPOSE, user_id,
-                                         (last["created_at"], str(last["id"])))
+    rows, next_cursor = svc.cursors.page(CURSOR_PURPOSE, user_id, rows, query.limit)
     return NotificationPage(items=[NotificationOut(**serialize(r)) for r in rows],
                             nextCursor=next_cursor)
 

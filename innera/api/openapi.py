@@ -24,9 +24,11 @@ _ERROR_TEXT = {
     409: "Conflict (email_taken, idempotency_in_progress)",
     413: "Body too large",
     422: "Validation failed (validation_failed, idempotency_key_reused), with per-field details",
-    429: "Rate limited (see Retry-After)",
+    429: "Rate limited (rate_limited; too_many_attempts: the account backs off after failed "
+         "sign-ins; see Retry-After)",
     503: "A dependency is unavailable (database_unavailable, redis_unavailable, "
-         "idempotency_unavailable)",
+         "idempotency_unavailable) or the instance is busy (busy: too many password checks "
+         "queued; see Retry-After)",
 }
 _RATE_HEADERS = {
     name: {"description": text, "schema": {"type": "integer"}}

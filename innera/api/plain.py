@@ -6,16 +6,24 @@ Here they are plain ASGI, with the same contract as the API's responses: ``X-Req
 the security headers, the request metric and the access log line. A request with an
 ``Origin`` header (a browser, which needs CORS) or any other method goes to Quart as before.
 ``/health/ready`` stays in Quart: its dependency checks cost far more than the framework.
+
+With ``METRICS_TOKEN`` set, ``/metrics`` answers only requests carrying
+``Authorization: Bearer <METRICS_TOKEN>`` (compared in constant time: both sides are hashed,
+so not even the length leaks); any other gets 401 ``unauthorized`` in the error contract
+(:func:`metrics_authorized`, shared with the framework's ``/metrics`` route).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from innera.api.health import HEALTH_JSON
+from innera.errors import error_body
 from innera.ids import new_uuid4
 from innera.observability.logging import bind_request, log_request_completed
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -27,6 +35,19 @@ PATHS = frozenset({"/health", "/metrics"})
 _LIVENESS = json.dumps({"status": "pass"}, separators=(",", ":")).encode()
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def metrics_authorized(token: str | None, authorization: str | None) -> bool:
+    """Whether a request with this ``Authorization`` header may read ``/metrics``: always
+    when ``token`` (``METRICS_TOKEN``) is unset, else only with ``Bearer <token>``."""
+    if token is None:
+        return True
+    scheme, _, given = (authorization or "").partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        return False
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(),
+                               hashlib.sha256(token.encode()).digest())
 
 
 def handles(scope: dict[str, Any]) -> bool:
@@ -44,23 +65,38 @@ async def serve(svc: Services, scope: dict[str, Any], send: Send,
     started = time.perf_counter()
     request_id = new_uuid4()
     bind_request(request_id)
+    status, extra = 200, []
     if scope["path"] == "/health":
         body, content_type = _LIVENESS, HEALTH_JSON
-    else:
+    elif metrics_authorized(svc.settings.metrics_token, _header(scope, b"authorization")):
         body, content_type = svc.metrics.render(), METRICS_CONTENT_TYPE
+    else:
+        status, extra = 401, [(b"www-authenticate", b"Bearer")]
+        body = json.dumps(error_body("unauthorized", "GET /metrics needs the metrics token "
+                                     "(Authorization: Bearer)", request_id),
+                          separators=(",", ":")).encode()
+        content_type = "application/json"
     headers = [(b"content-type", content_type.encode()),
                (b"content-length", str(len(body)).encode()),
-               (b"x-request-id", request_id.encode()), *security_headers]
-    if scope["path"] == "/health":  # like the framework path: scrapes are not counted
-        _observe(svc, scope, request_id, time.perf_counter() - started)
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+               (b"x-request-id", request_id.encode()), *extra, *security_headers]
+    if status != 200 or scope["path"] == "/health":  # as the framework: scrapes not counted
+        _observe(svc, scope, request_id, status, time.perf_counter() - started)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body",
                 "body": b"" if scope["method"] == "HEAD" else body})
 
 
-def _observe(svc: Services, scope: dict[str, Any], request_id: str, elapsed: float) -> None:
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _observe(svc: Services, scope: dict[str, Any], request_id: str, status: int,
+             elapsed: float) -> None:
     """The request metric and the access log line, before the response goes out (as the
     framework's after-request hook does)."""
-    svc.metrics.observe_request(scope["method"], scope["path"], 200, elapsed)
+    svc.metrics.observe_request(scope["method"], scope["path"], status, elapsed)
     log_request_completed(scope["method"], scope["path"], scope["query_string"], request_id,
-                          None, 200, elapsed)
+                          None, status, elapsed)

@@ -5,10 +5,20 @@ This is a plain ASGI endpoint, not a Quart route: :class:`innera.app.Router` han
 cost every socket Quart-trio's websocket machinery (a context, a nursery and tasks, channels)
 for nothing this endpoint uses.
 
-Authentication: ``Authorization: Bearer <access token>`` or ``?access_token=``. A missing,
-invalid or expired token, or an inactive user, is refused during the handshake with an HTTP
-401 (the ASGI ``websocket.http.response`` extension, which Hypercorn supports; without it the
-handshake is closed with 4001 "Unauthorized").
+Authentication: ``Authorization: Bearer <access token>`` or ``?access_token=``, checked as
+every HTTP route checks it (``innera.auth.sessions.session_user``: the batched "still
+active?" query, session generation included). A missing, invalid or expired token, a session
+that ended, or an inactive user, is refused during the handshake with an HTTP 401 (the ASGI
+``websocket.http.response`` extension, which Hypercorn supports; without it the handshake is
+closed with 4001 "Unauthorized").
+
+Limits: a handshake with a valid token is counted against ``RATE_LIMIT_WS`` for its user and,
+separately, for its client IP (an IPv6 client by its /64); past either it is refused with HTTP
+429 ``rate_limited`` with ``Retry-After`` and ``RateLimit-*`` headers (without the extension:
+closed with 4029 "Too many requests"); Redis unavailable lets it pass, like every rate limit.
+A user holds at most ``WS_MAX_CONNECTIONS_PER_USER`` sockets on one instance: past it the
+hub closes the user's oldest socket with 4008 "Too many connections" (:mod:`innera.realtime.hub`
+explains why the newest is kept).
 
 Server → client: ``{"type": ..., "data": {...}}`` events from the user's Redis channel, and
 ``{"type": "ping"}`` every :data:`PING_INTERVAL_S`. Client → server: ``{"type": "ping"}`` →
@@ -23,8 +33,11 @@ about pongs), so a peer that sends nothing within :data:`PONG_TIMEOUT_S` of a se
 closed with 4002 "Ping timeout". Any client message counts as a sign of life.
 
 Closes: 1009 for a message over 64 KiB (Hypercorn, ``websocket_max_message_size``), 1013 when
-the outbound queue is full (hub), 4001 "Token expired" at the token's ``exp``, 4000 "Server
-restarting" on shutdown, and whatever :meth:`Hub.close_user` is given.
+the outbound queue is full (hub), 4008 for the oldest socket past
+WS_MAX_CONNECTIONS_PER_USER (hub), 4001 "Token expired" at the token's ``exp``, 4001 "Session
+ended" on every instance when the user's sessions end (password change, sign-out
+everywhere), 4003 "Account deleted", 4000 "Server restarting" on shutdown, and whatever
+:meth:`Hub.close_user` is given.
 
 One socket is two tasks: :func:`serve` reads; a writer owns every send (events, replies,
 pings) from the socket's bounded queue and also keeps the ping and expiry deadlines.
@@ -39,14 +52,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-import jwt
 import trio
 
 from innera import json_input
+from innera.auth.access_tokens import AccessClaims
+from innera.auth.sessions import session_user
 from innera.errors import Unauthorized, error_body
+from innera.guards.client_ip import client_ip, rate_limit_client
+from innera.guards.ratelimit import Decision
 from innera.observability import sentry
 from innera.realtime.hub import TOKEN_EXPIRED, UNAUTHORIZED, Socket
-from innera.users import get_active_user
 
 if TYPE_CHECKING:
     from innera.services import Services
@@ -58,6 +73,7 @@ PING_INTERVAL_S = 30.0
 PONG_TIMEOUT_S = 10.0
 PING_TIMEOUT = (4002, "Ping timeout")
 INTERNAL_ERROR = (1011, "Internal error")
+RATE_LIMITED = (4029, "Too many requests")  # only without websocket.http.response
 CLOSE_TIMEOUT_S = 2.0
 SUBSCRIBE_WAIT_S = 1.0  # the handshake waits this long at most for the user's channel
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -100,16 +116,53 @@ async def _refuse(scope: Message, send: Send, message: str) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-def _verify_token(svc: Services, scope: Message) -> tuple[str, float]:
-    """The user id and the token's remaining lifetime; :class:`Unauthorized` otherwise."""
-    token = _token(scope)
-    user_id = svc.access_tokens.verify(token)
-    # verified just above: reading exp needs no second signature check
-    exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
-    remaining = exp - time.time()
+def _verify_token(svc: Services, scope: Message) -> tuple[AccessClaims, float]:
+    """The token's claims and its remaining lifetime; :class:`Unauthorized` otherwise."""
+    claims = svc.access_tokens.verify_claims(_token(scope))
+    remaining = claims.exp - time.time()
     if remaining <= 0:  # verify() tolerates a few seconds of skew; a socket would not
         raise Unauthorized("Access token expired")
-    return user_id, remaining
+    return claims, remaining
+
+
+def _client_ip(svc: Services, scope: Message) -> str:
+    peer = scope.get("client")
+    forwarded = [value.decode("latin-1") for name, value in scope.get("headers", ())
+                 if name == b"x-forwarded-for"]
+    return client_ip(peer[0] if peer else None, forwarded, svc.settings.trust_proxy)
+
+
+async def _refuse_rate_limited(scope: Message, send: Send, decision: Decision) -> None:
+    """Answer the handshake with HTTP 429 and the rate limit headers (or close with 4029
+    without the extension)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": RATE_LIMITED[0],
+                    "reason": RATE_LIMITED[1]})
+        return
+    message = f"Too many WebSocket handshakes; retry in {decision.reset_s} s"
+    body = json.dumps(error_body("rate_limited", message, None)).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()),
+               *((name.lower().encode(), value.encode())
+                 for name, value in decision.headers().items())]
+    await send({"type": "websocket.http.response.start", "status": 429, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def _within_handshake_rate(svc: Services, scope: Message, send: Send, user_id: str
+                                 ) -> bool:
+    """Count this handshake against ``RATE_LIMIT_WS`` for ``user_id`` and for the client IP;
+    when either is spent, answer 429 and return ``False``."""
+    limit, window = svc.settings.rate_limit_ws
+    refused: list[Decision] = []
+    for client in (f"user:{user_id}", f"ip:{rate_limit_client(_client_ip(svc, scope))}"):
+        decision = await svc.rate_limiter.hit(PATH, client, limit, window)
+        if decision is not None and not decision.allowed:  # None: Redis down, fail open
+            refused.append(decision)
+    if not refused:
+        return True
+    await _refuse_rate_limited(scope, send, max(refused, key=lambda d: d.reset_s))
+    return False
 
 
 async def serve(svc: Services, scope: Message, receive: Receive, send: Send) -> None:
@@ -118,22 +171,28 @@ async def serve(svc: Services, scope: Message, receive: Receive, send: Send) -> 
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            user_id, remaining = _verify_token(svc, scope)
+            claims, remaining = _verify_token(svc, scope)
         except Unauthorized as exc:
             await _refuse(scope, send, exc.message)
+            return
+        if not await _within_handshake_rate(svc, scope, send, claims.user_id):
             return
     if handshake.cancelled_caught:
         return
     expires_at = trio.current_time() + remaining
+    user_id = claims.user_id
 
     with sentry.task_scope(task="websocket", user_id=user_id):
         async with svc.hub.connection(user_id) as sock:
             await svc.hub.wait_subscribed(user_id, SUBSCRIBE_WAIT_S)
-            # checked once the user's channel is subscribed: an account deleted after this
-            # check reaches this socket through the channel's close message
-            if await get_active_user(svc.db, user_id) is None:
-                await _refuse(scope, send, "This account is no longer active")
+            # checked once the user's channel is subscribed: an account deleted, or sessions
+            # ended, after this check reach this socket through the channel's close message
+            try:
+                await session_user(svc, claims)
+            except Unauthorized as exc:
+                await _refuse(scope, send, exc.message)
                 return
+            svc.hub.admit(sock)  # past WS_MAX_CONNECTIONS_PER_USER: the oldest closes (4008)
             await send({"type": "websocket.accept"})
             try:
                 with sock.scope:

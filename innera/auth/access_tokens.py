@@ -1,5 +1,11 @@
 """Access tokens: short-lived HS256 JWTs (claims ``sub``, ``iat``, ``exp``, ``jti``,
-``typ="access"``), and the secret that signs them.
+``typ="access"``, and ``sg``, the user's session generation when it was issued, and ``sid``,
+the session: its refresh-token family), and the secret that signs them.
+
+A token is good only while ``sg`` equals the user's ``session_generation``: the per-request
+"still active?" query reads it (``innera/users.py``), so a password change, a sign-out
+everywhere or an account deletion, which raise the generation, end every earlier token at
+once. A token without ``sg`` (issued before sessions had generations) counts as generation 0.
 
 Signing and verifying take microseconds: they run on the event loop. A client sends the same
 token with every request for its whole lifetime, so verified tokens are remembered (bounded,
@@ -14,6 +20,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
@@ -23,7 +30,8 @@ from innera.config import Settings
 from innera.errors import Unauthorized
 from innera.local_secrets import read_or_create_secret
 
-__all__ = ["ALGORITHM", "LEEWAY_S", "AccessTokens", "load_jwt_secret", "load_jwt_secret_async"]
+__all__ = ["ALGORITHM", "LEEWAY_S", "AccessClaims", "AccessTokens", "load_jwt_secret",
+           "load_jwt_secret_async"]
 
 log = logging.getLogger("innera.auth")
 
@@ -68,6 +76,18 @@ def _read_or_create_secret(path: Path) -> str:
     return secret
 
 
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """What a verified access token says."""
+
+    user_id: str
+    exp: int
+    #: the user's session generation when the token was issued
+    generation: int = 0
+    #: the session (refresh-token family) it belongs to, if any
+    session_id: str | None = None
+
+
 class AccessTokens:
     """Issues and verifies access tokens signed with ``secret``."""
 
@@ -79,32 +99,40 @@ class AccessTokens:
         self._secret = secret
         self.ttl_s = ttl_s
         self.cache_size = cache_size
-        #: token → (sub, exp) of tokens that verified, least recently used first
-        self._verified: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        #: token → its claims, for tokens that verified, least recently used first
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
 
-    def issue(self, user_id: str) -> tuple[str, int]:
-        """``(token, expires_in_s)``: a new access token for ``user_id``, valid ``ttl_s``."""
+    def issue(self, user_id: str, *, generation: int = 0, session_id: str | None = None
+              ) -> tuple[str, int]:
+        """``(token, expires_in_s)``: a new access token for ``user_id``, valid ``ttl_s``, of
+        session generation ``generation`` and session ``session_id``."""
         now = int(time.time())
-        claims = {
+        claims: dict[str, object] = {
             "sub": str(user_id),
             "iat": now,
             "exp": now + self.ttl_s,
             "jti": uuid.uuid4().hex,
             "typ": TOKEN_TYPE,
+            "sg": int(generation),
         }
+        if session_id is not None:
+            claims["sid"] = str(session_id)
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), self.ttl_s
 
     def verify(self, token: str | None) -> str:
         """The user id (``sub``) of a valid access token; :class:`Unauthorized` for a
         missing, malformed, expired, wrongly signed or non-access token."""
+        return self.verify_claims(token).user_id
+
+    def verify_claims(self, token: str | None) -> AccessClaims:
+        """The claims of a valid access token (see :meth:`verify`)."""
         if not token:
             raise Unauthorized("Missing access token")
         known = self._verified.get(token)
         if known is not None:
-            sub, exp = known
-            if exp > time.time() - LEEWAY_S:
+            if known.exp > time.time() - LEEWAY_S:
                 self._verified.move_to_end(token)
-                return sub
+                return known
             del self._verified[token]
             raise Unauthorized("Access token expired")
         try:
@@ -119,11 +147,13 @@ class AccessTokens:
             raise Unauthorized("Access token expired") from None
         except jwt.InvalidTokenError:
             raise Unauthorized("Invalid access token") from None
-        sub = claims.get("sub")
-        if claims.get("typ") != TOKEN_TYPE or not isinstance(sub, str) or not sub:
+        sub, generation, sid = claims.get("sub"), claims.get("sg", 0), claims.get("sid")
+        if (claims.get("typ") != TOKEN_TYPE or not isinstance(sub, str) or not sub
+                or type(generation) is not int or not isinstance(sid, str | None)
+                or not isinstance(claims["exp"], int | float)):
             raise Unauthorized("Invalid access token")
-        if isinstance(claims["exp"], int):
-            self._verified[token] = (sub, claims["exp"])
-            if len(self._verified) > self.cache_size:
-                self._verified.popitem(last=False)
-        return sub
+        verified = AccessClaims(sub, int(claims["exp"]), generation, sid)
+        self._verified[token] = verified
+        if len(self._verified) > self.cache_size:
+            self._verified.popitem(last=False)
+        return verified

@@ -9,9 +9,13 @@ The memory cost (what makes GPU/ASIC guessing expensive) is kept at 64 MiB.
 
 Every hash/verify runs in ``trio.to_thread.run_sync`` through a :class:`trio.CapacityLimiter`
 (``max_concurrency``, default 2 = the cores): a burst of sign-ins queues instead of taking
-64 MiB × N of memory and every CPU. Waiting for a slot is bounded by ``queue_timeout_s``;
-past it :class:`~innera.errors.ServiceUnavailable` (503). A hash that has started is not
-cancellable (a C call); it finishes within ~100 ms.
+64 MiB × N of memory and every CPU. The queue is bounded: when every slot is busy and
+``max_waiting`` (default 2 × ``max_concurrency`` = 4) calls already wait, another call fails
+at once with :class:`HasherBusy` (503 ``busy``, ``Retry-After: 1``) instead of queueing, so
+a flood of guesses answers in milliseconds rather than making every sign-in wait for a slot;
+the ones queued still run (the last of them within ~(4 + 2) / 2 × 100 ms). Waiting in the
+queue is also bounded by ``queue_timeout_s`` (a backstop; the same 503). A hash that has
+started is not cancellable (a C call); it finishes within ~100 ms.
 
 :meth:`PasswordHasher.burn` spends the time of one verification for nothing: call it when
 the e-mail is unknown, so "no such account" and "wrong password" cannot be told apart by
@@ -30,13 +34,22 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from innera.errors import ServiceUnavailable
 
-__all__ = ["MEMORY_COST_KIB", "PARALLELISM", "TIME_COST", "PasswordHasher"]
+__all__ = ["MEMORY_COST_KIB", "PARALLELISM", "TIME_COST", "HasherBusy", "PasswordHasher"]
 
 TIME_COST = 2
 MEMORY_COST_KIB = 64 * 1024
 PARALLELISM = 1
 
 T = TypeVar("T")
+
+
+class HasherBusy(ServiceUnavailable):
+    """Every hashing slot is taken and the queue is full (or the wait for a slot timed out)."""
+
+    code, message = "busy", "Too many sign-ins in progress; please retry in a moment"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
 
 
 class PasswordHasher:
@@ -50,9 +63,12 @@ class PasswordHasher:
         memory_cost_kib: int = MEMORY_COST_KIB,
         parallelism: int = PARALLELISM,
         queue_timeout_s: float = 10.0,
+        max_waiting: int | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if max_waiting is not None and max_waiting < 0:
+            raise ValueError("max_waiting must not be negative")
         self._argon2 = argon2.PasswordHasher(
             time_cost=time_cost,
             memory_cost=memory_cost_kib,
@@ -63,6 +79,8 @@ class PasswordHasher:
         )
         self.limiter = trio.CapacityLimiter(max_concurrency)
         self.queue_timeout_s = queue_timeout_s
+        #: calls that may wait for a slot; past it :class:`HasherBusy` at once
+        self.max_waiting = 2 * max_concurrency if max_waiting is None else max_waiting
         self._dummy_hash: str | None = None
 
     async def hash(self, password: str) -> str:
@@ -100,8 +118,13 @@ class PasswordHasher:
             return False
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        # Checked and then queued with no checkpoint in between: no other task interleaves.
+        stats = self.limiter.statistics()
+        if (stats.borrowed_tokens >= stats.total_tokens
+                and stats.tasks_waiting >= self.max_waiting):
+            raise HasherBusy()
         # The deadline can only interrupt the wait for a limiter slot: once the thread runs,
         # trio.to_thread.run_sync is not cancellable and returns its result normally.
         with trio.move_on_after(self.queue_timeout_s):
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        raise ServiceUnavailable("Too many sign-ins in progress; please try again")
+        raise HasherBusy()

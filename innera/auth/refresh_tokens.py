@@ -15,9 +15,11 @@ revokes the family (so the winner's new token dies with it). Clients must serial
 
 Redis layout (:class:`RedisRefreshTokenStore`), every key with a TTL:
 
-- ``rt:{hash}`` → JSON ``{"userId", "createdAt", "familyId"}`` (the spec's key), plus
-  ``"consumed": true, "consumedAt"`` once rotated; expires ``ttl_s`` after issue. A consumed
-  key keeps its TTL, so reuse is detected until the token would have expired anyway.
+- ``rt:{hash}`` → JSON ``{"userId", "createdAt", "familyId", "familyCreatedAt", "client"}``
+  (the spec's key; the family's start and the client family that last used it are carried
+  from token to token, for ``GET /v1/me/sessions``), plus ``"consumed": true,
+  "consumedAt"`` once rotated; expires ``ttl_s`` after issue. A consumed key keeps its TTL,
+  so reuse is detected until the token would have expired anyway.
 - ``rt:family:{familyId}`` → sorted set of token hashes, scored by expiry (ms);
 - ``rt:user:{userId}`` → sorted set of family ids, scored by the latest expiry (ms).
 
@@ -42,6 +44,7 @@ from typing import Any, Protocol
 import trio
 
 from innera.auth.errors import TokenReused
+from innera.auth.sessions import Session
 from innera.config import Settings
 from innera.db.pool import Pool
 from innera.errors import DatabaseUnavailable, Unauthorized
@@ -88,13 +91,30 @@ def _invalid() -> Unauthorized:
     return Unauthorized("Invalid or expired refresh token")
 
 
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 class RefreshTokenStore(Protocol):
-    async def issue(self, user_id: str, family_id: str | None = None) -> str:
-        """A new token for ``user_id``: in a new family, or in ``family_id``."""
+    async def issue(self, user_id: str, family_id: str | None = None, *,
+                    client: str = "") -> str:
+        """A new token for ``user_id``: in a new family (``family_id``, or a random one)."""
         ...
 
-    async def rotate(self, token: str) -> tuple[str, str]:
-        """Consume ``token``; return ``(user_id, new_token)`` (same family)."""
+    async def rotate(self, token: str, *, client: str = "") -> tuple[str, str, str]:
+        """Consume ``token``; return ``(user_id, new_token, family_id)`` (same family)."""
+        ...
+
+    async def owner(self, token: str) -> str | None:
+        """The user of a live (unconsumed, unrevoked, unexpired) token, else None."""
+        ...
+
+    async def sessions(self, user_id: str) -> list[Session]:
+        """The user's live families, most recently used first."""
+        ...
+
+    async def revoke_session(self, user_id: str, family_id: str) -> bool:
+        """Revoke one family of ``user_id``; False when it is not one of theirs (or gone)."""
         ...
 
     async def revoke(self, token: str) -> None:
@@ -144,7 +164,7 @@ store(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
 return 1
 """
 
-# KEYS[1] = rt:{old hash}; ARGV: new hash, createdAt, ttl_s
+# KEYS[1] = rt:{old hash}; ARGV: new hash, createdAt, ttl_s, client ('' keeps the last one)
 # → {'ok'|'reused'|'unknown', userId, familyId}
 _ROTATE = _LUA_LIB + """
 local raw = redis.call('GET', KEYS[1])
@@ -157,7 +177,11 @@ end
 rec.consumed = true
 rec.consumedAt = ARGV[2]
 redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
-local new = cjson.encode({userId = rec.userId, createdAt = ARGV[2], familyId = rec.familyId})
+local client = ARGV[4]
+if client == '' then client = rec.client or '' end
+local new = cjson.encode({userId = rec.userId, createdAt = ARGV[2], familyId = rec.familyId,
+                          familyCreatedAt = rec.familyCreatedAt or rec.createdAt,
+                          client = client})
 store(ARGV[1], new, rec.familyId, rec.userId, tonumber(ARGV[3]))
 return {'ok', rec.userId, rec.familyId}
 """
@@ -180,6 +204,29 @@ return #families
 """
 
 
+# KEYS[1] = rt:user:{userId} → the newest record of each live family
+_SESSIONS = _LUA_LIB + """
+local ukey = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', ukey, '-inf', now_ms())
+local out = {}
+for _, family in ipairs(redis.call('ZRANGE', ukey, 0, -1)) do
+  local newest = redis.call('ZRANGE', 'rt:family:' .. family, -1, -1)
+  if newest[1] then
+    local raw = redis.call('GET', 'rt:' .. newest[1])
+    if raw then table.insert(out, raw) end
+  end
+end
+return out
+"""
+
+# KEYS[1] = rt:user:{userId}; ARGV: family id, user id → 1 revoked, 0 not the user's
+_REVOKE_SESSION = _LUA_LIB + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+revoke_family(ARGV[1], ARGV[2])
+return 1
+"""
+
+
 class RedisRefreshTokenStore:
     """Refresh tokens in Redis (see the module documentation for the keys). Redis being
     unreachable raises :class:`~innera.errors.RedisUnavailable`; every command is bounded
@@ -195,13 +242,18 @@ class RedisRefreshTokenStore:
         self._rotate = client.register_script(_ROTATE)
         self._revoke = client.register_script(_REVOKE)
         self._revoke_user = client.register_script(_REVOKE_USER)
+        self._sessions = client.register_script(_SESSIONS)
+        self._revoke_session = client.register_script(_REVOKE_SESSION)
 
-    async def issue(self, user_id: str, family_id: str | None = None) -> str:
+    async def issue(self, user_id: str, family_id: str | None = None, *,
+                    client: str = "") -> str:
         token = new_token()
         token_hash = hash_token(token)
         family_id = family_id or str(uuid.uuid4())
-        record = json.dumps({"userId": str(user_id), "createdAt": _now_iso(),
-                             "familyId": family_id}, separators=(",", ":"))
+        now = _now_iso()
+        record = json.dumps({"userId": str(user_id), "createdAt": now, "familyId": family_id,
+                             "familyCreatedAt": now, "client": client},
+                            separators=(",", ":"))
         with self._redis.unavailable_as_503():
             await self._issue(
                 keys=[f"rt:{token_hash}", f"rt:family:{family_id}", f"rt:user:{user_id}"],
@@ -209,15 +261,16 @@ class RedisRefreshTokenStore:
             )
         return token
 
-    async def rotate(self, token: str) -> tuple[str, str]:
+    async def rotate(self, token: str, *, client: str = "") -> tuple[str, str, str]:
         old_hash = _checked_hash(token)
         new = new_token()
         with self._redis.unavailable_as_503():
             reply: Any = await self._rotate(
-                keys=[f"rt:{old_hash}"], args=[hash_token(new), _now_iso(), self.ttl_s])
+                keys=[f"rt:{old_hash}"],
+                args=[hash_token(new), _now_iso(), self.ttl_s, client])
         outcome = reply[0]
         if outcome == "ok":
-            return str(reply[1]), new
+            return str(reply[1]), new, str(reply[2])
         if outcome == "reused":
             log.warning("refresh token reuse: revoked family %s of user %s", reply[2], reply[1])
             raise TokenReused()
@@ -235,18 +288,63 @@ class RedisRefreshTokenStore:
         with self._redis.unavailable_as_503():
             await self._revoke_user(keys=[f"rt:user:{user_id}"], args=[str(user_id)])
 
+    async def owner(self, token: str) -> str | None:
+        try:
+            token_hash = _checked_hash(token)
+        except Unauthorized:
+            return None
+        with self._redis.unavailable_as_503():
+            raw = await self._redis.client.get(f"rt:{token_hash}")
+        if raw is None:
+            return None
+        rec = json.loads(raw)
+        return None if rec.get("consumed") else str(rec["userId"])
+
+    async def sessions(self, user_id: str) -> list[Session]:
+        with self._redis.unavailable_as_503():
+            raws: Any = await self._sessions(keys=[f"rt:user:{user_id}"], args=[])
+        found = []
+        for raw in raws:
+            rec = json.loads(raw)
+            created = rec.get("familyCreatedAt") or rec["createdAt"]
+            found.append(Session(rec["familyId"], _parse_time(created),
+                                 _parse_time(rec["createdAt"]), rec.get("client") or "Unknown"))
+        return sorted(found, key=lambda session: session.last_used_at, reverse=True)
+
+    async def revoke_session(self, user_id: str, family_id: str) -> bool:
+        with self._redis.unavailable_as_503():
+            revoked = await self._revoke_session(keys=[f"rt:user:{user_id}"],
+                                                 args=[str(family_id), str(user_id)])
+        return revoked == 1
+
 
 # --- PostgreSQL -------------------------------------------------------------------------
 
 _INSERT = """
-INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at)
-VALUES (%s, %s, %s, now() + make_interval(secs => %s))
+INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at, family_created_at,
+                            client)
+VALUES (%s, %s, %s, now() + make_interval(secs => %s), coalesce(%s, now()), %s)
 """
 
 _CONSUME = """
 UPDATE refresh_tokens SET consumed_at = now()
  WHERE token_hash = %s AND consumed_at IS NULL AND revoked_at IS NULL AND expires_at > now()
-RETURNING user_id, family_id
+RETURNING user_id, family_id, family_created_at, client
+"""
+
+_SESSIONS_SQL = """
+SELECT family_id, min(family_created_at), max(created_at),
+       (array_agg(client ORDER BY created_at DESC))[1]
+  FROM refresh_tokens
+ WHERE user_id = %s AND revoked_at IS NULL AND expires_at > now()
+ GROUP BY family_id
+HAVING bool_or(consumed_at IS NULL)
+ ORDER BY max(created_at) DESC
+"""
+
+_REVOKE_SESSION_SQL = """
+UPDATE refresh_tokens SET revoked_at = now()
+ WHERE family_id = %s AND user_id = %s AND revoked_at IS NULL
 """
 
 _INSPECT = """
@@ -296,16 +394,17 @@ class PostgresRefreshTokenStore:
         self.timeout_s = timeout_s
         self.cleanup_batch_size = cleanup_batch_size
 
-    async def issue(self, user_id: str, family_id: str | None = None) -> str:
+    async def issue(self, user_id: str, family_id: str | None = None, *,
+                    client: str = "") -> str:
         token = new_token()
         family = uuid.UUID(family_id) if family_id else uuid.uuid4()
         with self._deadline():
             async with self._pool.connection() as conn:
-                await conn.execute(
-                    _INSERT, (hash_token(token), uuid.UUID(str(user_id)), family, self.ttl_s))
+                await conn.execute(_INSERT, (hash_token(token), uuid.UUID(str(user_id)), family,
+                                             self.ttl_s, None, client))
         return token
 
-    async def rotate(self, token: str) -> tuple[str, str]:
+    async def rotate(self, token: str, *, client: str = "") -> tuple[str, str, str]:
         old_hash = _checked_hash(token)
         new = new_token()
         outcome, user_id, family_id = "unknown", None, None
@@ -315,9 +414,10 @@ class PostgresRefreshTokenStore:
                     cur = await conn.execute(_CONSUME, (old_hash,))
                     row = await cur.fetchone()
                     if row is not None:
-                        user_id, family_id = row
+                        user_id, family_id, family_created_at, last_client = row
                         await conn.execute(
-                            _INSERT, (hash_token(new), user_id, family_id, self.ttl_s))
+                            _INSERT, (hash_token(new), user_id, family_id, self.ttl_s,
+                                      family_created_at, client or last_client))
                         outcome = "ok"
                     else:
                         # Not consumable. A concurrent rotation of the same token waited on
@@ -333,7 +433,7 @@ class PostgresRefreshTokenStore:
                                 outcome = "invalid"
         # Raised after the commit: raising inside the transaction would undo the revocation.
         if outcome == "ok":
-            return str(user_id), new
+            return str(user_id), new, str(family_id)
         if outcome == "reused":
             log.warning("refresh token reuse: revoked family %s", family_id)
             raise TokenReused()
@@ -352,6 +452,38 @@ class PostgresRefreshTokenStore:
         with self._deadline():
             async with self._pool.connection() as conn:
                 await conn.execute(_REVOKE_USER_SQL, (uuid.UUID(str(user_id)),))
+
+    async def owner(self, token: str) -> str | None:
+        try:
+            token_hash = _checked_hash(token)
+        except Unauthorized:
+            return None
+        with self._deadline():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT user_id FROM refresh_tokens WHERE token_hash = %s AND consumed_at "
+                    "IS NULL AND revoked_at IS NULL AND expires_at > now()", (token_hash,))
+                row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def sessions(self, user_id: str) -> list[Session]:
+        with self._deadline():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(_SESSIONS_SQL, (uuid.UUID(str(user_id)),))
+                rows = await cur.fetchall()
+        return [Session(str(family), created, used, client or "Unknown")
+                for family, created, used, client in rows]
+
+    async def revoke_session(self, user_id: str, family_id: str) -> bool:
+        try:
+            family = uuid.UUID(str(family_id))
+        except ValueError:
+            return False
+        with self._deadline():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(_REVOKE_SESSION_SQL,
+                                         (family, uuid.UUID(str(user_id))))
+        return cur.rowcount > 0
 
     async def clean_expired(self) -> int:
         """Delete rows expired more than :attr:`CLEANUP_GRACE_S` ago, in batches of

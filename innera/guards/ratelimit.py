@@ -29,6 +29,7 @@ import trio
 from coredis.exceptions import RedisError, ResponseError
 
 from innera.batching import Batcher
+from innera.guards.fail_open import FailOpen
 from innera.redis import UNAVAILABLE_ERRORS, Redis
 
 log = logging.getLogger("innera.guards.ratelimit")
@@ -90,10 +91,9 @@ class RateLimiter:
         self._redis = redis
         self._script = redis.client.register_script(HIT_SCRIPT)
         self.batcher: Batcher[tuple[str, int], tuple[int | str, int]] = Batcher(self._hit_many)
-        self._warn_interval_s = warn_interval_s
+        self._outage = FailOpen(redis, "rate limiting", "requests", interval_s=warn_interval_s,
+                                logger=log)
         self._timeout_s = timeout_s
-        self._unchecked = 0  # requests passed unchecked since the last warning
-        self._last_warning: float | None = None  # trio.current_time() of it; None: healthy
 
     async def hit(self, route: str, client: str, limit: int, window_s: int) -> Decision | None:
         """Count one request of ``client`` on ``route``. ``None`` when Redis is unavailable
@@ -105,10 +105,10 @@ class RateLimiter:
             if isinstance(count, str):
                 raise ResponseError(count)
         except _FAIL_OPEN_ERRORS as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
             return None
-        if self._last_warning is not None:
-            self._recovered()
+        if self._outage.failing:
+            self._outage.recovered()
         return Decision(
             allowed=count <= limit,
             limit=limit,
@@ -138,37 +138,3 @@ class RateLimiter:
     def _timeout_error(self) -> TimeoutError:
         return TimeoutError(f"rate limit check got no reply within {self._timeout_s} s")
 
-    def _failed(self, exc: BaseException) -> None:
-        self._unchecked += 1
-        now = trio.current_time()
-        if self._last_warning is None or now - self._last_warning >= self._warn_interval_s:
-            # Once per interval the full record_error (its log line names the cause) ...
-            self._redis.record_error(exc)
-            log.warning(
-                "rate limiting disabled: Redis unavailable "
-                "(%d requests passed unchecked since last warning)",
-                self._unchecked,
-            )
-            self._unchecked = 0
-            self._last_warning = now
-        else:
-            # ... and in between only the hook (the innera_redis_errors_total metric):
-            # record_error would log a warning for every request during an outage.
-            self._count_error(exc)
-
-    def _count_error(self, exc: BaseException) -> None:
-        hook = self._redis.on_error
-        if hook is not None:
-            try:
-                hook(exc)
-            except Exception:
-                log.exception("redis on_error hook failed")
-
-    def _recovered(self) -> None:
-        log.info(
-            "rate limiting restored: Redis is reachable again "
-            "(%d requests passed unchecked since last warning)",
-            self._unchecked,
-        )
-        self._unchecked = 0
-        self._last_warning = None

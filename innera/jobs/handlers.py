@@ -13,6 +13,13 @@ For each delivery of a job ``"<table>:<id>"``:
    marked ``failed`` with the error first, so the table never says "running" for a
    dead-lettered job.
 
+**What a failed job shows** (:func:`job_error`): a stable ``error_code`` and a fixed message
+per code (:data:`USER_MESSAGES`), never exception text, which may hold paths, SQL, hosts or
+another system's words. Only a :class:`~innera.queue.jobs.UserFacingJobError` (``public``)
+keeps its own message: one innera wrote for the job's reader, such as the problem an
+import's parser found in the user's file. The real exception is logged here (with its
+traceback), and the queue worker it is re-raised to reports it to Sentry.
+
 Every status change is published to the user as ``job.progress``
 ``{id, kind, status, progress, error}``.
 """
@@ -48,6 +55,30 @@ KIND_OF = {
     "account_deletion_jobs": "account-deletion",
     "key_rotation_jobs": "key-rotation",
 }
+
+
+#: the message a failed job shows for its code, whatever the exception said
+USER_MESSAGES: dict[str, str] = {
+    tables.JOB_FAILED: "The job failed; try again later or contact support.",
+    "invalid_import_file": "The file could not be imported.",
+    "import_too_large": "The file is too large to import.",
+    "too_many_entries": "The file holds more entries than one import may.",
+    "too_many_attachments": "The file holds more attachments than one import may.",
+    "entry_too_large": "An entry of the file is too large to import.",
+    "too_deep": "The file's JSON is nested too deeply.",
+}
+
+
+def job_error(exc: BaseException) -> tuple[str, str]:
+    """``(code, message)`` a failed job shows for ``exc``: a public error's own message, else
+    the fixed message of its code (an unknown code: ``job_failed``'s)."""
+    if isinstance(exc, PermanentJobError):
+        code = exc.code or tables.JOB_FAILED
+        if exc.public and str(exc):
+            return code, str(exc)
+    else:
+        code = tables.JOB_FAILED
+    return code, USER_MESSAGES.get(code, USER_MESSAGES[tables.JOB_FAILED])
 
 
 class LeaseLost(Exception):
@@ -150,8 +181,12 @@ def table_handler(svc: Services, table: str, work: Work, *,
             raise
         except Exception as exc:
             if isinstance(exc, PermanentJobError) or run.last_attempt:
-                message = str(exc) or type(exc).__name__
-                code = exc.code if isinstance(exc, PermanentJobError) else tables.JOB_FAILED
+                code, message = job_error(exc)
+                if isinstance(exc, PermanentJobError) and exc.public:
+                    log.warning("job %s failed (%s): %s", job.id, code, message)
+                else:
+                    log.error("job %s failed for good (%s): %s: %s", job.id, code,
+                              type(exc).__name__, exc, exc_info=exc)
                 await tables.mark_failed(svc.db, table, job_id, message, code)
                 await run.publish("failed", float(row["progress"]), message, errorCode=code)
             raise
@@ -169,12 +204,17 @@ def table_handler(svc: Services, table: str, work: Work, *,
 async def mark_dead_lettered(svc: Services, job: Job, error: str) -> None:
     """The queue gave up on a table job: its row says ``failed`` too (a no-op when the handler
     already marked it). Needed for failures the handler cannot record itself, such as its
-    timeout, which cancels it."""
+    timeout, which cancels it. The row gets ``job_failed`` and its fixed message; ``error``
+    (the queue's ``"Type: text"``) goes to the log only."""
     try:
         table, job_id = tables.parse_queue_job_id(job.id)
     except ValueError:
         return
-    if await tables.mark_failed(svc.db, table, job_id, error):
+    code = tables.JOB_FAILED
+    message = USER_MESSAGES[code]
+    if await tables.mark_failed(svc.db, table, job_id, message, code):
+        log.error("job %s dead-lettered by the queue: %s", job.id, error)
         row = await load_row(svc, table, job_id)
         if row is not None:
-            await publish_status(svc, table, row, "failed", float(row["progress"]), error)
+            await publish_status(svc, table, row, "failed", float(row["progress"]), message,
+                                 errorCode=code)

@@ -5,14 +5,46 @@ the same processors: context variables bound for the current request (``requestI
 ``userId``), level, logger name, time, exception text (never local variables), then
 redaction, then JSON.
 
-Redaction (censor ``[REDACTED]``) follows the spec's pino paths: exact paths such as
-``req.headers.authorization``, and wildcard names (``*.password`` …) which match a key of
-that name at any depth. It runs on every line, exceptions included.
+Redaction (censor ``[REDACTED]``) runs on every line, exceptions included, and has two
+parts:
+
+- the spec's pino paths, kept as written: exact paths such as ``req.headers.authorization``
+  or ``req.body.code`` (:data:`REDACT_PATHS`);
+- one name rule, :func:`is_redacted_key`, applied to every key at any depth (this covers the
+  spec's wildcards ``*.email``, ``*.password``, ``*.token``, ``*.accessToken``,
+  ``*.refreshToken`` and extends them). Sentry (:mod:`innera.observability.sentry`) uses the
+  very same function.
+
+The name rule. A key is compared *normalised*: lower-cased, every character that is not a
+letter or a digit removed (``New_Password``, ``new-password`` and ``newPassword`` are all
+``newpassword``). It is redacted when the normalised name
+
+1. contains ``password``, ``passwd``, ``passphrase``, ``secret`` or ``token``
+   (``newPassword``, ``currentPassword``, ``pushToken``, ``x-reauth-token``,
+   ``client_secret`` …);
+2. is ``authorization``, ``proxyauthorization``, ``cookie``, ``cookies``, ``setcookie`` or
+   ``codeverifier``;
+3. contains the name of a credential key: ``apikey``, ``accesskey``, ``privatekey``,
+   ``secretkey``, ``signingkey``, ``encryptionkey``, ``masterkey``, ``sessionkey``
+   (``apiKey``, ``x-api-key``, ``S3_ACCESS_KEY_ID``, ``privateKey`` …);
+4. is or ends with ``mek``, ``dek`` or ``kek`` (key-encryption material: ``mek``,
+   ``wrapped_dek``);
+5. is ``email`` (the spec's ``*.email``: personal data rather than a secret).
+
+``key`` on its own is *not* a credential: ``keyVersion``, ``sourceKey``, ``cache_key`` and
+``Idempotency-Key`` are kept (the spec's exact path still censors the idempotency key of
+``req.headers``). A ``None`` value stays ``null``: it reveals nothing.
+
+Query strings in logged URLs (:func:`loggable_url`) have the values of ``q`` (a search term
+is journal content), ``sig`` (a signed URL's signature) and of every name the rule matches
+(``access_token`` …) censored.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
@@ -38,10 +70,56 @@ REDACT_PATHS: tuple[tuple[str, ...], ...] = (
     ("req", "body", "tags"),
     ("req", "body", "mood"),
 )
-#: query parameters whose values never reach a log line (search terms are journal content)
-HIDDEN_QUERY_PARAMS = frozenset({"q", "access_token"})
-#: ``*.email``, ``*.password``, … : a key of that name at any depth.
-REDACT_ANYWHERE = frozenset({"email", "password", "token", "accessToken", "refreshToken"})
+#: query parameters whose values never reach a log line besides those :func:`is_redacted_key`
+#: matches (search terms are journal content; ``sig`` signs an attachment URL)
+HIDDEN_QUERY_PARAMS = frozenset({"q", "sig"})
+
+#: rule 1: a normalised name containing one of these is a secret
+SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token")
+#: rule 2: normalised names that are secrets as a whole
+SECRET_NAMES = frozenset({"authorization", "proxyauthorization", "cookie", "cookies",
+                          "setcookie", "codeverifier"})
+#: rule 3: a normalised name containing one of these names a credential key
+CREDENTIAL_KEYS = ("apikey", "accesskey", "privatekey", "secretkey", "signingkey",
+                   "encryptionkey", "masterkey", "sessionkey")
+#: rule 4: a normalised name that is or ends with one of these is key material
+KEY_MATERIAL_SUFFIXES = ("mek", "dek", "kek")
+#: rule 5: personal data, redacted at any depth as the spec's ``*.email``
+PERSONAL_NAMES = frozenset({"email"})
+
+#: the spec's wildcard names (``*.email``, ``*.password`` …): every one matches the rule
+SPEC_WILDCARDS = ("email", "password", "token", "accessToken", "refreshToken")
+
+#: normalised keys whose string values are URLs: their query strings are censored too
+URL_KEYS = frozenset({"url", "uri", "href", "referer", "referrer", "location"})
+
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def normalise_key(name: str) -> str:
+    """``New_Password``, ``new-password``, ``newPassword`` → ``newpassword``."""
+    return _NOT_ALNUM.sub("", name.lower())
+
+
+@functools.lru_cache(maxsize=4096)
+def is_redacted_key(name: str) -> bool:
+    """The one name rule of log and Sentry redaction (see the module docstring): ``True``
+    when the value under the key ``name`` must never be logged nor sent."""
+    n = normalise_key(name)
+    return (
+        any(word in n for word in SECRET_WORDS)
+        or n in SECRET_NAMES
+        or any(key in n for key in CREDENTIAL_KEYS)
+        or n.endswith(KEY_MATERIAL_SUFFIXES)
+        or n in PERSONAL_NAMES
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def is_url_key(name: str) -> bool:
+    """Whether the value under ``name`` is a URL (``url``, ``Referer`` …, see :data:`URL_KEYS`)."""
+    return normalise_key(name) in URL_KEYS
+
 
 _LEVELS = {
     "trace": logging.DEBUG,
@@ -56,18 +134,32 @@ _LEVELS = {
 
 
 def loggable_url(path: str, query_string: bytes) -> str:
-    """``path?query`` with the values of :data:`HIDDEN_QUERY_PARAMS` censored."""
+    """``path?query`` with the values of :data:`HIDDEN_QUERY_PARAMS` and of every name
+    :func:`is_redacted_key` matches censored."""
     if not query_string:
         return path
+    return f"{path}?{_censor_query(query_string.decode('latin-1'))}"
+
+
+def _censor_url(url: str) -> str:
+    """A URL (or ``path?query``) with its query censored as :func:`loggable_url` does and
+    its fragment dropped."""
+    base, _, rest = url.partition("?")
+    return f"{base}?{_censor_query(rest.partition('#')[0])}"
+
+
+def _censor_query(query: str) -> str:
     from urllib.parse import parse_qsl, urlencode
 
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    shown = [(k, CENSOR if k in HIDDEN_QUERY_PARAMS else v) for k, v in pairs]
-    return f"{path}?{urlencode(shown, safe='[]')}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    shown = [(k, CENSOR if k in HIDDEN_QUERY_PARAMS or is_redacted_key(k) else v)
+             for k, v in pairs]
+    return urlencode(shown, safe="[]")
 
 
 def redact(value: Any) -> Any:
-    """A copy of ``value`` with every redact path and wildcard name censored."""
+    """A copy of ``value`` with every redact path and every key :func:`is_redacted_key`
+    matches censored, at any depth (dicts within lists included)."""
     value = _redact_anywhere(value)
     if isinstance(value, MutableMapping):
         for path in REDACT_PATHS:
@@ -77,13 +169,20 @@ def redact(value: Any) -> Any:
 
 def _redact_anywhere(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {
-            k: CENSOR if k in REDACT_ANYWHERE and v is not None else _redact_anywhere(v)
-            for k, v in value.items()
-        }
+        return {k: _redact_item(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact_anywhere(v) for v in value]
     return value
+
+
+def _redact_item(key: Any, value: Any) -> Any:
+    if not isinstance(key, str):
+        return _redact_anywhere(value)
+    if value is not None and is_redacted_key(key):
+        return CENSOR
+    if isinstance(value, str) and "?" in value and is_url_key(key):
+        return _censor_url(value)
+    return _redact_anywhere(value)
 
 
 def _censor_path(obj: MutableMapping[str, Any], path: tuple[str, ...]) -> None:

@@ -1,9 +1,25 @@
 """Error tracking with Sentry (spec: infrastructure.md, "Error Tracking — Sentry").
 
 Initialised only when ``SENTRY_DSN`` is set. Every event goes through :func:`scrub_event`
-(the ``before_send``) which deletes credential headers, redacts secret fields at any depth
-and drops expected errors (:class:`innera.errors.AppError`), so nothing secret or
-user-identifying leaves the process. Frames never carry local variables.
+(the ``before_send``; transactions through :func:`scrub_transaction`) which drops expected
+errors (:class:`innera.errors.AppError`) and removes what is secret or user-identifying
+before it leaves the process:
+
+- keys: the name rule of the logs, :func:`innera.observability.logging.is_redacted_key`
+  (``*password*``, ``*token*``, ``*secret*``, ``authorization``, ``cookie``, credential
+  ``*key*`` names, ``email`` … case-insensitively, at any depth), plus ``code`` (an OAuth
+  authorization code) and ``Idempotency-Key``: their values become ``[REDACTED]`` in request
+  data, extra, contexts, tags, breadcrumb and span data; such request headers are deleted;
+- URLs: a query string keeps only the parameters of :data:`QUERY_ALLOW_LIST`; every other
+  parameter is dropped, name and value (a search term ``q`` is journal content and a bare
+  name can carry data as well), as are fragments and ``user:password@``. This applies to
+  ``request.url``, ``request.query_string``, every value under a URL-like key (``url``,
+  ``Referer`` …) and every path or URL with a query inside text: the transaction name (also
+  in the envelope's trace header), breadcrumb messages, log messages, exception messages,
+  span descriptions and any string of extra, contexts, tags, breadcrumb and span data;
+- a request body that is not JSON is not sent at all.
+
+Frames never carry local variables.
 
 Trio: sentry-sdk has no Trio integration and needs none. Its scopes live in contextvars
 and Trio gives every task a *copy* of its parent's context at spawn — but a copy of the
@@ -17,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -30,45 +47,23 @@ from sentry_sdk.integrations.excepthook import ExcepthookIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from innera.errors import AppError
+from innera.observability.logging import is_redacted_key, is_url_key, normalise_key
 
 REDACTED = "[REDACTED]"
 
 
-def _norm(key: str) -> str:
-    """``refreshToken``, ``refresh_token`` and ``Refresh-Token`` are the same key."""
-    return key.lower().replace("_", "").replace("-", "")
+#: The query parameters whose values may reach Sentry: the harmless ones of the API's query
+#: models (page size, opaque keyset cursor, unread filter). Every other parameter is dropped.
+QUERY_ALLOW_LIST = frozenset({"limit", "cursor", "unread"})
+
+#: Sentry's additions to the shared name rule (normalised): an OAuth authorization code at
+#: any depth, and the idempotency key (the spec redacts it from the logs).
+_SENTRY_SECRET_KEYS = frozenset({"code", "idempotencykey"})
 
 
-# Request headers that are deleted outright.
-_SECRET_HEADERS = frozenset(
-    _norm(h)
-    for h in (
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-reauth-token",
-        "idempotency-key",
-    )
-)
-# Keys whose values become "[REDACTED]" at any depth of request data, extra, contexts,
-# tags and breadcrumb data (header names included: headers copied into `extra` count too).
-_SECRET_KEYS = (
-    frozenset(
-        _norm(k)
-        for k in (
-            "code",
-            "codeVerifier",
-            "identityToken",
-            "refreshToken",
-            "accessToken",
-            "token",
-            "password",
-            "email",
-        )
-    )
-    | _SECRET_HEADERS
-)
+def _is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and (
+        is_redacted_key(key) or normalise_key(key) in _SENTRY_SECRET_KEYS)
 
 
 def init_sentry(
@@ -98,6 +93,7 @@ def init_sentry(
         include_local_variables=False,  # tracebacks never carry locals
         max_request_body_size="never",  # we never attach bodies ourselves
         before_send=scrub_event,
+        before_send_transaction=scrub_transaction,
         ignore_errors=[AppError],  # the before_send drops them too
         in_app_include=["innera", "workers"],
         # No request sessions without a web-framework integration; no SessionFlusher thread.
@@ -205,7 +201,42 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
     exc_info = hint.get("exc_info") if hint else None
     if exc_info and exc_info[1] is not None and _is_expected(exc_info[1]):
         return None
+    _scrub_payload(event)
+    exception = event.get("exception")
+    values = exception.get("values") if isinstance(exception, dict) else None
+    for value in values if isinstance(values, list) else ():
+        if isinstance(value, dict) and isinstance(value.get("value"), str):
+            value["value"] = _scrub_text(value["value"])
+    logentry = event.get("logentry")
+    if isinstance(logentry, dict):
+        for key in ("message", "formatted"):
+            if isinstance(logentry.get(key), str):
+                logentry[key] = _scrub_text(logentry[key])
+        if "params" in logentry:
+            logentry["params"] = _scrub(logentry["params"])
+    if isinstance(event.get("message"), str):
+        event["message"] = _scrub_text(event["message"])
+    return event
 
+
+def scrub_transaction(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+    """The ``before_send_transaction``: the same removals as :func:`scrub_event`, and span
+    descriptions and data."""
+    _scrub_payload(event)
+    spans = event.get("spans")
+    for span in spans if isinstance(spans, list) else ():
+        if not isinstance(span, dict):
+            continue
+        if isinstance(span.get("description"), str):
+            span["description"] = _scrub_text(span["description"])
+        if "data" in span:
+            span["data"] = _scrub(span["data"])
+    return event
+
+
+def _scrub_payload(event: dict[str, Any]) -> None:
+    """What errors and transactions share: request, extra, contexts, tags, breadcrumbs and
+    the transaction name."""
     request = event.get("request")
     if isinstance(request, dict):
         if "headers" in request:
@@ -217,21 +248,27 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
             request["url"] = _scrub_url(request["url"])
         if isinstance(request.get("query_string"), str):
             request["query_string"] = _scrub_query(request["query_string"])
+        elif request.get("query_string") is not None:  # a dict or pairs: not expected
+            request["query_string"] = ""
+        if "env" in request:
+            request["env"] = _scrub(request["env"])
 
     for key in ("extra", "contexts", "tags"):
         if key in event:
             event[key] = _scrub(event[key])
-    extra = event.get("extra")
-    if isinstance(extra, dict) and isinstance(extra.get("url"), str):
-        extra["url"] = _scrub_url(extra["url"])
+    if isinstance(event.get("transaction"), str):
+        event["transaction"] = _scrub_text(event["transaction"])
 
     breadcrumbs = event.get("breadcrumbs")
     values = breadcrumbs.get("values") if isinstance(breadcrumbs, dict) else breadcrumbs
     if isinstance(values, list):
         for crumb in values:
-            if isinstance(crumb, dict) and "data" in crumb:
+            if not isinstance(crumb, dict):
+                continue
+            if "data" in crumb:
                 crumb["data"] = _scrub(crumb["data"])
-    return event
+            if isinstance(crumb.get("message"), str):
+                crumb["message"] = _scrub_text(crumb["message"])
 
 
 def _is_expected(exc: BaseException) -> bool:
@@ -245,25 +282,45 @@ def _is_expected(exc: BaseException) -> bool:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: (REDACTED if isinstance(k, str) and _norm(k) in _SECRET_KEYS else _scrub(v))
-            for k, v in value.items()
-        }
+        return {k: _scrub_item(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
+    if isinstance(value, str):  # a path or URL with a query inside any text
+        return _scrub_text(value)
     return value
 
 
+def _scrub_item(key: Any, value: Any) -> Any:
+    if _is_secret_key(key):
+        return REDACTED
+    if isinstance(key, str) and isinstance(value, str):
+        if is_url_key(key):
+            return _scrub_url(value)
+        if normalise_key(key) == "querystring":
+            return _scrub_query(value)
+    return _scrub(value)
+
+
 def _scrub_headers(headers: Any) -> Any:
+    """Secret headers are deleted; URL-valued ones (``Referer`` …) and URLs inside other
+    values lose their query."""
     if isinstance(headers, dict):
-        return {k: v for k, v in headers.items() if _norm(str(k)) not in _SECRET_HEADERS}
+        return {k: _scrub_header_value(k, v) for k, v in headers.items()
+                if not _is_secret_key(str(k))}
     if isinstance(headers, list):  # [[name, value], ...]
         return [
-            h
+            [h[0], _scrub_header_value(h[0], h[1])] if isinstance(h, list | tuple)
+            and len(h) == 2 else h
             for h in headers
-            if not (isinstance(h, list | tuple) and h and _norm(str(h[0])) in _SECRET_HEADERS)
+            if not (isinstance(h, list | tuple) and h and _is_secret_key(str(h[0])))
         ]
     return REDACTED
+
+
+def _scrub_header_value(name: Any, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    return _scrub_url(value) if is_url_key(str(name)) else _scrub_text(value)
 
 
 def _scrub_body(data: Any) -> Any:
@@ -276,21 +333,59 @@ def _scrub_body(data: Any) -> Any:
 
 
 def _scrub_query(query: str) -> str:
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(_norm(k) in _SECRET_KEYS for k, _ in pairs):
-        return query
-    return urlencode([(k, REDACTED if _norm(k) in _SECRET_KEYS else v) for k, v in pairs])
+    """Only the parameters of :data:`QUERY_ALLOW_LIST`, in their order."""
+    pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    return urlencode([(k, v) for k, v in pairs if k in QUERY_ALLOW_LIST])
 
 
 def _scrub_url(url: str) -> str:
-    """``wss://host/ws?token=...`` → ``wss://host/ws?token=%5BREDACTED%5D``."""
+    """``https://host/v1/search?q=term&limit=5#x`` → ``https://host/v1/search?limit=5``;
+    a ``user:password@`` is dropped as well."""
     try:
         parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
     except ValueError:
         return REDACTED
-    if not parts.query:
-        return url
-    return urlunsplit(parts._replace(query=_scrub_query(parts.query)))
+    query = _scrub_query(parts.query) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
+
+
+#: what separates URLs in free text (one character class: linear)
+_TEXT_GAPS = re.compile(r"""([\s"'<>]+)""")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+
+
+def _scrub_text(text: str) -> str:
+    """Free text (a transaction name, a message) with the query of every URL or path in it
+    reduced to :data:`QUERY_ALLOW_LIST` (its fragment dropped). In each whitespace- or
+    quote-separated word, a URL starts at its first ``/`` (or at the scheme of a ``://``
+    there) and its query at the first ``?`` after that. String steps only, linear in the
+    text: the text may hold anything a client sent."""
+    if "?" not in text:
+        return text
+    parts = _TEXT_GAPS.split(text)
+    for i in range(0, len(parts), 2):  # even: words; odd: the gaps between them
+        word = parts[i]
+        slash = word.find("/")
+        if slash < 0:
+            continue
+        mark = word.find("?", slash)
+        if mark < 0:
+            continue
+        query = word[mark + 1:].split("#", 1)[0]
+        if not query:  # "a/b? yes": a question, not a query
+            continue
+        start = slash
+        if word.startswith("//", slash) and slash > 0 and word[slash - 1] == ":":
+            scheme = slash - 1
+            while scheme > 0 and word[scheme - 1] in _SCHEME_CHARS:
+                scheme -= 1
+            if scheme < slash - 1 and word[scheme].isalpha():
+                start = scheme
+        kept = _scrub_query(query)
+        parts[i] = (word[:start] + _scrub_url(word[start:mark])
+                    + (f"?{kept}" if kept else ""))
+    return "".join(parts)
 
 
 def _headers_dict(headers: Mapping[str, str]) -> dict[str, str]:

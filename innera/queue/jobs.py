@@ -33,14 +33,28 @@ LEASE_LOST = "lease-lost"
 
 class PermanentJobError(Exception):
     """Raised by a handler: the job fails at once, without retries. ``code``: the stable,
-    machine-readable name of the failure that the job's table records beside the message."""
+    machine-readable name of the failure that the job's table records beside the message.
+
+    The message is for the logs and Sentry only: the job's row gets the fixed message of its
+    code (``innera.jobs.handlers.USER_MESSAGES``), unless the error is ``public``."""
 
     code = "job_failed"
+    #: True: the message was written by innera for the job's reader (the user, or for a job
+    #: of no user the operator) and is stored as it is (:class:`UserFacingJobError`)
+    public = False
 
     def __init__(self, message: str = "", *, code: str | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+
+
+class UserFacingJobError(PermanentJobError):
+    """A permanent failure whose message innera wrote for the job's reader, such as the
+    problem an import's parser found in the user's file ("innera-export.json: entries[3].body:
+    must not be empty"). Never raise it with exception text: it is shown as it is."""
+
+    public = True
 
 
 def keys(name: str) -> dict[str, str]:

@@ -11,6 +11,17 @@ never slows the listener nor the other clients. A socket whose queue is full is 
 1013 "Too slow" (counted in :attr:`Hub.slow_closed` and
 ``innera_ws_slow_clients_closed_total``, and logged).
 
+**At most** ``WS_MAX_CONNECTIONS_PER_USER`` **sockets per user on this instance**
+(``max_per_user``): when the handler admits a user's socket past it (:meth:`Hub.admit`, once
+the handshake is authenticated, so a refused handshake never closes anything), the user's
+**oldest** admitted socket is closed with 4008 "Too many connections" and the new one is kept
+(the handshake is not refused). A socket is long-lived and a vanished peer is only noticed by
+the ping timeout (up to ``PING_INTERVAL_S + PONG_TIMEOUT_S``), so a user whose phone changed
+networks or whose laptop woke up would otherwise be refused while dead sockets still hold the
+slots; closing the oldest favours the device or tab in use now. A client closed with 4008
+must not reconnect on its own (two clients over the cap would take turns evicting each
+other); the handshake rate limit (``RATE_LIMIT_WS``) bounds such a loop anyway.
+
 The hub also tells the pub/sub listener (``innera/realtime/listener.py``) which users have
 local sockets: :attr:`Hub.changed` is set whenever a user's first socket opens or last one
 closes, and :meth:`Hub.user_ids` is the set the listener must be subscribed to. The listener
@@ -35,6 +46,7 @@ SERVER_RESTARTING = (4000, "Server restarting")
 UNAUTHORIZED = (4001, "Unauthorized")
 TOKEN_EXPIRED = (4001, "Token expired")
 TOO_SLOW = (1013, "Too slow")
+TOO_MANY_CONNECTIONS = (4008, "Too many connections")
 #: outbound messages buffered per socket before it counts as too slow
 QUEUE_SIZE = 256
 
@@ -51,6 +63,8 @@ class Socket:
     close_reason: str = ""
     closed: trio.Event = field(default_factory=trio.Event)
     hub: Hub | None = None
+    #: authenticated and counted against the hub's per-user cap (:meth:`Hub.admit`)
+    admitted: bool = False
     queue: tuple[trio.MemorySendChannel[str], trio.MemoryReceiveChannel[str]] = field(
         default_factory=_channel)
 
@@ -85,9 +99,12 @@ class Socket:
 
 
 class Hub:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, max_per_user: int | None = None) -> None:
         self.metrics = metrics
-        self._by_user: dict[str, set[Socket]] = {}
+        #: most open sockets per user (None: no limit); past it the oldest is closed
+        self.max_per_user = max_per_user
+        # per user, the sockets in the order they opened (a dict keeps insertion order)
+        self._by_user: dict[str, dict[Socket, None]] = {}
         #: sockets closed with 1013 because their queue was full
         self.slow_closed = 0
         #: set (and replaced) whenever the set of users with local sockets changes
@@ -112,23 +129,39 @@ class Hub:
 
     @asynccontextmanager
     async def connection(self, user_id: str) -> AsyncIterator[Socket]:
+        """A new socket of ``user_id`` for the handler's lifetime (it counts against
+        :attr:`max_per_user` once admitted: :meth:`admit`)."""
         sock = Socket(user_id, hub=self)
         sockets = self._by_user.get(user_id)
         if sockets is None:
-            sockets = self._by_user[user_id] = set()
+            sockets = self._by_user[user_id] = {}
             self._notify()
-        sockets.add(sock)
+        sockets[sock] = None
         self.metrics.ws_connections.inc()
         try:
             yield sock
         finally:
-            sockets = self._by_user.get(user_id, set())
-            sockets.discard(sock)
+            sockets = self._by_user.get(user_id, {})
+            sockets.pop(sock, None)
             if not sockets and self._by_user.pop(user_id, None) is not None:
                 self._notify()
             self.metrics.ws_connections.dec()
             sock.queue[0].close()
             sock.closed.set()
+
+    def admit(self, sock: Socket) -> None:
+        """``sock``'s handshake is authenticated: count it against :attr:`max_per_user` and
+        close the user's oldest admitted sockets beyond it with 4008. Sockets already
+        closing (their handler is on its way out) do not count."""
+        sock.admitted = True
+        if self.max_per_user is None:
+            return
+        others = [s for s in self._by_user.get(sock.user_id, ())
+                  if s is not sock and s.admitted and s.close_code is None]
+        for old in others[:max(0, len(others) + 1 - self.max_per_user)]:
+            log.info("user %s has more than %d websockets on this instance: closing the "
+                     "oldest with 4008", sock.user_id, self.max_per_user)
+            old.close(*TOO_MANY_CONNECTIONS)
 
     def deliver(self, user_id: str, message: str) -> int:
         """Queue ``message`` on every local socket of ``user_id`` (never waits); how many

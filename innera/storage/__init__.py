@@ -39,12 +39,15 @@ class Storage(Protocol):
     async def head(self, key: str) -> int | None:
         """The object's size in bytes, or ``None`` when it does not exist."""
 
-    async def delete(self, key: str) -> None:
-        """Delete the object (no error when it does not exist)."""
+    async def delete(self, key: str, *, all_versions: bool = False) -> None:
+        """Delete the object (no error when it does not exist). ``all_versions``: on a
+        versioned bucket, every earlier version and delete marker of the key too (else they
+        stay until the bucket's lifecycle rule expires them)."""
 
-    async def delete_prefix(self, prefix: str) -> int:
+    async def delete_prefix(self, prefix: str, *, all_versions: bool = False) -> int:
         """Delete every object under a prefix: ``{userId}/`` (everything of a user) or
-        ``{userId}/{entryId}/``; returns how many were deleted."""
+        ``{userId}/{entryId}/``; returns how many were deleted. ``all_versions``: every
+        version and delete marker under the prefix too (account deletion)."""
 
     async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str,
                          max_bytes: int | None = None) -> int:

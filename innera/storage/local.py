@@ -163,7 +163,9 @@ class LocalStorage:
             return None
         return stat.st_size
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, all_versions: bool = False) -> None:
+        """Delete the object (no error when absent). Files have no versions: ``all_versions``
+        changes nothing here."""
         await trio.to_thread.run_sync(self._delete, self.path_of(key))
 
     def _delete(self, path: Path) -> None:
@@ -174,9 +176,9 @@ class LocalStorage:
             except OSError:
                 break
 
-    async def delete_prefix(self, prefix: str) -> int:
+    async def delete_prefix(self, prefix: str, *, all_versions: bool = False) -> int:
         """Delete every object under a user, entry or folder prefix (``{userId}/``,
-        ``{userId}/{entryId}/``); returns how many."""
+        ``{userId}/{entryId}/``); returns how many. (Files have no versions.)"""
         return await trio.to_thread.run_sync(
             self._delete_tree, self.root.joinpath(*split_prefix(prefix)))
 

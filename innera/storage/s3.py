@@ -7,6 +7,12 @@ by a Trio deadline of its own.
 Upload and download URLs are SigV4 presigned URLs: an upload URL signs ``Content-Type`` and
 ``Content-Length`` (S3 refuses a PUT with other values), a download URL carries the stored
 content type and ``Content-Disposition: attachment`` as response overrides.
+
+On a versioned bucket a plain delete only adds a delete marker: the bytes stay as a
+noncurrent version (until the bucket's lifecycle rule expires them). ``all_versions=True``
+(account deletion, expired export archives) deletes every version and delete marker at once,
+through ``ListObjectVersions``; a store without it (an S3-compatible service lacking
+versioning) gets the plain delete.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ log = logging.getLogger("innera.storage")
 
 #: ``DeleteObjects`` takes at most 1000 keys.
 _DELETE_BATCH = 1000
+#: what a store answers ``ListObjectVersions`` with when it has no versioning at all
+_NOT_SUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "501"})
 #: multipart part size for streamed uploads (S3's minimum is 5 MiB, except the last part)
 PART_BYTES = 8 * 1024 * 1024
 READ_CHUNK = 256 * 1024
@@ -114,8 +122,12 @@ class S3Storage:
             raise
         return int(found["ContentLength"])
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, all_versions: bool = False) -> None:
+        """Delete the object (absent: no error); ``all_versions``: every version of it and
+        its delete markers too."""
         split_key(key)
+        if all_versions and await self._delete_versions(key, exact=True) is not None:
+            return
         await self.call("delete_object", Bucket=self.bucket, Key=key)  # absent: no error
 
     async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str,
@@ -193,10 +205,15 @@ class S3Storage:
         finally:
             body.close()
 
-    async def delete_prefix(self, prefix: str) -> int:
+    async def delete_prefix(self, prefix: str, *, all_versions: bool = False) -> int:
         """Delete every object under a user, entry or folder prefix (``{userId}/``,
-        ``{userId}/{entryId}/``); returns how many were deleted."""
+        ``{userId}/{entryId}/``); returns how many (current) objects were deleted.
+        ``all_versions``: every version and delete marker under the prefix too."""
         split_prefix(prefix)
+        if all_versions:
+            deleted_versions = await self._delete_versions(prefix, exact=False)
+            if deleted_versions is not None:
+                return deleted_versions
         deleted = 0
         token: str | None = None
         while True:
@@ -218,3 +235,40 @@ class S3Storage:
                 return deleted
             token = page.get("NextContinuationToken")
 
+
+    async def _delete_versions(self, prefix: str, *, exact: bool) -> int | None:
+        """Delete every version and delete marker of the keys under ``prefix`` (``exact``:
+        of the key ``prefix`` only), a page of up to 1000 at a time; returns how many of
+        them were current objects. ``None``: the store does not list versions."""
+        from botocore.exceptions import ClientError
+
+        current = 0
+        markers: dict[str, Any] = {}
+        while True:
+            try:
+                page = await self.call("list_object_versions", Bucket=self.bucket,
+                                       Prefix=prefix, MaxKeys=_DELETE_BATCH, **markers)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _NOT_SUPPORTED:
+                    log.warning("the store does not list object versions (%s): deleting "
+                                "current objects only", exc.response["Error"].get("Code"))
+                    return None
+                raise
+            found = [v for v in (*page.get("Versions", []), *page.get("DeleteMarkers", []))
+                     if not exact or v["Key"] == prefix]
+            if found:
+                result = await self.call(
+                    "delete_objects", Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                                        for v in found], "Quiet": True})
+                errors = result.get("Errors") or []
+                if errors:
+                    raise RuntimeError(f"S3 refused to delete {len(errors)} object version(s) "
+                                       f"under {prefix}: {errors[0].get('Code')}")
+                current += sum(1 for v in page.get("Versions", [])
+                               if v.get("IsLatest") and (not exact or v["Key"] == prefix))
+            if not page.get("IsTruncated"):
+                return current
+            markers = {"KeyMarker": page["NextKeyMarker"]}
+            if page.get("NextVersionIdMarker"):
+                markers["VersionIdMarker"] = page["NextVersionIdMarker"]

@@ -37,7 +37,7 @@ def test_issue_and_verify() -> None:
     assert tokens.verify(token) == USER
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     payload = jwt.decode(token, options={"verify_signature": False})
-    assert set(payload) == {"sub", "iat", "exp", "jti", "typ"}
+    assert set(payload) == {"sub", "iat", "exp", "jti", "typ", "sg"}
     assert payload["typ"] == "access"
     assert payload["exp"] - payload["iat"] == 900
     assert payload["jti"] != jwt.decode(tokens.issue(USER)[0],

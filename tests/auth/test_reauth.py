@@ -23,7 +23,7 @@ async def test_issue_stores_the_hash_with_a_300_s_ttl(redis: Redis) -> None:
     reauth = ReauthTokens(redis)
     token = await reauth.issue(ALICE)
     key = "reauth:" + hashlib.sha256(token.encode()).hexdigest()
-    assert await redis.client.get(key) == ALICE
+    assert await redis.client.get(key) == f"{ALICE}:0"  # the user and its session generation
     assert 295 <= await redis.client.ttl(key) <= 300
     for k in await redis.client.keys("*"):  # the token itself is stored nowhere
         assert token not in k and token not in (await redis.client.get(k) or "")
@@ -41,6 +41,15 @@ async def test_bound_to_the_user(redis: Redis) -> None:
     token = await reauth.issue(ALICE)
     assert await reauth.consume(BOB, token) is False  # not consumed by the attempt
     assert await reauth.consume(ALICE, token) is True
+
+
+async def test_dead_once_the_sessions_ended(redis: Redis) -> None:
+    """A token of an earlier session generation (before a password change or a sign-out
+    everywhere) fails."""
+    reauth = ReauthTokens(redis)
+    token = await reauth.issue(ALICE, 3)
+    assert await reauth.consume(ALICE, token, 4) is False
+    assert await reauth.consume(ALICE, token, 3) is True
 
 
 @pytest.mark.parametrize("token", [None, "", "garbage", "a" * 43])

@@ -78,17 +78,17 @@ async def rejected(store: RefreshTokenStore, token: str) -> Unauthorized:
 async def test_issue_and_rotate(store: RefreshTokenStore, user: str) -> None:
     t0 = await store.issue(user)
     assert len(t0) == 43 and "=" not in t0
-    user_id, t1 = await store.rotate(t0)
+    user_id, t1, _ = await store.rotate(t0)
     assert user_id == user and t1 != t0
-    user_id, t2 = await store.rotate(t1)
+    user_id, t2, _ = await store.rotate(t1)
     assert user_id == user and len({t0, t1, t2}) == 3
 
 
 async def test_reuse_revokes_the_whole_family(store: RefreshTokenStore, user: str) -> None:
     t0 = await store.issue(user)
     other_family = await store.issue(user)
-    _, t1 = await store.rotate(t0)
-    _, t2 = await store.rotate(t1)
+    _, t1, _ = await store.rotate(t0)
+    _, t2, _ = await store.rotate(t1)
 
     with pytest.raises(TokenReused) as failure:
         await store.rotate(t0)  # the thief (or the victim) replays a consumed token
@@ -126,7 +126,7 @@ async def test_concurrent_rotations_one_wins(store: RefreshTokenStore, user: str
 
 async def test_revoke_is_logout_of_one_family(store: RefreshTokenStore, user: str) -> None:
     phone = await store.issue(user)
-    _, laptop = await store.rotate(await store.issue(user))
+    _, laptop, _ = await store.rotate(await store.issue(user))
     await store.revoke(laptop)
     error = await rejected(store, laptop)
     assert not isinstance(error, TokenReused)
@@ -140,7 +140,7 @@ async def test_revoke_is_logout_of_one_family(store: RefreshTokenStore, user: st
 async def test_revoking_with_an_old_token_of_the_family(store: RefreshTokenStore,
                                                         user: str) -> None:
     t0 = await store.issue(user)
-    _, t1 = await store.rotate(t0)
+    _, t1, _ = await store.rotate(t0)
     await store.revoke(t0)  # logout presenting a consumed token still ends the session
     await rejected(store, t1)
 
@@ -149,7 +149,7 @@ async def test_revoke_user_revokes_every_family(store: RefreshTokenStore, db_poo
                                                 user: str) -> None:
     other = await create_user(db_pool)
     tokens = [await store.issue(user) for _ in range(3)]
-    _, rotated = await store.rotate(tokens[0])
+    _, rotated, _ = await store.rotate(tokens[0])
     consumed = tokens[0]
     kept = await store.issue(other)
     await store.revoke_user(user)
@@ -203,7 +203,7 @@ async def test_redis_ttls_are_set(redis: Redis, user: str) -> None:
         assert TTL_S - 5 <= await client.ttl(k) <= TTL_S, k
 
     await trio.sleep(1.1)
-    _, new = await store.rotate(token)
+    _, new, _ = await store.rotate(token)
     # The consumed record keeps its original TTL (not reset), the new one gets a full TTL.
     consumed = json.loads(await client.get(key) or "{}")
     assert consumed["consumed"] is True and consumed["familyId"] == data["familyId"]
@@ -231,7 +231,7 @@ async def test_postgres_expiry_is_stored(db_pool: Pool, user: str) -> None:
 async def test_tokens_are_never_stored(kind: str, store: RefreshTokenStore, user: str,
                                        redis: Redis, db_pool: Pool) -> None:
     t0 = await store.issue(user)
-    _, t1 = await store.rotate(t0)
+    _, t1, _ = await store.rotate(t0)
     t2 = await store.issue(user)
     dump = await _dump_redis(redis) if kind == "redis" else await _dump_postgres(db_pool)
     for token in (t0, t1, t2):
@@ -286,8 +286,8 @@ async def test_postgres_store_works_while_redis_is_down(
 
     server.stop()
     with trio.fail_after(10):
-        _, token = await store.rotate(token)
-        _, token = await store.rotate(token)
+        _, token, _ = await store.rotate(token)
+        _, token, _ = await store.rotate(token)
         await store.revoke(token)
         # ... whereas the Redis store answers 503.
         with pytest.raises(RedisUnavailable):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from innera.guards.client_ip import client_ip
+from innera.guards.client_ip import client_ip, rate_limit_client
 
 PEER = "10.0.0.9"  # the (last) proxy, or the client itself without proxies
 
@@ -78,3 +78,32 @@ def test_spoofing_changes_nothing_behind_one_proxy() -> None:
     # The proxy appends the real client (198.51.100.7) to whatever the client sent.
     for spoof in ("1.1.1.1", "127.0.0.1, ::1", "x" * 1000):
         assert client_ip(PEER, f"{spoof}, 198.51.100.7", 1) == "198.51.100.7"
+
+
+@pytest.mark.parametrize(("ip", "key"), [
+    # IPv4 and unknown peers count as they are
+    ("203.0.113.5", "203.0.113.5"),
+    ("127.0.0.1", "127.0.0.1"),
+    ("unknown", "unknown"),
+    # IPv6 counts by its /64: a subscriber's whole prefix is one client
+    ("2001:db8:1:2::a", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("2001:db8::1", "2001:db8::/64"),
+    ("::1", "::/64"),
+    ("fe80::1:2:3:4", "fe80::/64"),
+    # IPv4-mapped IPv6 is the IPv4 address (client_ip already returns it so)
+    ("::ffff:198.51.100.7", "198.51.100.7"),
+    # not an address (a peer string client_ip could not parse): unchanged
+    ("not:an:address", "not:an:address"),
+])
+def test_rate_limit_client_keys_ipv6_by_its_64(ip: str, key: str) -> None:
+    assert rate_limit_client(ip) == key
+
+
+def test_addresses_of_one_64_share_a_rate_limit_key_after_client_ip() -> None:
+    keys = {rate_limit_client(client_ip(PEER, forwarded, 1))
+            for forwarded in ("2001:0db8:0001:0002:0000:0000:0000:000a", "[2001:db8:1:2::b]:443",
+                              "2001:db8:1:2:8000::1")}
+    assert keys == {"2001:db8:1:2::/64"}
+    assert rate_limit_client(client_ip(PEER, "[::ffff:198.51.100.7]:80", 1)) == "198.51.100.7"

@@ -27,6 +27,7 @@ from innera.realtime.events import publish_to_user, user_channel
 from innera.storage import LocalStorage
 from innera.storage.keys import job_file_key, object_key
 from tests.fixtures.accounts import Account, signup
+from tests.fixtures.s3 import S3Bucket
 from tests.fixtures.server import RunningServer, start_server
 from tests.fixtures.ws import Closed
 from tests.test_realtime import connect, receive_close, receive_json
@@ -286,6 +287,36 @@ async def test_writes_authorised_before_the_deletion_are_swept_later(
     await sweep(server.services, sweep_job.payload)  # what the queue runs when it is due
     assert not await stored(server, key)
     assert await columns_holding(server, *identities(alice)) == []
+
+
+@pytest.mark.parametrize("store", ["s3"])
+async def test_on_a_versioned_bucket_every_version_of_the_users_objects_is_deleted(
+        server: RunningServer, store: str, s3_bucket: S3Bucket) -> None:
+    """A plain delete on a versioned bucket only adds a delete marker: the bytes would stay
+    as noncurrent versions. The deletion removes every version and delete marker."""
+    s3_bucket.enable_versioning()
+    alice, bob = await signup(server.client), await signup(server.client)
+    mine, theirs = await populate(server, alice), await populate(server, bob)
+    for who in (mine, theirs):  # an archive written again, an entry (and its photo) deleted
+        await server.services.storage.put_stream(who["export_key"], one_chunk(b"zip again"),
+                                                 content_type="application/zip")
+    for account, what in ((alice, mine), (bob, theirs)):
+        r = await server.client.delete(f"/v1/entries/{what['entries'][0]}",
+                                       headers=account.auth)
+        assert r.status_code == 204, r.text
+    found = s3_bucket.client.list_object_versions(Bucket=s3_bucket.name,
+                                                  Prefix=f"{alice.id}/")
+    assert len(found.get("Versions", [])) == 3  # the photo and the archive's two versions
+    assert [m["Key"] for m in found.get("DeleteMarkers", [])] == [mine["key"]]
+    bobs = s3_bucket.versions(f"{bob.id}/")
+
+    job = await delete_account(server.client, alice)
+    await wait_completed(server, job["id"])
+
+    found = s3_bucket.client.list_object_versions(Bucket=s3_bucket.name,
+                                                  Prefix=f"{alice.id}/")
+    assert found.get("Versions", []) == [] and found.get("DeleteMarkers", []) == []
+    assert sorted(bobs, key=str) == sorted(s3_bucket.versions(f"{bob.id}/"), key=str)
 
 
 # --- crashes, retries, races ----------------------------------------------------------------

@@ -1,28 +1,37 @@
 """Exports end to end over HTTP (``/v1/exports`` and the ``export-jobs`` worker), on the local
 store and on S3 (moto): the archive follows docs/export-format.md, holds the entries'
 plaintext and the attachments' bytes, is announced over the WebSocket and by an
-``export.ready`` notification; plus the streaming ZIP writer (``workers/archive.py``)."""
+``export.ready`` notification that names it without a link (also when pushed), is deleted
+after EXPORT_RETENTION_DAYS (the export then shows ``expired``), and a failure inside the
+work shows the user a fixed message; plus the streaming ZIP writer (``workers/archive.py``)."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tracemalloc
 import uuid
 import zipfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import trio
 
+from innera.config import load_settings
 from innera.jobs import tables
+from innera.jobs.export_sweeper import sweep_once
 from innera.queue.jobs import JobQueue
 from innera.queue.worker import JobContext
+from innera.storage import LocalStorage
 from innera.storage.keys import job_file_key, object_key
 from tests.fixtures.accounts import Account, signup
-from tests.fixtures.server import RunningServer
+from tests.fixtures.push_provider import PushProviderDouble
+from tests.fixtures.s3 import S3Bucket
+from tests.fixtures.server import RunningServer, start_server
 from tests.fixtures.ws import WsClient
 from tests.test_http import assert_error
 from workers.archive import DEFLATED, ZIP32_COUNT_LIMIT, ZipWriter
@@ -216,15 +225,14 @@ async def test_export_round_trip_with_progress_notification_and_download(
     ]
     assert "bob's secret" not in archive.read("innera-export.json").decode()
 
-    # the notification, once, with a working link valid 24 h
+    # the notification, once, naming the export only: the app reads it for a fresh link
     ready = await notifications(server, alice)
     assert len(ready) == 1
-    data = ready[0]["data"]
     assert ready[0]["title"] and ready[0]["body"]
-    assert data["exportId"] == job_id
-    expires = parse_time(data["expiresAt"]) - datetime.now(UTC)
-    assert timedelta(hours=23, minutes=59) < expires <= timedelta(hours=24)
-    again = await download(server, data["downloadUrl"])
+    assert ready[0]["data"] == {"exportId": job_id}
+    r = await server.client.get(f"/v1/exports/{ready[0]['data']['exportId']}",
+                                headers=alice.auth)
+    again = await download(server, r.json()["downloadUrl"])
     assert again.read(photo_path) == photo
 
     # another user, unknown and malformed ids: 404 alike
@@ -377,6 +385,152 @@ async def test_a_failed_attempt_stores_nothing_and_a_retry_notifies_once(
     await handler(job, JobContext(job, queue))
     ready = await notifications(server, alice)
     assert [n["data"]["exportId"] for n in ready] == [job_id]
+
+
+# --- failures the user sees ---------------------------------------------------------------------
+
+
+@no_workers
+async def test_a_job_failing_inside_shows_a_fixed_message_and_logs_the_exception(
+        server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A real failure inside the work (the store cannot create the archive's folder: a file is
+    in the way) fails the job with ``job_failed`` and its fixed message, on the API and on the
+    WebSocket; the exception's text, which names a path of the server, goes to the log."""
+    svc = server.services
+    alice = await signup(server.client)
+    await create_entry(server, alice, body="x")
+    storage = svc.storage
+    assert isinstance(storage, LocalStorage)
+    blocker = storage.root / alice.id / "exports"  # where the archive's folder would go
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"")
+    job_id = (await start_export(server, alice))["id"]
+
+    host, port = server.url.removeprefix("http://").split(":")
+    ws = await WsClient.connect(host, int(port), "/v1/ws", list(alice.auth.items()))
+    queue = JobQueue(svc.redis, "test-exports", attempts=1)  # its one attempt is the last
+    await queue.enqueue({}, job_id=tables.queue_job_id("export_jobs", job_id))
+    job = await claim(queue)
+    with caplog.at_level(logging.ERROR, logger="innera.jobs"), \
+            pytest.raises(OSError) as raised:
+        await make_handler(svc)(job, JobContext(job, queue))
+    detail = str(raised.value)
+    assert str(blocker) in detail  # what no user may read: a path of the server
+
+    r = await server.client.get(f"/v1/exports/{job_id}", headers=alice.auth)
+    failed = r.json()
+    assert failed["status"] == "failed" and failed["errorCode"] == "job_failed"
+    assert failed["error"] == "The job failed; try again later or contact support."
+    assert failed["downloadUrl"] is None
+    for secret in (detail, str(storage.root), "Errno", type(raised.value).__name__):
+        assert secret not in r.text
+    listed = (await server.client.get("/v1/exports", headers=alice.auth)).json()["items"]
+    assert [(j["errorCode"], j["error"]) for j in listed] == [("job_failed", failed["error"])]
+    with trio.fail_after(10):
+        while True:
+            message = json.loads(await ws.receive())  # type: ignore[arg-type]
+            if message["type"] == "job.progress" and message["data"]["status"] == "failed":
+                break
+    await ws.aclose()
+    assert message["data"]["error"] == failed["error"]
+    assert message["data"]["errorCode"] == "job_failed"
+    assert any(detail in rec.getMessage() and rec.exc_info and rec.exc_info[1] is raised.value
+               for rec in caplog.records if rec.name == "innera.jobs")
+
+
+# --- what leaves innera, and for how long ---------------------------------------------------------
+
+
+async def test_the_push_for_a_ready_export_carries_its_id_and_no_link(
+        nursery: trio.Nursery, server_settings: dict[str, str],
+        push_provider: PushProviderDouble) -> None:
+    """The ``export.ready`` push goes through a third party (Expo, FCM, a webhook): it names
+    the export and carries no download link, signature or expiry; the app reads the export
+    for a fresh link."""
+    srv = await start_server(nursery, load_settings({
+        **server_settings, "PUSH_PROVIDER": "webhook", "PUSH_URL": f"{push_provider.url}/push",
+        "PUSH_ACCESS_TOKEN": "push-secret"}))
+    async with srv.client:
+        alice = await signup(srv.client)
+        await create_entry(srv, alice, body="for the archive only")
+        r = await srv.client.post("/v1/devices", headers=alice.auth,
+                                  json={"platform": "ios", "pushToken": "tok-alice"})
+        assert r.status_code in (200, 201), r.text
+        job = await wait_completed(srv, alice, (await start_export(srv, alice))["id"])
+        await push_provider.wait_for(lambda _: bool(push_provider.to_token("tok-alice")))
+        r = await srv.client.get(f"/v1/exports/{job['id']}", headers=alice.auth)
+        assert (await download(srv, r.json()["downloadUrl"])).namelist() == [
+            "innera-export.json"]
+    await srv.stop()
+    [pushed] = push_provider.to_token("tok-alice")
+    data = pushed.json()["data"]
+    assert data["exportId"] == job["id"] and data["kind"] == "export.ready"
+    assert set(data) == {"exportId", "kind", "notificationId"}
+    text = pushed.body.decode()
+    query = job["downloadUrl"].partition("?")[2]
+    for leak in (query, "downloadUrl", "expiresAt", "/exports/", "http", "sig"):
+        assert leak not in text, leak
+
+
+@pytest.mark.parametrize("store", ["local", "s3"], indirect=True)
+async def test_an_archive_past_its_retention_is_deleted_and_the_export_shows_expired(
+        server: RunningServer, store: str, request: pytest.FixtureRequest) -> None:
+    svc = server.services
+    bucket: S3Bucket | None = None
+    if store == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        bucket.enable_versioning()
+    alice, bob = await signup(server.client), await signup(server.client)
+    await create_entry(server, alice, body="old news")
+    await create_entry(server, bob, body="fresh")
+    old = await wait_completed(server, alice, (await start_export(server, alice))["id"])
+    recent = await wait_completed(server, bob, (await start_export(server, bob))["id"])
+    old_key = job_file_key(alice.id, "exports", old["id"])
+    recent_key = job_file_key(bob.id, "exports", recent["id"])
+    # a redelivered export writes its archive again: on a versioned bucket, two versions
+    await svc.storage.put_stream(old_key, one_chunk(b"zip"), content_type="application/zip")
+    if bucket is not None:
+        assert len(bucket.versions(old_key)) == 2
+
+    days = svc.settings.export_retention_days
+    assert days == 7  # EXPORT_RETENTION_DAYS' default
+    async with svc.db.connection() as conn:  # made just over, and just under, the retention
+        for job_id, age in ((old["id"], "1 minute"), (recent["id"], "-1 hour")):
+            await conn.execute(
+                "UPDATE export_jobs SET created_at = now() - make_interval(days => %s) "
+                "- %s::interval - interval '1 minute', "
+                "finished_at = now() - make_interval(days => %s) - %s::interval "
+                "WHERE id = %s", (days, age, days, age, job_id))
+
+    assert await sweep_once(svc.db, svc.storage, retention_days=days) == 1
+    assert await svc.storage.head(old_key) is None
+    if bucket is not None:
+        assert bucket.versions(old_key) == []  # no version, no delete marker
+    r = await server.client.get(f"/v1/exports/{old['id']}", headers=alice.auth)
+    assert r.status_code == 200, r.text
+    expired = r.json()
+    assert expired["status"] == "expired" and expired["id"] == old["id"]
+    assert expired["downloadUrl"] is None and expired["expiresIn"] is None
+    assert expired["error"] is None and expired["errorCode"] is None
+    listed = (await server.client.get("/v1/exports", headers=alice.auth)).json()
+    assert [j["status"] for j in listed["items"]] == ["expired"]
+    assert (await server.client.get(old["downloadUrl"])).status_code in (403, 404)
+
+    # every instance sweeps: a second pass finds nothing to do
+    assert await sweep_once(svc.db, svc.storage, retention_days=days) == 0
+    # an export within its retention keeps its archive
+    assert await svc.storage.head(recent_key) is not None
+    r = await server.client.get(f"/v1/exports/{recent['id']}", headers=bob.auth)
+    assert r.json()["status"] == "completed"
+    assert (await download(server, r.json()["downloadUrl"])).namelist() == [
+        "innera-export.json"]
+    # and the user can export again
+    again = await wait_completed(server, alice, (await start_export(server, alice))["id"])
+    assert again["id"] != old["id"] and again["downloadUrl"]
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 # --- bounded memory -----------------------------------------------------------------------------
