@@ -172,7 +172,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         refresh_tokens=refresh_tokens,
         reauth=ReauthTokens(redis),
         rate_limiter=RateLimiter(redis),
-        login_attempts=LoginAttempts(redis),
+        login_attempts=LoginAttempts(redis, secret=derive_key(jwt_secret, "login-failures")),
         idempotency=Idempotency(redis),
         data_keys=data_keys,
         entry_cipher=entry_cipher,

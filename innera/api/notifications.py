@@ -1,10 +1,9 @@
 """``/v1/notifications``: the signed-in user's notifications (created by the server through
 :func:`innera.notifications.create_notification`; there is no public route creating them).
 
-The list is newest first with an opaque keyset cursor: ``base64url(createdAtMicros.id)``
-``.`` ``base64url(HMAC-SHA256(k, "v1|" userId "|" payload)[:16])`` with
-``k = HMAC(JWT secret, "notifications-cursor")``. A cursor that does not verify (garbage,
-edited, or another user's) is a 400 ``invalid_cursor``.
+The list is newest first with an opaque keyset cursor (``innera/api/cursors.py``, purpose
+``notifications``). A cursor that does not verify (garbage, edited, another user's or another
+list's) is a 400 ``invalid_cursor``.
 """
 
 from __future__ import annotations

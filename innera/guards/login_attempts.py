@@ -2,11 +2,13 @@
 
 The per-IP limit (``RATE_LIMIT_AUTH``) does not stop a guesser with many addresses; this
 counts failed password checks per *account*, whatever address they come from. An account is
-``sha256(normalised email)``: for a sign-in the email as given, whether or not such an account
-exists (unknown emails behave exactly like known ones), for a re-authentication the signed-in
-user's email. Sign-in and re-authentication share the counter: both guess the same password.
+``HMAC-SHA256(secret, normalised email)`` (the secret derived from the JWT secret, so that
+someone reading Redis cannot confirm a guessed address by hashing it): for a sign-in the
+email as given, whether or not such an account exists (unknown emails behave exactly like
+known ones), for a re-authentication the signed-in user's email. Sign-in and
+re-authentication share the counter: both guess the same password.
 
-One Redis hash per account, ``rl:login-failures:<sha256 hex>``, fields ``n`` (failures) and
+One Redis hash per account, ``rl:login-failures:<HMAC hex>``, fields ``n`` (failures) and
 ``until`` (Redis server time in ms before which no attempt is admitted)::
 
     await attempts.admit(email)       # 429 too_many_attempts while backing off: before argon2
@@ -38,6 +40,7 @@ the log gets one warning per ``warn_interval_s``.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 from typing import Any
@@ -100,9 +103,11 @@ class TooManyAttempts(RateLimited):
     message = "Too many failed sign-in attempts for this account"
 
 
-def account_key(email: str) -> str:
-    """``rl:login-failures:<sha256 hex of the normalised email>``: no address in Redis."""
-    return KEY_PREFIX + hashlib.sha256(normalise_email(email).encode()).hexdigest()
+def account_key(email: str, secret: bytes = b"") -> str:
+    """``rl:login-failures:<HMAC-SHA256 hex of the normalised email>``: no address in
+    Redis, and none that hashing a guess could confirm without ``secret``."""
+    digest = hmac.new(secret, normalise_email(email).encode(), hashlib.sha256).hexdigest()
+    return KEY_PREFIX + digest
 
 
 class LoginAttempts:
@@ -112,6 +117,7 @@ class LoginAttempts:
         self,
         redis: Redis,
         *,
+        secret: bytes = b"",
         threshold: int = 10,
         window_s: int = 900,
         backoff_base_s: int = 30,
@@ -122,6 +128,7 @@ class LoginAttempts:
         if threshold < 1 or window_s < 1 or not 1 <= backoff_base_s <= backoff_max_s:
             raise ValueError("bad login throttle parameters")
         self._redis = redis
+        self._secret = secret
         self._admit = redis.client.register_script(ADMIT_SCRIPT)
         self._failed = redis.client.register_script(FAILED_SCRIPT)
         self.threshold = threshold
@@ -131,6 +138,10 @@ class LoginAttempts:
         self._timeout_s = timeout_s
         self._outage = FailOpen(redis, "per-account login throttle", "attempts",
                                 interval_s=warn_interval_s, logger=log)
+
+    def key(self, email: str) -> str:
+        """The Redis key of the account of ``email``."""
+        return account_key(email, self._secret)
 
     def backoff_s(self, failures: int) -> int:
         """The backoff after ``failures`` failures (0 below the threshold)."""
@@ -161,7 +172,7 @@ class LoginAttempts:
     async def _call(self, script: Any, email: str) -> list[int] | None:
         """Run ``script`` (``None``: DEL) on the account's key: its reply, ``None`` when Redis
         is unavailable (counted and warned)."""
-        key = account_key(email)
+        key = self.key(email)
         args = [self.threshold, self.backoff_base_s * 1000, self.backoff_max_s * 1000,
                 self.window_s * 1000]
         reply: Any = None

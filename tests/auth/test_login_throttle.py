@@ -5,6 +5,7 @@ an X-Forwarded-For we do not trust is reported once. Real Redis, real servers, n
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +32,10 @@ def retry_after(exc: TooManyAttempts) -> int:
     return int(exc.headers["Retry-After"])
 
 
-async def end_backoff(redis: Redis, email: str) -> None:
+async def end_backoff(redis: Redis, email: str, attempts: LoginAttempts | None = None) -> None:
     """As if the account's backoff had run out (its failures stay counted)."""
-    await redis.client.hset(account_key(email), {"until": "0"})
+    key = attempts.key(email) if attempts is not None else account_key(email)
+    await redis.client.hset(key, {"until": "0"})
 
 
 # --- the mechanism: LoginAttempts against the test Redis ---
@@ -59,9 +61,10 @@ async def test_ten_failures_back_off_and_a_success_resets(redis: Redis) -> None:
         await attempts.admit(email)
     assert caught.value.status == 429 and caught.value.code == "too_many_attempts"
     assert 1 <= retry_after(caught.value) <= 30
-    # one key per account, in the rl: family, named by the hash of the normalised email
-    key = "rl:login-failures:" + hashlib.sha256(email.encode()).hexdigest()
+    # one key per account, in the rl: family, named by a keyed hash of the normalised email
+    key = "rl:login-failures:" + hmac.new(b"", email.encode(), hashlib.sha256).hexdigest()
     assert account_key("  Victim@Example.COM ") == key
+    assert account_key(email, b"another secret") != key
     assert (await redis.client.hgetall(key))["n"] == "10"
     assert 900_000 < await redis.client.pttl(key) <= 930_000  # 15 min after the backoff
     with pytest.raises(TooManyAttempts):
@@ -242,7 +245,7 @@ async def test_guessing_from_many_addresses_is_throttled_per_account(
                 assert "retry in" in body["error"]["message"]
 
         # Once the backoff has run out, the owner signs in; that resets the count.
-        await end_backoff(srv.services.redis, account.email)
+        await end_backoff(srv.services.redis, account.email, srv.services.login_attempts)
         r = await login(srv.client, account.email, account.password, "203.0.113.78")
         assert r.status_code == 200, r.text
         assert_error(await login(srv.client, account.email, "wrong", "203.0.113.79"),
@@ -268,11 +271,12 @@ async def test_failed_reauths_count_against_the_account(
         assert 1 <= int(r.headers["retry-after"]) <= 30
         assert_error(await login(srv.client, account.email, account.password),
                      429, "too_many_attempts")
-        await end_backoff(srv.services.redis, account.email)
+        await end_backoff(srv.services.redis, account.email, srv.services.login_attempts)
         r = await srv.client.post("/v1/auth/reauth", json={"password": account.password},
                                   headers=account.auth)
         assert r.status_code == 200, r.text
-        assert await srv.services.redis.client.exists([account_key(account.email)]) == 0
+        assert await srv.services.redis.client.exists(
+            [srv.services.login_attempts.key(account.email)]) == 0
     await srv.stop()
 
 
