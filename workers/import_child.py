@@ -85,19 +85,26 @@ async def parse_in_child(path: Path, limits: Limits, child: ChildLimits) -> Pars
     reader = _Reader(limits)
     stderr = bytearray()
     timed_out = False
+    failure: ChildFailed | BadImportFile | None = None
     try:
         with trio.move_on_after(child.timeout_s) as deadline:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_keep_head, proc.stderr, stderr)
                 assert proc.stdout is not None
-                await reader.read(proc.stdout)
-                await proc.wait()
+                try:
+                    await reader.read(proc.stdout)
+                    await proc.wait()
+                except (ChildFailed, BadImportFile) as exc:  # raised below, not as a group
+                    failure = exc
+                    nursery.cancel_scope.cancel()
         timed_out = deadline.cancelled_caught
     finally:
         if proc.returncode is None:
             proc.kill()
             with trio.CancelScope(shield=True):
                 await proc.wait()
+    if failure is not None:
+        raise failure
     if timed_out:
         raise BadImportFile(f"parsing the file took longer than IMPORT_PARSE_TIMEOUT_S "
                             f"({child.timeout_s:g} s)", IMPORT_TOO_LARGE)
@@ -107,7 +114,7 @@ async def parse_in_child(path: Path, limits: Limits, child: ChildLimits) -> Pars
     if code in (-signal.SIGXCPU, -signal.SIGKILL):
         raise BadImportFile(f"parsing the file needed more than IMPORT_PARSE_CPU_S "
                             f"({child.cpu_s} s) of CPU time", IMPORT_TOO_LARGE)
-    if code != 0 or reader.format is None:
+    if code != 0 or reader.format is None or reader.truncated:
         tail = bytes(stderr).decode("utf-8", "replace").strip()[-2000:]
         log.error("the import parser exited with %s: %s", code, tail or "(no output)")
         raise ChildFailed(f"the import parser exited with {code}")
@@ -131,6 +138,7 @@ class _Reader:
         self.entries: list[ImportEntry] = []
         self.format: str | None = None
         self.error: BadImportFile | None = None
+        self.truncated = False
 
     async def read(self, stream: trio.abc.ReceiveStream) -> None:
         pending = bytearray()
@@ -144,8 +152,9 @@ class _Reader:
             if len(pending) > MAX_LINE_BYTES:
                 raise ChildFailed("the import parser wrote a line longer than "
                                   f"{MAX_LINE_BYTES} bytes")
-        if pending:
-            raise ChildFailed("the import parser's output ended mid-line")
+        # output ending mid-line: the child was killed while writing (its exit status says
+        # why: a limit, or a crash)
+        self.truncated = bool(pending)
 
     async def _line(self, line: bytes) -> None:
         try:
@@ -156,7 +165,11 @@ class _Reader:
         if not isinstance(message, dict):
             raise ChildFailed("the import parser wrote an unexpected line")
         if "entries" in message:
-            self.entries += [_entry(raw) for raw in message["entries"]]
+            try:
+                self.entries += [_entry(raw) for raw in message["entries"]]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ChildFailed(f"the import parser wrote a malformed entry: {exc!r}"
+                                  ) from None
             if len(self.entries) > self.limits.max_entries:  # the child checks it first
                 raise BadImportFile(f"more than {self.limits.max_entries} entries "
                                     "(IMPORT_MAX_ENTRIES)", TOO_MANY_ENTRIES)

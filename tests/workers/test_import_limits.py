@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from innera.config import load_settings
 from tests.fixtures.accounts import signup
@@ -27,6 +28,7 @@ from tests.workers.test_imports import (
     run_import,
     zip_of,
 )
+from workers.import_child import MAX_LINE_BYTES, ChildFailed, _Reader
 from workers.import_format import BadImportFile, Limits
 from workers.import_parse import parse_upload
 
@@ -181,3 +183,32 @@ async def test_stopping_the_server_mid_parse_kills_the_child(
                 await trio.sleep(0.02)
     await server.stop()
     assert _parser_children() == []
+
+
+async def test_the_worker_does_not_trust_the_childs_output() -> None:
+    """What the worker reads from the parsing child is bounded and checked too: a child
+    gone wrong (or subverted by the file) fails the job as an error, never as entries."""
+    good = (b'{"entries": [{"source": "dayone", "sourceId": "A", "title": null, "body": "x", '
+            b'"tags": [], "mood": null, "occurredAt": "2024-01-02T03:04:05+00:00", '
+            b'"attachments": [["../../etc/passwd", "image/png", 3, "m"]]}]}\n')
+    reader = _Reader(LIMITS)
+    stream = trio.testing.MemoryReceiveStream()
+    stream.put_data(good + b'{"done": {"format": "dayone"}}\n')
+    stream.put_eof()
+    await reader.read(stream)
+    [entry] = reader.entries
+    assert (reader.format, entry.body, entry.attachments[0].filename) == (
+        "dayone", "x", "passwd")  # file names are sanitised on this side
+    for output in (b'{"entries": [{"source": "dayone"}]}\n', b"not JSON\n", b"[1]\n",
+                   b"[" * 100 + b"\n", b"x" * (MAX_LINE_BYTES + 2)):
+        stream = trio.testing.MemoryReceiveStream()
+        stream.put_data(output)
+        stream.put_eof()
+        with pytest.raises(ChildFailed):
+            await _Reader(LIMITS).read(stream)
+    stream = trio.testing.MemoryReceiveStream()
+    stream.put_data(good * (LIMITS.max_entries + 1))
+    stream.put_eof()
+    with pytest.raises(BadImportFile) as caught:
+        await _Reader(LIMITS).read(stream)
+    assert caught.value.code == "too_many_entries"
