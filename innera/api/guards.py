@@ -11,6 +11,7 @@ from quart import Response, g, request
 from innera.api.attachments import body_chunks
 from innera.api.context import services
 from innera.api.operation import Operation
+from innera.auth.access_tokens import bearer_token
 from innera.auth.sessions import session_user
 from innera.errors import AppError, PayloadTooLarge, RateLimited, Unauthorized
 from innera.guards.client_ip import client_ip, rate_limit_client
@@ -34,10 +35,10 @@ async def authenticate() -> None:
     share one query), so a disabled or deleted user's tokens, and tokens of sessions that
     ended, stop working at once."""
     svc = services()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
         raise Unauthorized("Missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    claims = svc.access_tokens.verify_claims(token.strip())
+    claims = svc.access_tokens.verify_claims(token)
     try:
         user = await session_user(svc, claims)
     except Unauthorized as exc:

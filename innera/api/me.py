@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from psycopg.errors import UniqueViolation
@@ -20,6 +19,7 @@ from innera.auth.sessions import end_all_sessions
 from innera.errors import NotFound, Unauthorized
 from innera.ids import canonical_uuid
 from innera.jobs import tables
+from innera.journal.entries import iso_utc
 from innera.realtime.events import close_user_everywhere
 from innera.redis import UNAVAILABLE_ERRORS
 from innera.users import change_password as store_new_password
@@ -81,10 +81,6 @@ async def change_password(body: PasswordChangeIn) -> None:
     await end_all_sessions(svc, g.user_id, generation_raised=True)
 
 
-def _iso(value: Any) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @operation(blueprint, "GET", "/sessions", summary="The account's sessions",
            description="One per sign-in (a refresh-token family) that can still be "
                        "refreshed, most recently used first. `current` marks the session of "
@@ -94,7 +90,7 @@ async def list_sessions() -> SessionList:
     svc = services()
     current = g.get("session_id")
     return SessionList(items=[
-        SessionOut(id=s.id, createdAt=_iso(s.created_at), lastUsedAt=_iso(s.last_used_at),
+        SessionOut(id=s.id, createdAt=iso_utc(s.created_at), lastUsedAt=iso_utc(s.last_used_at),
                    client=s.client, current=s.id == current)
         for s in await svc.refresh_tokens.sessions(g.user_id)])
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from innera.api.health import HEALTH_JSON
+from innera.auth.access_tokens import bearer_token
 from innera.errors import error_body
 from innera.ids import new_uuid4
 from innera.observability.logging import bind_request, log_request_completed
@@ -42,9 +43,8 @@ def metrics_authorized(token: str | None, authorization: str | None) -> bool:
     when ``token`` (``METRICS_TOKEN``) is unset, else only with ``Bearer <token>``."""
     if token is None:
         return True
-    scheme, _, given = (authorization or "").partition(" ")
-    given = given.strip()
-    if scheme.lower() != "bearer" or not given:
+    given = bearer_token(authorization)
+    if given is None:
         return False
     return hmac.compare_digest(hashlib.sha256(given.encode()).digest(),
                                hashlib.sha256(token.encode()).digest())

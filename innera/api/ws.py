@@ -55,7 +55,7 @@ from urllib.parse import parse_qs
 import trio
 
 from innera import json_input
-from innera.auth.access_tokens import AccessClaims
+from innera.auth.access_tokens import AccessClaims, bearer_token
 from innera.auth.sessions import session_user
 from innera.errors import Unauthorized, error_body
 from innera.guards.client_ip import client_ip, rate_limit_client
@@ -96,9 +96,9 @@ def _error(code: str, message: str) -> str:
 def _token(scope: Message) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+            token = bearer_token(value.decode("latin-1"))
+            if token is not None:
+                return token
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     return (query.get("access_token") or [""])[0].strip()
 

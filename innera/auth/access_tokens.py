@@ -30,8 +30,8 @@ from innera.config import Settings
 from innera.errors import Unauthorized
 from innera.local_secrets import read_or_create_secret
 
-__all__ = ["ALGORITHM", "LEEWAY_S", "AccessClaims", "AccessTokens", "load_jwt_secret",
-           "load_jwt_secret_async"]
+__all__ = ["ALGORITHM", "LEEWAY_S", "AccessClaims", "AccessTokens", "bearer_token",
+           "load_jwt_secret", "load_jwt_secret_async"]
 
 log = logging.getLogger("innera.auth")
 
@@ -41,6 +41,14 @@ TOKEN_TYPE = "access"
 LEEWAY_S = 5
 SECRET_BYTES = 48
 _REQUIRED_CLAIMS = ["sub", "iat", "exp", "jti", "typ"]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header value (the scheme
+    case-insensitive, the credential trimmed); None for any other or an empty one."""
+    scheme, _, credential = (authorization or "").partition(" ")
+    credential = credential.strip()
+    return credential if scheme.lower() == "bearer" and credential else None
 
 
 def load_jwt_secret(settings: Settings) -> str:

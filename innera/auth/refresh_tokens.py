@@ -91,10 +91,6 @@ def _invalid() -> Unauthorized:
     return Unauthorized("Invalid or expired refresh token")
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 class RefreshTokenStore(Protocol):
     async def issue(self, user_id: str, family_id: str | None = None, *,
                     client: str = "") -> str:
@@ -307,8 +303,9 @@ class RedisRefreshTokenStore:
         for raw in raws:
             rec = json.loads(raw)
             created = rec.get("familyCreatedAt") or rec["createdAt"]
-            found.append(Session(rec["familyId"], _parse_time(created),
-                                 _parse_time(rec["createdAt"]), rec.get("client") or "Unknown"))
+            found.append(Session(rec["familyId"], datetime.fromisoformat(created),
+                                 datetime.fromisoformat(rec["createdAt"]),
+                                 rec.get("client") or "Unknown"))
         return sorted(found, key=lambda session: session.last_used_at, reverse=True)
 
     async def revoke_session(self, user_id: str, family_id: str) -> bool:
