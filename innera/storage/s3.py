@@ -224,17 +224,21 @@ class S3Storage:
             page = await self.call("list_objects_v2", **kwargs)
             keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
             if keys:
-                result = await self.call("delete_objects", Bucket=self.bucket,
-                                         Delete={"Objects": keys, "Quiet": True})
-                errors = result.get("Errors") or []
-                if errors:
-                    raise RuntimeError(f"S3 refused to delete {len(errors)} object(s) under "
-                                       f"{prefix}: {errors[0].get('Code')}")
+                await self._delete_objects(keys, prefix)
                 deleted += len(keys)
             if not page.get("IsTruncated"):
                 return deleted
             token = page.get("NextContinuationToken")
 
+    async def _delete_objects(self, objects: list[dict[str, str]], prefix: str) -> None:
+        """One ``DeleteObjects`` call (at most :data:`_DELETE_BATCH` objects, or versions of
+        objects); any object S3 refuses fails it."""
+        result = await self.call("delete_objects", Bucket=self.bucket,
+                                 Delete={"Objects": objects, "Quiet": True})
+        errors = result.get("Errors") or []
+        if errors:
+            raise RuntimeError(f"S3 refused to delete {len(errors)} object(s) under {prefix}: "
+                               f"{errors[0].get('Code')}")
 
     async def _delete_versions(self, prefix: str, *, exact: bool) -> int | None:
         """Delete every version and delete marker of the keys under ``prefix`` (``exact``:
@@ -257,14 +261,8 @@ class S3Storage:
             found = [v for v in (*page.get("Versions", []), *page.get("DeleteMarkers", []))
                      if not exact or v["Key"] == prefix]
             if found:
-                result = await self.call(
-                    "delete_objects", Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                                        for v in found], "Quiet": True})
-                errors = result.get("Errors") or []
-                if errors:
-                    raise RuntimeError(f"S3 refused to delete {len(errors)} object version(s) "
-                                       f"under {prefix}: {errors[0].get('Code')}")
+                await self._delete_objects(
+                    [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in found], prefix)
                 current += sum(1 for v in page.get("Versions", [])
                                if v.get("IsLatest") and (not exact or v["Key"] == prefix))
             if not page.get("IsTruncated"):
