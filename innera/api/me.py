@@ -83,8 +83,8 @@ async def change_password(body: PasswordChangeIn) -> None:
 
 @operation(blueprint, "GET", "/sessions", summary="The account's sessions",
            description="One per sign-in (a refresh-token family) that can still be "
-                       "refreshed, most recently used first. `current` marks the session of "
-                       "this request's access token.",
+                       "refreshed, most recently used first, at most the 100 used last. "
+                       "`current` marks the session of this request's access token.",
            response=SessionList, errors=(401, 429))
 async def list_sessions() -> SessionList:
     svc = services()

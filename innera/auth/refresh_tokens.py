@@ -63,6 +63,8 @@ __all__ = [
 log = logging.getLogger("innera.auth")
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+#: ``sessions()`` lists at most this many families, the most recently used
+MAX_SESSIONS_LISTED = 100
 
 
 def new_token() -> str:
@@ -106,7 +108,8 @@ class RefreshTokenStore(Protocol):
         ...
 
     async def sessions(self, user_id: str) -> list[Session]:
-        """The user's live families, most recently used first."""
+        """The user's live families, most recently used first: at most
+        :data:`MAX_SESSIONS_LISTED` of them (the listing costs the same for any account)."""
         ...
 
     async def revoke_session(self, user_id: str, family_id: str) -> bool:
@@ -200,12 +203,13 @@ return #families
 """
 
 
-# KEYS[1] = rt:user:{userId} → the newest record of each live family
+# KEYS[1] = rt:user:{userId}; ARGV[1] = most families → the newest record of each of the live
+# families used last (their score is their latest token's expiry)
 _SESSIONS = _LUA_LIB + """
 local ukey = KEYS[1]
 redis.call('ZREMRANGEBYSCORE', ukey, '-inf', now_ms())
 local out = {}
-for _, family in ipairs(redis.call('ZRANGE', ukey, 0, -1)) do
+for _, family in ipairs(redis.call('ZREVRANGE', ukey, 0, tonumber(ARGV[1]) - 1)) do
   local newest = redis.call('ZRANGE', 'rt:family:' .. family, -1, -1)
   if newest[1] then
     local raw = redis.call('GET', 'rt:' .. newest[1])
@@ -298,7 +302,8 @@ class RedisRefreshTokenStore:
 
     async def sessions(self, user_id: str) -> list[Session]:
         with self._redis.unavailable_as_503():
-            raws: Any = await self._sessions(keys=[f"rt:user:{user_id}"], args=[])
+            raws: Any = await self._sessions(keys=[f"rt:user:{user_id}"],
+                                             args=[MAX_SESSIONS_LISTED])
         found = []
         for raw in raws:
             rec = json.loads(raw)
@@ -337,6 +342,7 @@ SELECT family_id, min(family_created_at), max(created_at),
  GROUP BY family_id
 HAVING bool_or(consumed_at IS NULL)
  ORDER BY max(created_at) DESC
+ LIMIT %s
 """
 
 _REVOKE_SESSION_SQL = """
@@ -466,7 +472,8 @@ class PostgresRefreshTokenStore:
     async def sessions(self, user_id: str) -> list[Session]:
         with self._deadline():
             async with self._pool.connection() as conn:
-                cur = await conn.execute(_SESSIONS_SQL, (uuid.UUID(str(user_id)),))
+                cur = await conn.execute(_SESSIONS_SQL,
+                                         (uuid.UUID(str(user_id)), MAX_SESSIONS_LISTED))
                 rows = await cur.fetchall()
         return [Session(str(family), created, used, client or "Unknown")
                 for family, created, used, client in rows]

@@ -15,6 +15,7 @@ import trio
 
 from innera.auth.errors import TokenReused
 from innera.auth.refresh_tokens import (
+    MAX_SESSIONS_LISTED,
     PostgresRefreshTokenStore,
     RedisRefreshTokenStore,
     RefreshTokenStore,
@@ -167,6 +168,19 @@ async def test_issue_into_an_existing_family(store: RefreshTokenStore, user: str
     b = await store.issue(user, family)
     await store.revoke(a)
     await rejected(store, b)
+
+
+async def test_the_sessions_listed_are_bounded(store: RefreshTokenStore, user: str) -> None:
+    """However many sign-ins an account piles up, listing them costs the same: the
+    MAX_SESSIONS_LISTED used last, newest first."""
+    families = [str(uuid.uuid4()) for _ in range(MAX_SESSIONS_LISTED + 5)]
+    for family in families:
+        await store.issue(user, family, client="curl")
+    listed = await store.sessions(user)
+    assert len(listed) == MAX_SESSIONS_LISTED
+    assert {s.id for s in listed} <= set(families)
+    assert [s.last_used_at for s in listed] == sorted((s.last_used_at for s in listed),
+                                                      reverse=True)
 
 
 @pytest.mark.parametrize("token", ["", "x", "a" * 42, "a" * 44, "a" * 42 + "=", "é" * 43])
