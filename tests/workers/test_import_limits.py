@@ -181,7 +181,9 @@ def _parser_children() -> list[int]:
 
 async def test_stopping_the_server_mid_parse_kills_the_child(
         nursery: trio.Nursery, server_settings: dict[str, str]) -> None:
-    server = await _with_server(nursery, server_settings)
+    # the workers get SHUTDOWN_TIMEOUT_S − 5 s (1 s here) to finish their job, then are
+    # cancelled: mid-parse, with seconds of parsing left
+    server = await _with_server(nursery, server_settings, SHUTDOWN_TIMEOUT_S="6")
     async with server.client:
         alice = await signup(server.client)
         data = slow_to_parse()
