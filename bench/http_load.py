@@ -78,10 +78,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import cpu_s  # noqa: E402
 from bench.search_scan import WORDS, make_body  # noqa: E402
+from innera.accounts import create_user  # noqa: E402
 from innera.config import load_settings  # noqa: E402
 from innera.process import open_services  # noqa: E402
 from innera.services import Lifecycle  # noqa: E402
-from innera.users import create_user  # noqa: E402
 from tests.fixtures.redis import TEST_DBS, RespConnection  # noqa: E402
 
 ADMIN = os.environ.get("INNERA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

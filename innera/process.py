@@ -45,7 +45,7 @@ from typing import Any
 import trio
 
 from innera import __version__
-from innera.api.cursors import CursorCodec
+from innera.accounts import ActiveUsers
 from innera.auth.access_tokens import AccessTokens, load_jwt_secret_async
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
@@ -68,13 +68,13 @@ from innera.journal.entries import EntryReads
 from innera.local_secrets import derive_key
 from innera.observability import sentry
 from innera.observability.metrics import Metrics
+from innera.pagination import CursorCodec
 from innera.queue.worker import job_workers
 from innera.realtime.hub import SERVER_RESTARTING, Hub
 from innera.realtime.listener import run_listener
 from innera.redis import Redis, RedisSettings, run_redis
 from innera.services import Lifecycle, Services
 from innera.storage import LocalStorage, S3Storage, Storage
-from innera.users import ActiveUsers
 
 log = logging.getLogger("innera.process")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from innera.api.cursors import CursorCodec
+from innera.accounts import ActiveUsers
 from innera.auth.access_tokens import AccessTokens
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
@@ -25,10 +25,10 @@ from innera.guards.ratelimit import RateLimiter
 from innera.journal.entries import EntryReads
 from innera.observability.metrics import Metrics
 from innera.observability.readiness import SharedCheck
+from innera.pagination import CursorCodec
 from innera.realtime.hub import Hub
 from innera.redis import Redis
 from innera.storage import Storage
-from innera.users import ActiveUsers
 
 
 @dataclass

@@ -22,7 +22,7 @@ import pytest
 
 import innera
 import workers
-from innera import ids, notifications, users
+from innera import accounts, ids, notifications
 from innera.auth import reauth, refresh_tokens
 from innera.guards import idempotency
 from innera.journal import rules, search
@@ -38,7 +38,7 @@ _ASTRAL_MARK = chr(min(search._ASTRAL_MARKS))
 
 #: (module, pattern name, how innera applies it, pathological inputs)
 USER_TEXT: list[tuple[Any, str, str, list[str]]] = [
-    (users, "_EMAIL", "match", [
+    (accounts, "_EMAIL", "match", [
         "a" * N, "a@" + "a" * (N - 2), "a@" + "a." * (N // 2 - 1), "@" * N,
         "a@" + "." * (N - 3) + "!", "a" * 64 + "@" + "a." * (N // 2 - 40) + "a",
         " " * N]),

@@ -39,12 +39,13 @@ import trio
 
 from innera.api.exports import CONTENT_TYPE, TABLE, archive_key
 from innera.jobs.handlers import JobRun, table_handler
-from innera.journal.entries import ROW_COLUMNS, entry_from_row, iso_utc
+from innera.journal.entries import ROW_COLUMNS, entry_from_row
 from innera.notifications import create_notification
 from innera.queue.jobs import PermanentJobError
 from innera.queue.worker import Handler
 from innera.storage.keys import object_key
 from innera.storage.names import sanitize_filename
+from innera.timestamps import iso_utc
 from workers.archive import DEFLATED, DeflatedSpool, Spool, ZipWriter
 
 if TYPE_CHECKING:

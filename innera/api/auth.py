@@ -12,13 +12,7 @@ import uuid
 from pydantic import Field, field_validator
 from quart import Blueprint, g, request
 
-from innera.api.context import services
-from innera.api.operation import operation
-from innera.api.schemas import Model, UserOut
-from innera.auth.errors import InvalidCredentials
-from innera.auth.sessions import client_family, end_all_sessions
-from innera.errors import Unauthorized
-from innera.users import (
+from innera.accounts import (
     User,
     create_user,
     find_for_login,
@@ -28,6 +22,12 @@ from innera.users import (
     password_hash_of,
     rehash_password,
 )
+from innera.api.context import services
+from innera.api.operation import operation
+from innera.api.schemas import Model, UserOut
+from innera.auth.errors import InvalidCredentials
+from innera.auth.sessions import client_family, end_all_sessions
+from innera.errors import Unauthorized
 
 blueprint = Blueprint("auth", __name__, url_prefix="/v1/auth")
 

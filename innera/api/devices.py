@@ -26,7 +26,7 @@ after ``MAX_DEVICES_PER_USER`` is lowered, an account's next registration trims 
 cap.
 
 The list is paginated like every list: newest first (``createdAt``, then id), ``limit``
-(1-100, default 20) and the opaque ``cursor`` of :mod:`innera.api.cursors` (purpose
+(1-100, default 20) and the opaque ``cursor`` of :mod:`innera.pagination` (purpose
 ``devices``).
 """
 

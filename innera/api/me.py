@@ -10,6 +10,8 @@ from psycopg.rows import dict_row
 from pydantic import Field
 from quart import Blueprint, g
 
+from innera.accounts import change_password as store_new_password
+from innera.accounts import password_hash_of
 from innera.api.context import services
 from innera.api.jobs import JobOut, job_out
 from innera.api.operation import operation
@@ -19,11 +21,9 @@ from innera.auth.sessions import end_all_sessions
 from innera.errors import NotFound, Unauthorized
 from innera.ids import canonical_uuid
 from innera.jobs import tables
-from innera.journal.entries import iso_utc
 from innera.realtime.events import close_user_everywhere
 from innera.redis import UNAVAILABLE_ERRORS
-from innera.users import change_password as store_new_password
-from innera.users import password_hash_of
+from innera.timestamps import iso_utc
 
 if TYPE_CHECKING:
     from innera.services import Services

@@ -1,7 +1,7 @@
 """``/v1/notifications``: the signed-in user's notifications (created by the server through
 :func:`innera.notifications.create_notification`; there is no public route creating them).
 
-The list is newest first with an opaque keyset cursor (``innera/api/cursors.py``, purpose
+The list is newest first with an opaque keyset cursor (``innera/pagination.py``, purpose
 ``notifications``). A cursor that does not verify (garbage, edited, another user's or another
 list's) is a 400 ``invalid_cursor``.
 """

@@ -3,7 +3,7 @@
 the session: its refresh-token family), and the secret that signs them.
 
 A token is good only while ``sg`` equals the user's ``session_generation``: the per-request
-"still active?" query reads it (``innera/users.py``), so a password change, a sign-out
+"still active?" query reads it (``innera/accounts.py``), so a password change, a sign-out
 everywhere or an account deletion, which raise the generation, end every earlier token at
 once. A token without ``sg`` (issued before sessions had generations) counts as generation 0.
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from innera.accounts import User, end_sessions
 from innera.auth.access_tokens import AccessClaims
 from innera.errors import Unauthorized
 from innera.realtime.events import close_user_everywhere
-from innera.users import User, end_sessions
 
 if TYPE_CHECKING:
     from innera.services import Services
@@ -91,7 +91,7 @@ async def end_all_sessions(svc: Services, user_id: str, *, generation_raised: bo
 
 async def session_user(svc: Services, claims: AccessClaims) -> User:
     """The active user of a verified access token whose session has not ended, else
-    :class:`Unauthorized`. One batched query (:class:`innera.users.ActiveUsers`) answers
+    :class:`Unauthorized`. One batched query (:class:`innera.accounts.ActiveUsers`) answers
     both: whether the account is active, and its session generation. Shared by every HTTP
     route and the WebSocket handshake."""
     user = await svc.active_users.get(claims.user_id)

@@ -48,10 +48,10 @@ from typing import Any
 import trio
 from coredis.exceptions import RedisError
 
+from innera.accounts import normalise_email
 from innera.errors import RateLimited
 from innera.guards.fail_open import FailOpen
 from innera.redis import UNAVAILABLE_ERRORS, Redis
-from innera.users import normalise_email
 
 log = logging.getLogger("innera.guards.login_attempts")
 

@@ -8,7 +8,7 @@ position is exact and pages never skip or repeat an entry.
 Content is sealed with the user's data key; the key is fetched once per call, before a
 connection is taken from the pool (``DataKeys.get`` may need one itself).
 
-Cursors (``innera/api/cursors.py``) carry a :data:`Position`; their purposes are ``list`` and
+Cursors (``innera/pagination.py``) carry a :data:`Position`; their purposes are ``list`` and
 ``search``.
 """
 
@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
-from innera.api.cursors import EPOCH, Position
 from innera.batching import Batcher
 from innera.crypto.entry_cipher import EntryCipher
 from innera.db.pool import Pool
 from innera.errors import DatabaseUnavailable
+from innera.pagination import EPOCH, Position
+from innera.timestamps import iso_utc
 
 __all__ = [
     "ROW_COLUMNS",
@@ -36,7 +37,6 @@ __all__ = [
     "delete_entry",
     "entry_from_row",
     "insert_entry",
-    "iso_utc",
     "list_entries",
     "update_entry",
 ]
@@ -50,16 +50,6 @@ _JOINED_COLUMNS = "e.id::text, e.content, e.occurred_at, e.created_at, e.updated
 AFTER = "(occurred_at, id) < (%s, %s)"
 # Qualified: a bare "id" would name the selected id::text column (and sort as text).
 ORDER = "ORDER BY entries.occurred_at DESC, entries.id DESC"
-
-
-_ZERO = timedelta(0)
-
-
-def iso_utc(moment: datetime) -> str:
-    """ISO 8601 in UTC with ``Z``, millisecond precision."""
-    if moment.utcoffset() != _ZERO:
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import trio
 
+from innera.accounts import change_password, find_for_login, rehash_password
 from innera.config import load_settings
-from innera.users import change_password, find_for_login, rehash_password
 from tests.fixtures.accounts import Account, signup
 from tests.fixtures.server import RunningServer, start_server
 from tests.fixtures.ws import Closed
