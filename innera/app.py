@@ -38,6 +38,7 @@ from innera.api import (
     search,
     ws,
 )
+from innera.api.bodies import StreamingUploadRequest
 from innera.api.context import json_response, services
 from innera.errors import AppError, InvalidJson, Unauthorized, error_body
 from innera.framework import TrimmedQuart
@@ -80,7 +81,7 @@ _HTTP_MESSAGES = {
 }
 
 
-class InneraRequest(attachments.StreamingUploadRequest):
+class InneraRequest(StreamingUploadRequest):
     """Quart's request, with the error contract for bad JSON and streamed uploads (local
     attachment PUTs; import files, whose body — and ``max_content_length`` — is bounded by
     IMPORT_MAX_BYTES instead of MAX_BODY_BYTES: ``create_app`` sets :attr:`import_max_bytes`

@@ -14,10 +14,8 @@ import httpx
 import pytest
 
 import innera.app
-from innera.api.attachments import (
-    StreamingUploadRequest,
-    delete_entry_objects,
-)
+from innera.api.attachments import delete_entry_objects
+from innera.api.bodies import StreamingUploadRequest
 from innera.storage import LocalStorage, S3Storage, content_disposition, sanitize_filename
 from innera.storage.keys import object_key
 from tests.fixtures.accounts import Account, signup

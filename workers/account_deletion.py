@@ -59,7 +59,6 @@ import trio
 from psycopg import sql
 from psycopg.abc import Query
 
-from innera.api.attachments import TRANSFER_TIMEOUT_S
 from innera.api.me import ACCOUNT_DELETED, DELETION_TABLE
 from innera.auth.refresh_tokens import RedisRefreshTokenStore
 from innera.jobs.handlers import JobRun, table_handler
@@ -67,6 +66,7 @@ from innera.notifications import unread_key
 from innera.queue.jobs import Job, JobQueue, PermanentJobError
 from innera.queue.worker import Handler, JobContext
 from innera.realtime.events import close_user_everywhere
+from innera.storage import TRANSFER_TIMEOUT_S
 from innera.storage.keys import InvalidKey, canonical_uuid, split_prefix, user_prefix
 
 if TYPE_CHECKING:

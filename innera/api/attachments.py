@@ -27,8 +27,6 @@ are 404 ``not_found`` alike.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -36,35 +34,25 @@ import trio
 from psycopg.rows import dict_row
 from pydantic import Field, field_validator
 from quart import Blueprint, Response, g, request
-from quart_trio.wrappers import TrioRequest
 
+from innera.api.bodies import UploadTimeout, body_chunks, storage_errors
 from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import (
-    AppError,
     Conflict,
     NotFound,
     PayloadTooLarge,
-    StorageUnavailable,
     ValidationFailed,
 )
 from innera.journal.rules import ALLOWED_CONTENT_TYPES
-from innera.storage import LocalStorage, Storage
+from innera.storage import TRANSFER_TIMEOUT_S, LocalStorage, Storage
 from innera.storage.keys import InvalidKey, canonical_uuid, entry_prefix, object_key
 from innera.storage.local import URL_PATH as LOCAL_URL_PATH
 from innera.storage.local import InvalidSignature
 from innera.storage.names import content_disposition, sanitize_filename
 
 blueprint = Blueprint("attachments", __name__, url_prefix="/v1")
-
-#: An upload whose client sends nothing for this long is answered 408.
-UPLOAD_IDLE_TIMEOUT_S = 60.0
-#: Longest local upload or download, start to end.
-TRANSFER_TIMEOUT_S = 30 * 60.0
-#: Most request-body bytes Quart may buffer ahead of a streaming upload (it has no
-#: back-pressure; the route writes in 256 KiB pieces, so this only fills on a stalled disk).
-UPLOAD_BACKLOG_BYTES = 32 * 1024 * 1024
 
 _COLUMNS = "id, user_id, entry_id, filename, content_type, size, status, created_at, updated_at"
 
@@ -142,10 +130,6 @@ class AttachmentNotReady(Conflict):
     message = "The attachment's upload has not been completed"
 
 
-class UploadTimeout(AppError):
-    status, code, message = 408, "request_timeout", "The upload took too long"
-
-
 # --- helpers ------------------------------------------------------------------------------
 
 
@@ -160,29 +144,6 @@ def _local_storage(svc: Any) -> LocalStorage:
     if not isinstance(storage, LocalStorage):
         raise NotFound("No route matches this URL")
     return storage
-
-
-def _is_storage_failure(exc: BaseException) -> bool:
-    if isinstance(exc, trio.TooSlowError | OSError):
-        return True
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(exc, BotoCoreError | ClientError)
-
-
-@contextmanager
-def storage_errors() -> Iterator[None]:
-    """A failing store (S3 error or timeout, disk error) → 503 ``storage_unavailable``."""
-    try:
-        yield
-    except AppError:
-        raise
-    except Exception as exc:
-        if _is_storage_failure(exc):
-            raise StorageUnavailable() from exc
-        raise
 
 
 def _iso(value: datetime) -> str:
@@ -350,39 +311,6 @@ async def delete_attachment(attachment_id: str) -> None:
 
 _LOCAL_ROUTE = (LOCAL_URL_PATH.removeprefix(blueprint.url_prefix or "")
                 + "/<user_id>/<entry_id>/<attachment_id>")
-
-
-def is_local_upload(method: str, path: str) -> bool:
-    return method == "PUT" and path.startswith(LOCAL_URL_PATH + "/")
-
-
-class StreamingUploadRequest(TrioRequest):
-    """The app's request class must derive from this (``class InneraRequest(
-    StreamingUploadRequest)``): a PUT to a local upload URL gets a body without Quart's
-    MAX_CONTENT_LENGTH — which Quart applies from the Content-Length header when the request
-    object is created, before any route code, discarding the body — because the route
-    enforces the signed size and ATTACHMENT_MAX_BYTES itself while streaming. Quart's guard on
-    the bytes it buffers ahead of the route still applies, at :data:`UPLOAD_BACKLOG_BYTES`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if is_local_upload(self.method, self.path):
-            self.body = self.body_class(None, UPLOAD_BACKLOG_BYTES)
-
-
-async def body_chunks(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The request body, each chunk awaited at most UPLOAD_IDLE_TIMEOUT_S."""
-    chunks = body.__aiter__()
-    while True:
-        with trio.move_on_after(UPLOAD_IDLE_TIMEOUT_S) as waited:
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-        if waited.cancelled_caught:
-            raise UploadTimeout(f"No data received for {UPLOAD_IDLE_TIMEOUT_S:g} s")
-        if chunk:
-            yield chunk
 
 
 @operation(blueprint, "PUT", _LOCAL_ROUTE, auth=False, status=204,

@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from pydantic import Field
 from quart import Blueprint, Response, g, request
 
-from innera.api.attachments import storage_errors
+from innera.api.bodies import storage_errors
 from innera.api.context import services
 from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation, parse_json, validate

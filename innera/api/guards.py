@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 
 from quart import Response, g, request
 
-from innera.api.attachments import body_chunks
+from innera.api.bodies import body_chunks
 from innera.api.context import services
 from innera.api.operation import Operation
 from innera.auth.access_tokens import bearer_token

@@ -28,7 +28,7 @@ import uuid
 import trio
 from quart import Blueprint, Response, g, request
 
-from innera.api.attachments import TRANSFER_TIMEOUT_S, body_chunks, storage_errors
+from innera.api.bodies import body_chunks, storage_errors
 from innera.api.context import services
 from innera.api.guards import request_body
 from innera.api.jobs import JobOut, job_out, user_job_or_404
@@ -39,6 +39,7 @@ from innera.errors import (
     UnsupportedMediaType,
 )
 from innera.jobs import tables
+from innera.storage import TRANSFER_TIMEOUT_S
 from innera.storage.keys import job_file_key
 
 log = logging.getLogger("innera.api.imports")

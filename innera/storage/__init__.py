@@ -19,6 +19,10 @@ from innera.storage.local import LocalStorage
 from innera.storage.names import content_disposition, sanitize_filename
 from innera.storage.s3 import S3Storage
 
+#: Longest single transfer through innera (a local upload or download, an import upload):
+#: routes that stream bytes run under it, and sweeps that must not race one wait past it.
+TRANSFER_TIMEOUT_S = 30 * 60.0
+
 
 class Storage(Protocol):
     name: str
