@@ -45,8 +45,8 @@ async def make_entry(server: RunningServer, account: Account) -> str:
     """An entry row inserted directly (sealed like the entries route seals it)."""
     entry_id = str(uuid.uuid4())
     svc = server.services
-    sealed = await svc.entry_cipher.seal(account.id, entry_id,
-                                         {"title": "t", "body": "b", "tags": [], "mood": None})
+    sealed = svc.entry_cipher.seal_with(await svc.data_keys.get(account.id), account.id, entry_id,
+                                        {"title": "t", "body": "b", "tags": [], "mood": None})
     async with svc.db.connection() as conn:
         await conn.execute("INSERT INTO entries (id, user_id, content) VALUES (%s, %s, %s)",
                            (entry_id, account.id, sealed))

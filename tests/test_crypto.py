@@ -87,21 +87,22 @@ async def test_sealed_entries_open_only_where_they_were_sealed(server: RunningSe
     cipher: EntryCipher = server.services.entry_cipher
     entry_a, entry_b = str(uuid.uuid4()), str(uuid.uuid4())
     content = {"title": "Café ☕", "body": "secret-body-7731", "tags": ["t"], "mood": "ok"}
-    sealed = await cipher.seal(alice.id, entry_a, content)
+    alice_key = await server.services.data_keys.get(alice.id)
+    sealed = cipher.seal_with(alice_key, alice.id, entry_a, content)
     assert b"secret-body-7731" not in sealed
-    assert await cipher.open(alice.id, entry_a, sealed) == content
-    again = await cipher.seal(alice.id, entry_a, content)
+    assert cipher.open_with(alice_key, alice.id, entry_a, sealed) == content
+    again = cipher.seal_with(alice_key, alice.id, entry_a, content)
     assert again != sealed  # a fresh nonce every time
 
     metrics: Metrics = server.services.metrics
     before = metrics.crypto_errors.labels(operation="decrypt")._value.get()
     for user, entry in ((alice.id, entry_b), (bob.id, entry_a)):  # moved row / other user
         with pytest.raises(CryptoError) as info:
-            await cipher.open(user, entry, sealed)
+            cipher.open_with(await server.services.data_keys.get(user), user, entry, sealed)
         assert info.value.status == 500 and info.value.code == "crypto_error"
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
     with pytest.raises(CryptoError):
-        await cipher.open(alice.id, entry_a, tampered)
+        cipher.open_with(alice_key, alice.id, entry_a, tampered)
     assert metrics.crypto_errors.labels(operation="decrypt")._value.get() == before + 3
 
 

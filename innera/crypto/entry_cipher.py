@@ -27,17 +27,12 @@ def _aad(user_id: str, entry_id: str) -> bytes:
 
 
 class EntryCipher:
+    """Seals and opens entry content with a data key the caller fetched once (one
+    ``DataKeys.get`` per request or per scan, not per entry)."""
+
     def __init__(self, data_keys: DataKeys) -> None:
         self.data_keys = data_keys
         self.metrics = data_keys.metrics
-
-    async def seal(self, user_id: str, entry_id: str, content: dict[str, Any]) -> bytes:
-        dek = await self.data_keys.get(user_id)
-        return self.seal_with(dek, user_id, entry_id, content)
-
-    async def open(self, user_id: str, entry_id: str, sealed: bytes) -> dict[str, Any]:
-        dek = await self.data_keys.get(user_id)
-        return self.open_with(dek, user_id, entry_id, sealed)
 
     def seal_with(self, dek: bytes, user_id: str, entry_id: str, content: dict[str, Any]
                   ) -> bytes:
