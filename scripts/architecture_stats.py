@@ -19,6 +19,8 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
+# this checkout's packages, whichever checkout the venv was installed from
+sys.path.insert(0, str(ROOT))
 PACKAGES = ("innera", "workers")
 OURS = {*PACKAGES, "tests", "bench", "scripts"}
 
