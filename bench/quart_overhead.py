@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from innera.app import InneraRequest
 from innera.framework import TrimmedQuart
-from innera.http.fast_hangups import EXTENSION as HANGUP_EXTENSION
+from innera.http.fast import HANGUP_EXTENSION
 
 SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
          "scheme": "http", "path": "/v1/entries/abc", "raw_path": b"/v1/entries/abc",

@@ -33,7 +33,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.datastructures import Headers
 from werkzeug.routing import MapAdapter
 
-from innera.http.fast_hangups import EXTENSION as HANGUP_EXTENSION
+from innera.http.fast import HANGUP_EXTENSION
 
 __all__ = ["BodylessFastPath", "NoSessions", "RequestHeaders", "RouteMap", "TrimmedQuart"]
 

@@ -1,6 +1,6 @@
 """Serving the ASGI app. Everything HTTP-server specific lives in this package, behind one
 function; ``INNERA_HTTP_SERVER`` picks the implementation (``fast``: innera's Trio-native
-HTTP/1.1 + WebSocket server in ``fast.py``; ``hypercorn``: ``hypercorn.py``)::
+HTTP/1.1 + WebSocket server, the package ``fast/``; ``hypercorn``: ``hypercorn.py``)::
 
     addresses = await nursery.start(serve_http, asgi_app, host, port, stop_accepting, server)
 

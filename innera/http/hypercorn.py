@@ -5,7 +5,10 @@ trigger it closes idle keep-alive connections at once, so a request a load balan
 on such a connection at that moment is reset. innera therefore runs its own accept loop
 (:mod:`innera.http.listeners`) and uses Hypercorn only per connection (``TCPServer``): when
 draining starts the listeners close, but open connections live on until their next response
-(sent with ``Connection: close``) or until Hypercorn's keep-alive timeout closes them.
+(sent with ``Connection: close``) or until Hypercorn's keep-alive timeout closes them. That
+per-connection server, and the two unbounded waits of Hypercorn's taken out of it (a send
+gets :data:`SEND_TIMEOUT_S`), are :mod:`innera.compat.hypercorn`: the one place relying on
+Hypercorn's internals.
 """
 
 from __future__ import annotations
@@ -16,15 +19,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
 
+from innera.compat.hypercorn import connection_server
 from innera.http.listeners import serve_listeners
-
-log = logging.getLogger("innera.http")
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[..., Any], Callable[..., Any]], Awaitable[None]
@@ -81,41 +78,6 @@ class _ServerMiddleware:
         await self.app(scope, receive, server_send)
 
 
-class _TCPServer(TCPServer):
-    """Hypercorn's per-connection server, minus two unbounded waits:
-
-    - when the peer closes, Hypercorn still waited for the connection's keep-alive timer (up
-      to 5 s) before the connection's task ended, which held every drain for 5 s after the
-      last client had left;
-    - its sends are shielded with no deadline, so a peer that stops reading (a stuck
-      WebSocket client) held the connection, its handler and the shutdown drain for as long
-      as it kept the socket open. A send now gets SEND_TIMEOUT_S; past it the connection is
-      closed (a partly sent stream cannot be used again anyway).
-    """
-
-    async def _read_data(self) -> None:
-        await super()._read_data()
-        await self.idle_task.stop()
-
-    async def protocol_send(self, event: Event) -> None:
-        if not isinstance(event, RawData):
-            await super().protocol_send(event)
-            return
-        async with self.send_lock:
-            try:
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + SEND_TIMEOUT_S
-                    await self.stream.send_all(event.data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.protocol.handle(Closed())
-                return
-            if scope.cancelled_caught:
-                log.info("peer read nothing for %gs: closing its connection", SEND_TIMEOUT_S)
-                with trio.CancelScope(shield=True):
-                    await self.stream.aclose()
-                await self.protocol.handle(Closed())
-
-
 async def serve_http(
     app: ASGIApp,
     host: str,
@@ -124,12 +86,9 @@ async def serve_http(
     *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config = _hypercorn_config()
-    context = WorkerContext(None)
-    wrapped = wrap_app(_ServerMiddleware(app, stop_accepting), config.wsgi_max_body_size, "asgi")
-
-    async def handle(stream: trio.SocketStream) -> None:
-        await _TCPServer(wrapped, config, context, ConnectionState({}), stream).run()
+    """Serve ``app`` until ``stop_accepting`` is set, then drain (see the module doc)."""
+    handle = connection_server(_ServerMiddleware(app, stop_accepting), _hypercorn_config(),
+                               SEND_TIMEOUT_S)
 
     def accepted(sock: trio.socket.SocketType, _: Any, connections: trio.Nursery) -> None:
         try:

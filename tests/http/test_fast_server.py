@@ -1,4 +1,4 @@
-"""innera's fast HTTP/1.1 + WebSocket server (innera/http/fast.py) over raw sockets, so that
+"""innera's fast HTTP/1.1 + WebSocket server (innera/http/fast/) over raw sockets, so that
 each test controls the bytes: a small ASGI app of the test's own in the test's nursery, and a
 few requests through the real innera app (``INNERA_HTTP_SERVER=fast``)."""
 
@@ -34,7 +34,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from innera.http import fast
+from innera.http.fast import server as fast_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -229,7 +229,7 @@ async def serving(app: Any) -> AsyncIterator[Server]:
         stop, done = trio.Event(), trio.Event()
 
         async def run(task_status: trio.TaskStatus[Any]) -> None:
-            await fast.serve_http(app, "127.0.0.1", 0, stop, task_status=task_status)
+            await fast_server.serve_http(app, "127.0.0.1", 0, stop, task_status=task_status)
             done.set()
 
         addresses = await nursery.start(run)
@@ -514,7 +514,7 @@ async def test_a_body_the_app_did_not_read_is_skipped_and_the_connection_kept() 
 
 async def test_an_idle_keep_alive_connection_closes_at_the_timeout(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast, "KEEP_ALIVE_TIMEOUT_S", 0.4)
+    monkeypatch.setattr(fast_server, "KEEP_ALIVE_TIMEOUT_S", 0.4)
     async with serving(App()) as server:
         client = await server.connect()
         await client.send(get("/echo"))
@@ -634,7 +634,7 @@ async def test_a_head_under_the_limits_is_served() -> None:
 
 async def test_a_trickled_head_is_cut_off_at_the_header_timeout(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast, "HEADER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fast_server, "HEADER_TIMEOUT_S", 0.5)
     async with serving(App()) as server:
         client = await server.connect()
         started = trio.current_time()
@@ -752,7 +752,7 @@ async def test_requests_pipelined_behind_a_slow_one_do_not_count_as_a_hang_up() 
 
 
 async def test_a_stalled_body_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast, "BODY_TIMEOUT_S", 0.4)
+    monkeypatch.setattr(fast_server, "BODY_TIMEOUT_S", 0.4)
     app = App()
     async with serving(app) as server:
         client = await server.connect()
@@ -765,7 +765,7 @@ async def test_a_stalled_body_times_out(monkeypatch: pytest.MonkeyPatch) -> None
 
 async def test_a_client_that_does_not_read_is_disconnected_at_the_send_timeout(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast, "SEND_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fast_server, "SEND_TIMEOUT_S", 0.5)
     app = App()
     async with serving(app) as server:
         client = await server.connect()
@@ -985,7 +985,7 @@ async def test_the_http_response_extension_refuses_before_accepting() -> None:
 
 
 async def test_graceful_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast, "KEEP_ALIVE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(fast_server, "KEEP_ALIVE_TIMEOUT_S", 1.0)
     app = App()
     async with serving(app) as server:
         reused = await server.connect()  # idle keep-alive, used again while draining

@@ -26,9 +26,10 @@ from typing import Any
 import trio
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode, ParseFailed
 
-from innera.http.fast_cycle import ASGI_VERSION, Message, error_response, response_head
-from innera.http.fast_http import Reject, Request, split_target
-from innera.http.fast_io import ClientDisconnected, Settings, Transport
+from innera.http.fast.asgi import ASGI_VERSION, Message
+from innera.http.fast.request import Reject, Request, split_target
+from innera.http.fast.responses import error_response, response_head
+from innera.http.fast.transport import ClientDisconnected, Settings, Transport
 
 log = logging.getLogger("innera.http")
 
@@ -105,7 +106,7 @@ class WebSocket:
         self.response_start: Message | None = None
         self.accept_waiter: trio.CancelScope | None = None
 
-    # --- around the app (which fast.py runs itself) ----------------------------------------
+    # --- around the app (which fast/server.py runs itself) ----------------------------------------
 
     async def app_failed(self, exc: Exception, scope: dict[str, Any]) -> None:
         """The app raised: a 500 before the accept, a 1011 close after it."""

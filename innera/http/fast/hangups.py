@@ -7,8 +7,8 @@ with a second task per request waiting for ``http.disconnect``. Here each connec
 registers its socket, for as long as the app runs one of its requests, with one epoll
 instance (``EPOLLRDHUP``: the peer closed or reset the connection) that one task of the
 server waits on; when it fires, that connection's :meth:`HTTPConnection.client_hung_up
-<innera.http.fast_http.HTTPConnection.client_hung_up>` cancels the connection's scope, which
-ends the request's work (PostgreSQL queries are cancelled by the driver) and closes the
+<innera.http.fast.connection.HTTPConnection.client_hung_up>` cancels the connection's scope,
+which ends the request's work (PostgreSQL queries are cancelled by the driver) and closes the
 connection. The cost per request is two ``epoll_ctl`` calls.
 
 The http scope says so with the extension :data:`EXTENSION`, so an app can leave a body-less

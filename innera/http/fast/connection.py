@@ -1,7 +1,7 @@
 """HTTP/1.1 connections of innera's fast server (:mod:`innera.http.fast`): parsing with
 httptools, the limits on request heads, keep-alive and pipelining, flow control, running the
-app for each request (its ASGI cycle is :mod:`innera.http.fast_cycle`), and the hand-off of
-WebSocket upgrades to :mod:`innera.http.fast_ws`.
+app for each request (its ASGI cycle is :mod:`innera.http.fast.cycle`), and the hand-off of
+WebSocket upgrades to :mod:`innera.http.fast.websocket`.
 
 One task per connection runs :meth:`HTTPConnection.run`. The parser is fed only when someone
 needs bytes: the connection loop waiting for the next request head, or the app's ``receive``
@@ -12,11 +12,12 @@ limits on heads and the bounded read size keep every connection's buffers bounde
 the parser refuses is answered (400, 431, 501, 505) after the ones before it, then the
 connection closes.
 
-Per request there are two small objects (:class:`Request`, a ``Cycle``) and the scope
-dict: no task, memory channel or cancel scope, except while the app's ``receive`` has to wait
-for the network (body still arriving, or the body was delivered and the app waits for
-``http.disconnect``: that wait reads the socket, so a client that goes away mid-request is
-noticed, and ends when the response is complete). The keep-alive and head timeouts move the
+Per request there are two small objects (a :class:`~innera.http.fast.request.Request`, a
+:class:`~innera.http.fast.cycle.Cycle`) and the scope dict: no task, memory channel or cancel
+scope, except while the app's ``receive`` has to wait for the network (body still arriving,
+or the body was delivered and the app waits for ``http.disconnect``: that wait reads the
+socket, so a client that goes away mid-request is noticed, and ends when the response is
+complete). The keep-alive and head timeouts move the
 deadline of the connection's one cancel scope, which is infinite while the app runs.
 """
 
@@ -26,15 +27,17 @@ import logging
 import math
 from collections import deque
 from typing import Any
-from urllib.parse import unquote
 
 import httptools
 import trio
 
-from innera.http.fast_cycle import ASGI_VERSION, ASGIApp, Cycle, error_response
-from innera.http.fast_hangups import EXTENSION as HANGUP_EXTENSION
-from innera.http.fast_hangups import Hangups
-from innera.http.fast_io import ClientDisconnected, Settings, Transport
+from innera.http.fast.asgi import ASGI_VERSION, ASGIApp
+from innera.http.fast.cycle import Cycle
+from innera.http.fast.hangups import EXTENSION as HANGUP_EXTENSION
+from innera.http.fast.hangups import Hangups
+from innera.http.fast.request import Reject, Request, split_target
+from innera.http.fast.responses import error_response
+from innera.http.fast.transport import ClientDisconnected, Settings, Transport
 
 log = logging.getLogger("innera.http")
 
@@ -54,38 +57,6 @@ _HEADER_NAMES = {
     for spelling in (name, name.title(), name.upper(),
                      name.title().replace(b"Websocket", b"WebSocket"))
 }
-
-
-class Reject(Exception):
-    """Raised in a parser callback: the request is refused with ``status``."""
-
-    def __init__(self, status: int, message: str | None = None) -> None:
-        super().__init__(message or str(status))
-        self.status = status
-        self.message = message
-
-
-class Request:
-    """One parsed request (its head, then its body as it arrives)."""
-
-    __slots__ = ("body", "body_bytes", "complete", "discard", "error", "expect_continue",
-                 "head_done", "headers", "keep_alive", "method", "target", "upgrade",
-                 "version")
-
-    def __init__(self) -> None:
-        self.target = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.method = "GET"
-        self.version = "1.1"
-        self.keep_alive = True
-        self.head_done = False
-        self.complete = False
-        self.expect_continue = False
-        self.upgrade: bytes | None = None  # the Upgrade header of an upgrade request
-        self.body: list[bytes] = []
-        self.body_bytes = 0
-        self.discard = False  # the response is done: the rest of the body is dropped
-        self.error = 0  # the body is broken (parse error, timeout, peer gone)
 
 
 _HANGUP_EXTENSIONS: dict[str, dict[str, Any]] = {HANGUP_EXTENSION: {}}
@@ -327,7 +298,7 @@ class HTTPConnection:
 
     def client_hung_up(self) -> None:
         """The peer closed or reset the connection while the app ran a request (see
-        :mod:`innera.http.fast_hangups`): unless its response is complete, the request's work
+        :mod:`innera.http.fast.hangups`): unless its response is complete, the request's work
         is cancelled, with the connection. As with Hypercorn's ``http.disconnect``, a client
         that only shuts down its sending side counts as gone."""
         cycle = self.cycle
@@ -425,32 +396,6 @@ class HTTPConnection:
                 limit -= len(data)
                 self.feed(data)
         return request.complete and not request.error
-
-
-def split_target(request: Request) -> tuple[str, bytes, bytes]:
-    """The scope's ``path`` (percent-decoded), ``raw_path`` and ``query_string``."""
-    target = request.target
-    if target[:1] == b"/":
-        raw_path, _, query = target.partition(b"?")
-        if b"#" in raw_path:
-            raw_path = raw_path.partition(b"#")[0]
-        elif b"#" in query:
-            query = query.partition(b"#")[0]
-    elif target == b"*" and request.method == "OPTIONS":
-        raw_path, query = b"*", b""
-    else:  # absolute form
-        try:
-            url = httptools.parse_url(target)
-        except httptools.HttpParserInvalidURLError:
-            raise Reject(400, "Invalid request target") from None
-        raw_path, query = url.path or b"/", url.query or b""
-    try:
-        path = raw_path.decode("ascii")
-    except UnicodeDecodeError:
-        raise Reject(400, "Invalid request target") from None
-    if "%" in path:
-        path = unquote(path)
-    return path, raw_path, query
 
 
 def _only_disconnects(exc: BaseException) -> bool:

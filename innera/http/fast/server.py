@@ -1,14 +1,18 @@
 """innera's Trio-native HTTP/1.1 + WebSocket server: the ``fast`` implementation of
 :func:`innera.http.serve_http` (``INNERA_HTTP_SERVER=fast``).
 
-Layout: this module serves each accepted connection (listening, accepting and the drain
-are :mod:`innera.http.listeners`, shared with Hypercorn); :mod:`innera.http.fast_http` serves the
-HTTP/1.1 requests of a connection (httptools), :mod:`innera.http.fast_cycle` is the ASGI
-cycle of one request (receive, send, response framing), :mod:`innera.http.fast_ws` the
-WebSocket sessions (wsproto), :mod:`innera.http.fast_io` drives the sockets.
+Layout (the package :mod:`innera.http.fast`): this module serves each accepted connection
+(listening, accepting and the drain are :mod:`innera.http.listeners`, shared with Hypercorn);
+:mod:`~innera.http.fast.connection` serves the HTTP/1.1 requests of a connection (httptools),
+:mod:`~innera.http.fast.request` is one parsed request, :mod:`~innera.http.fast.cycle` the
+ASGI cycle of one request (receive, send, response framing),
+:mod:`~innera.http.fast.responses` the response heads the server writes itself,
+:mod:`~innera.http.fast.websocket` the WebSocket sessions (wsproto),
+:mod:`~innera.http.fast.transport` drives the sockets, :mod:`~innera.http.fast.asgi` holds
+the ASGI types.
 
 One task per connection, nothing per request beyond two small objects and the ASGI scope
-(see fast_http's doc). What it does, and the limits it enforces:
+(see :mod:`~innera.http.fast.connection`'s doc). What it does, and the limits it enforces:
 
 - ASGI 3 ``http`` and ``websocket`` scopes (spec 2.4), with the ``websocket.http.response``
   extension; no ``lifespan`` (innera starts its services itself, in innera/process.py), no
@@ -33,7 +37,7 @@ One task per connection, nothing per request beyond two small objects and the AS
   reassembled, pings answered, the closing handshake both ways (the peer gets
   :data:`WS_CLOSE_TIMEOUT_S` to answer ours);
 - a client that hangs up while the app runs its request has that request cancelled
-  (:mod:`innera.http.fast_hangups`: one watcher task for the server, not one per request;
+  (:mod:`innera.http.fast.hangups`: one watcher task for the server, not one per request;
   the scope's ``innera.cancelled_on_hangup`` extension says so);
 - the scope's ``client`` is the socket peer; X-Forwarded-* are left to innera (TRUST_PROXY);
   no Server header, no Date header; an app exception before the response starts is a 500
@@ -59,11 +63,11 @@ from typing import Any
 
 import trio
 
-from innera.http.fast_cycle import ASGIApp
-from innera.http.fast_hangups import Hangups
-from innera.http.fast_http import HTTPConnection
-from innera.http.fast_io import ClientDisconnected, Settings, Transport
-from innera.http.fast_ws import prepare_websocket
+from innera.http.fast.asgi import ASGIApp
+from innera.http.fast.connection import HTTPConnection
+from innera.http.fast.hangups import Hangups
+from innera.http.fast.transport import ClientDisconnected, Settings, Transport
+from innera.http.fast.websocket import prepare_websocket
 from innera.http.listeners import serve_listeners
 
 log = logging.getLogger("innera.http")
@@ -141,7 +145,7 @@ async def _serve_connection(app: ASGIApp, settings: Settings, draining: trio.Eve
 def _accepted(app: ASGIApp, settings: Settings, draining: trio.Event, hangups: Hangups,
               accepted: trio.socket.SocketType, address: Any, connections: trio.Nursery
               ) -> None:
-    # the connection is driven through the plain socket (see fast_io)
+    # the connection is driven through the plain socket (see fast/transport.py)
     sock = socket.socket(fileno=accepted.detach())
     try:
         sock.setblocking(False)

@@ -1,87 +1,56 @@
 """The ASGI ``http`` cycle of one request on innera's fast server (:mod:`innera.http.fast`):
 the app's ``receive`` (the body as it arrives, ``Expect: 100-continue``, ``http.disconnect``)
 and ``send`` (the response head and its framing: Content-Length, chunked, or the end of the
-connection), and the server's own error responses.
+connection).
 
-The connection (:class:`innera.http.fast_http.HTTPConnection`) owns the socket and the
-parser; a cycle reads through it only when the app asks for body it does not have yet, or
-waits for ``http.disconnect`` (reading ahead, within the connection's limits, so that a
-client that goes away is noticed). A response is written with one ``send_all`` per ASGI
-message, the head together with the first body part.
+The connection (:class:`innera.http.fast.connection.HTTPConnection`, seen here through
+:class:`Connection`: the connection imports this module, not the other way round) owns the
+socket and the parser; a cycle reads through it only when the app asks for body it does not
+have yet, or waits for ``http.disconnect`` (reading ahead, within the connection's limits, so
+that a client that goes away is noticed). A response is written with one ``send_all`` per
+ASGI message, the head together with the first body part.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import trio
 
-from innera.http.fast_io import ClientDisconnected
-
-if TYPE_CHECKING:
-    from innera.http.fast_http import HTTPConnection, Request
+from innera.http.fast.asgi import Message
+from innera.http.fast.request import Request
+from innera.http.fast.responses import CONNECTION_CLOSE, STATUS_LINES
+from innera.http.fast.transport import ClientDisconnected, Settings, Transport
 
 log = logging.getLogger("innera.http")
 
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Message]],
-     Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
-]
-
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii"))
-                 for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED = b"transfer-encoding: chunked\r\n"
-_CLOSE = b"connection: close\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _NO_BODY_STATUSES = frozenset((204, 304))
-_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
-_ERROR_CODES = {
-    400: ("bad_request", "The request is malformed"),
-    408: ("request_timeout", "The request took too long to arrive"),
-    431: ("request_header_fields_too_large", "The request's header fields are too large"),
-    500: ("internal_error", "Internal server error"),
-    501: ("not_implemented", "This transfer coding is not supported"),
-    505: ("http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported"),
-}
+
+
+class Connection(Protocol):
+    """What a cycle uses of its HTTP/1.1 connection."""
+
+    settings: Settings
+    draining: trio.Event
+    transport: Transport
+    client: tuple[str, int] | None
+    eof: bool
+    stop_reading: bool
+    buffered: int
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data`` (the requests it completes are queued on the connection)."""
+
+    def may_read_ahead(self) -> bool:
+        """Whether the connection's limits allow reading the socket ahead of the app."""
 
 
 def _disconnect() -> Message:
     return {"type": "http.disconnect"}
-
-
-def error_response(status: int, message: str | None = None) -> bytes:
-    """A complete ``Connection: close`` response with innera's JSON error body."""
-    code, default = _ERROR_CODES.get(status, ("http_error", "HTTP error"))
-    body = json.dumps({"error": {"code": code, "message": message or default}},
-                      separators=(",", ":")).encode()
-    return b"".join((_STATUS_LINES.get(status, b"HTTP/1.1 %d \r\n" % status),
-                     b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-                     _CLOSE, b"\r\n", body))
-
-
-def response_head(status: int, headers: Any, extra: bytes = b"") -> bytes:
-    """A response head from ASGI ``headers`` (framing and Connection headers dropped) and
-    ``extra`` (complete header lines); refuses line breaks inside a header."""
-    parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-    lines = 2 + extra.count(b"\n")
-    for name, value in headers:
-        if name.lower() in _FRAMING_HEADERS:
-            continue
-        parts += (name, b": ", value, b"\r\n")
-        lines += 1
-    parts += (extra, b"\r\n")
-    head = b"".join(parts)
-    if head.count(b"\n") != lines or head.count(b"\r") != lines:
-        raise RuntimeError("a response header contains a line break")
-    return head
 
 
 class Cycle:
@@ -90,7 +59,7 @@ class Cycle:
     __slots__ = ("chunked", "complete", "conn", "continue_sent", "delivered", "head",
                  "head_only", "keep_alive", "remaining", "request", "start", "waiter")
 
-    def __init__(self, conn: HTTPConnection, request: Request) -> None:
+    def __init__(self, conn: Connection, request: Request) -> None:
         self.conn = conn
         self.request = request
         self.start: Message | None = None  # http.response.start, until the head is written
@@ -246,7 +215,7 @@ class Cycle:
         if start is None:
             raise RuntimeError("http.response.body before http.response.start")
         status = start["status"]
-        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+        parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
         content_length = None
         lines = 2
         for name, value in start.get("headers", ()):
@@ -290,7 +259,7 @@ class Cycle:
                                 and not self.continue_sent)):
             self.keep_alive = False
         if not self.keep_alive:
-            parts.append(_CLOSE)
+            parts.append(CONNECTION_CLOSE)
             lines += 1
         parts.append(b"\r\n")
         head = b"".join(parts)

@@ -31,7 +31,7 @@ class ClientDisconnected(OSError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The limits and timeouts of one server (see :mod:`innera.http.fast` for each)."""
+    """The limits and timeouts of one server (see :mod:`innera.http.fast.server` for each)."""
 
     keep_alive_timeout_s: float
     header_timeout_s: float
