@@ -46,7 +46,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HOST", "0.0.0.0", "address the HTTP server binds"),
     Variable("INNERA_HTTP_SERVER", "fast",
              "fast | hypercorn: the HTTP/1.1 + WebSocket server (fast: innera's Trio-native "
-             "server, innera/http/fast.py; hypercorn for HTTP/2 or TLS in process)"),
+             "server, innera/http/fast/; hypercorn for HTTP/2 or TLS in process)"),
     Variable("PORT", "3000", "port the HTTP server binds (0 picks a free port)"),
     Variable("LOG_LEVEL", "info", "trace | debug | info | warn | error | fatal"),
     Variable("INNERA_DATA_DIR", "./var",
