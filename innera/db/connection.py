@@ -10,26 +10,22 @@ generators that yield what they wait for (``Wait.R/W/RW``) and are resumed with 
 ready (``Ready.R/W/RW``): this module drives them with ``trio.lowlevel.wait_readable`` /
 ``wait_writable`` on the libpq socket.
 
-psycopg internals relied upon (the package pins ``psycopg>=3.3.9,<3.4`` for that reason;
-re-run ``tests/db`` before raising the pin):
+What it overrides (``wait``, ``connect``, ``cancel_safe``, ``try_cancel``, ``transaction``,
+``close``, ``__aexit__``, the ``lock``) and every private psycopg name it needs come through
+:mod:`innera.compat.psycopg`, which states the psycopg versions this was written for; re-run
+``tests/compat/test_psycopg.py`` and ``tests/db`` before raising the pin.
 
-- ``AsyncConnection.__init__``: replaced ``self.lock`` (``asyncio.Lock``) by a ``trio.Lock``.
-- ``AsyncConnection.connect`` (classmethod): re-implemented on ``BaseConnection._connect_gen``
-  and ``_get_connection_params``; host names are resolved with ``trio.socket.getaddrinfo``
-  (psycopg's ``conninfo_attempts_async`` uses asyncio), using ``psycopg._conninfo_utils``'s
-  ``split_attempts/get_param/get_param_def/is_ip_address``; sets ``_autocommit`` like psycopg.
-- ``AsyncConnection.wait``: the single funnel every query, fetch, commit, COPY and stream
-  goes through; re-implemented on Trio, with cancellation handling (below).
-- ``AsyncConnection.cancel_safe`` / ``_try_cancel``: use ``BaseConnection._cancel_gen``
-  (libpq >= 17 ``PQcancelStart``, non-blocking) driven by Trio, or ``cancel()`` in a thread.
-- ``AsyncConnection.transaction``: same ``AsyncTransaction`` object, but its exit is guarded
-  so that a Trio cancellation cannot skip it (psycopg's savepoint bookkeeping would be left
-  inconsistent and the pooled connection unusable). Reads ``AsyncTransaction.status``.
-- ``AsyncConnection.close`` / ``__aexit__``: call ``trio.lowlevel.notify_closing`` before
-  ``PQfinish`` and always close on ``async with`` exit.
-- ``psycopg.waiting._ready``: zero-timeout readiness probe (C implementation in
-  psycopg-binary) used before waiting on a write, like psycopg's own ``wait_async``.
-- ``psycopg.generators.fetch``: used to drain a cancelled query.
+- ``connect``: every host/address tried in turn like psycopg's, host names resolved with
+  ``trio.socket.getaddrinfo`` (psycopg's ``conninfo_attempts_async`` uses asyncio).
+- ``wait``: the single funnel every query, fetch, commit, COPY and stream goes through;
+  re-implemented on Trio, with cancellation handling (below).
+- ``cancel_safe`` / ``try_cancel``: the non-blocking cancel (libpq >= 17 ``PQcancelStart``)
+  driven by Trio, or ``cancel()`` in a thread.
+- ``transaction``: same ``AsyncTransaction`` object, but its exit is guarded so that a Trio
+  cancellation cannot skip it (psycopg's savepoint bookkeeping would be left inconsistent
+  and the pooled connection unusable).
+- ``close`` / ``__aexit__``: call ``trio.lowlevel.notify_closing`` before ``PQfinish`` and
+  always close on ``async with`` exit.
 
 Cancellation: when a Trio cancel scope (or Ctrl-C) interrupts a wait while the server runs a
 query, the query is cancelled server-side, the interrupted operation is driven to its end
@@ -50,17 +46,24 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, cast
 
-import psycopg
 import trio
+from psycopg import capabilities, generators, pq, waiting
 from psycopg import errors as e
-from psycopg import generators, pq, waiting
-from psycopg._capabilities import capabilities
-from psycopg._conninfo_utils import get_param, get_param_def, is_ip_address, split_attempts
 from psycopg.abc import AdaptContext, ConnDict, ConnMapping, ConnParam, PQGen, PQGenConn
-from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import make_conninfo, timeout_from_conninfo
 from psycopg.rows import AsyncRowFactory, Row, tuple_row
 from psycopg.transaction import AsyncTransaction
+
+from innera.compat.psycopg import (
+    AsyncConnectionBase,
+    WaitTimeout,
+    get_param,
+    get_param_def,
+    is_ip_address,
+    ready_now,
+    split_attempts,
+    transaction_exit_gen,
+)
 
 if TYPE_CHECKING:
     from psycopg.cursor_async import AsyncCursor
@@ -90,7 +93,6 @@ ACTIVE = pq.TransactionStatus.ACTIVE
 _TX_ACTIVE = AsyncTransaction.Status.ACTIVE
 _COPY_STATUSES = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
 
-_ready = waiting._ready  # (fileno, Wait) -> Ready, without waiting
 _HAS_EPOLL = hasattr(select, "epoll")
 _last_yield = 0.0
 
@@ -105,7 +107,7 @@ async def _drive(gen: PQGen[Any], fileno: int) -> Any:
         while True:
             if s & WAIT_W:
                 # A socket asked for writing is nearly always writable: poll it first.
-                if ready := _ready(fileno, s):
+                if ready := ready_now(fileno, s):
                     if time.monotonic() - _last_yield >= MAX_BUSY_TIME:
                         await trio.lowlevel.checkpoint()
                         _last_yield = time.monotonic()
@@ -179,7 +181,7 @@ async def wait_conn(
     gen: PQGenConn[Any], timeout: float | None = None  # noqa: ASYNC109 (psycopg's API)
 ) -> Any:
     """Drive a psycopg connection generator (yielding ``(fileno, Wait)``, the fd may
-    change) to completion on Trio. ``timeout`` raises psycopg's ``_WaitTimeout``."""
+    change) to completion on Trio. ``timeout`` raises ``WaitTimeout``."""
     with trio.move_on_after(math.inf if timeout is None else timeout):
         try:
             fileno, s = next(gen)
@@ -203,7 +205,7 @@ async def wait_conn(
             raise e.OperationalError("connection socket closed") from ex
         finally:
             gen.close()
-    raise e._WaitTimeout("wait timeout expired")
+    raise WaitTimeout("wait timeout expired")
 
 
 # --- connect --------------------------------------------------------------------------
@@ -255,7 +257,7 @@ async def _resolve_hostnames(params: ConnDict) -> list[ConnDict]:
 # --- the connection -------------------------------------------------------------------
 
 
-class TrioConnection(psycopg.AsyncConnection[Row]):
+class TrioConnection(AsyncConnectionBase[Row]):
     """``psycopg.AsyncConnection`` running on Trio. Use ``await TrioConnection.connect()``."""
 
     __module__ = "innera.db"
@@ -283,7 +285,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         """Connect like ``AsyncConnection.connect``: every host/address is tried in turn,
         each attempt bounded by ``connect_timeout`` (libpq rules: unset or 0 → 130 s,
         minimum 2 s). Cancellable by the caller's cancel scopes at any point."""
-        params = await cls._get_connection_params(conninfo, **kwargs)
+        params = await cls.connection_params(conninfo, **kwargs)
         timeout = timeout_from_conninfo(params)
         attempts = await _conninfo_attempts(params)
         conn_errors: list[tuple[e.Error, str]] = []
@@ -293,9 +295,9 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                 attempt.get("host"), attempt.get("port"), attempt.get("hostaddr")
             )
             try:
-                gen = cls._connect_gen(make_conninfo("", **attempt))
+                gen = cls.connect_gen(make_conninfo("", **attempt))
                 rv = await wait_conn(gen, timeout=timeout)
-            except e._WaitTimeout:
+            except WaitTimeout:
                 conn_errors.append((e.ConnectionTimeout("connection timeout expired"), descr))
             except e.Error as ex:
                 conn_errors.append((ex, descr))
@@ -309,13 +311,11 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             lines.extend(f"- {descr}: {error}" for error, descr in conn_errors)
             raise type(last_ex)("\n".join(lines), pgconn=last_ex.pgconn).with_traceback(None)
 
-        rv._autocommit = bool(autocommit)
+        rv.set_connect_options(autocommit=autocommit, context=context)
         if row_factory:
             rv.row_factory = row_factory
         if cursor_factory:
             rv.cursor_factory = cursor_factory
-        if context:
-            rv._adapters = AdaptersMap(context.adapters)
         rv.prepare_threshold = prepare_threshold
         return rv
 
@@ -346,7 +346,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                 return await _drive(gen, fileno)
             with trio.move_on_after(timeout):
                 return await _drive(gen, fileno)
-            raise e._WaitTimeout("wait timeout expired")
+            raise WaitTimeout("wait timeout expired")
         except (trio.Cancelled, KeyboardInterrupt) as ex:
             if self.pgconn.transaction_status == ACTIVE:
                 completed, value = await self._recover(gen)
@@ -368,7 +368,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + CANCEL_TIMEOUT_S
             try:
-                if self._pipeline is None:  # draining a pipeline is not attempted
+                if not self.in_pipeline:  # draining a pipeline is not attempted
                     fileno = self.pgconn.socket
                     pending = gen
                     while True:
@@ -401,19 +401,19 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                 "query not terminated after cancellation%s: closing the connection",
                 " (timed out)" if scope.cancelled_caught else "",
             )
-            self._terminate()
+            self.terminate()
             return False, None
         return completed and not drained, value
 
     async def cancel_safe(self, *, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         """Cancel the current operation on the server (libpq >= 17: non-blocking cancel
         driven by Trio; older libpq: the blocking ``cancel()`` in a worker thread)."""
-        if not self._should_cancel():
+        if not self.should_cancel():
             return
         if capabilities.has_cancel_safe():
             try:
-                await wait_conn(self._cancel_gen(), timeout=timeout or None)
-            except e._WaitTimeout:
+                await wait_conn(self.cancel_gen(), timeout=timeout or None)
+            except WaitTimeout:
                 raise e.CancellationTimeout("cancellation timeout expired") from None
         else:
             with trio.move_on_after(timeout or math.inf) as scope:
@@ -421,8 +421,10 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             if scope.cancelled_caught:
                 raise e.CancellationTimeout("cancellation timeout expired")
 
-    async def _try_cancel(self, *, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        # Called by psycopg from stream()/copy clean-up, often in a cancelled scope.
+    async def try_cancel(self, *, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Cancel the running query, shielded and bounded by ``CANCEL_TIMEOUT_S``; never
+        raises. psycopg calls it from stream()/cursor/COPY clean-up, often in a cancelled
+        scope."""
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + min(timeout, CANCEL_TIMEOUT_S)
             try:
@@ -439,7 +441,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         enclosing scope is cancelled when the block completes, the transaction is rolled
         back instead of committed and ``Cancelled`` raised."""
         tx = AsyncTransaction(self, savepoint_name, force_rollback)
-        if self._pipeline:
+        if self.in_pipeline:
             async with self.pipeline(), _guarded(tx), self.pipeline():
                 yield tx
         else:
@@ -470,11 +472,12 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             return
         trio.lowlevel.notify_closing(fileno)
 
-    def _terminate(self) -> None:
-        """Close now, without a checkpoint (for clean-up paths)."""
+    def terminate(self) -> None:
+        """Close now, without a checkpoint (for clean-up paths, e.g. a pool discarding
+        the connection)."""
         if not self.closed:
             self._notify_closing()
-            self._closed = True
+            self.mark_closed()
             self.pgconn.finish()
 
 
@@ -529,12 +532,11 @@ async def _exit(conn: TrioConnection[Any], tx: AsyncTransaction, exc: BaseExcept
         scope.deadline = trio.current_time() + CANCEL_TIMEOUT_S
         await conn.lock.acquire()
     if scope.cancelled_caught:  # someone else holds the connection: give up on it
-        conn._terminate()
+        conn.terminate()
         tx.status = tx.Status.FAILED
         raise e.OperationalError("transaction exit: timed out waiting for the connection")
     try:
-        gen = tx._exit_gen(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
-        return bool(await conn._wait_started(gen))
+        return bool(await conn._wait_started(transaction_exit_gen(tx, exc)))
     finally:
         conn.lock.release()
 

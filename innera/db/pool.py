@@ -267,7 +267,7 @@ class Pool:
 
     def _discard(self, conn: TrioConnection[Any], reason: str,
                  cause: BaseException | None = None) -> None:
-        conn._terminate()
+        conn.terminate()
         exc = ConnectionDiscarded(f"{self.name}: discarded a database connection: {reason}")
         exc.__cause__ = cause
         try:
@@ -302,7 +302,7 @@ class Pool:
                     nursery.start_soon(open_one)
         if errors or scope.cancelled_caught:
             for conn in opened:
-                conn._terminate()
+                conn.terminate()
             if errors:
                 raise DatabaseUnavailable(
                     f"Cannot connect to PostgreSQL: {str(errors[0]).strip()}") from errors[0]
@@ -352,7 +352,7 @@ class Pool:
         while (self._idle and now - self._idle[0][1] > self.idle_timeout_s
                and self._total() > self.min_size):
             conn, _ = self._idle.popleft()
-            conn._terminate()
+            conn.terminate()
         for item in list(self._idle):
             if reason := _idle_problem(item[0]):
                 self._idle.remove(item)
@@ -363,18 +363,18 @@ class Pool:
             waiter.event.set()  # neither conn nor slot: raises "pool closed"
         self._waiters.clear()
         while self._idle:
-            self._idle.popleft()[0]._terminate()
+            self._idle.popleft()[0].terminate()
         if self._active:
             self._all_released = trio.Event()
             with trio.move_on_after(self.CLOSE_TIMEOUT_S):
                 await self._all_released.wait()
             for conn in list(self._active):  # still in use: their tasks get an error
-                conn._terminate()
+                conn.terminate()
 
     def _check_all_released(self) -> None:
         if self._state == _CLOSED:
             while self._idle:
-                self._idle.popleft()[0]._terminate()
+                self._idle.popleft()[0].terminate()
             if not self._active and self._all_released is not None:
                 self._all_released.set()
 
@@ -407,7 +407,7 @@ def _busy_problem(conn: TrioConnection[Any]) -> str | None:
         return "connection closed" if not conn.broken else "connection broken"
     if conn.lock.locked():
         return "connection still in use (an unclosed stream or cursor?)"
-    if conn._pipeline is not None:
+    if conn.in_pipeline:
         return "connection left in pipeline mode"
     status = conn.pgconn.transaction_status
     if status not in (IDLE, INTRANS, INERROR):

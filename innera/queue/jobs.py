@@ -143,7 +143,8 @@ class JobQueue:
         self._fail = client.register_script(scripts.FAIL)
         self._release = client.register_script(scripts.RELEASE)
 
-    def _k(self, *names: str) -> list[str]:
+    def keys_for(self, *names: str) -> list[str]:
+        """The Redis keys of this queue named ``names`` (see ``keys``), in order (script KEYS)."""
         return [self.keys[n] for n in names]
 
     @property
@@ -159,7 +160,7 @@ class JobQueue:
         again (the existing job's id is returned); a finished one is replaced."""
         job_id = job_id or uuid.uuid4().hex
         await self._enqueue(
-            keys=self._k("waiting", "delayed", "completed", "failed", "meta", "payloads"),
+            keys=self.keys_for("waiting", "delayed", "completed", "failed", "meta", "payloads"),
             args=[job_id, json.dumps(payload, separators=(",", ":")),
                   max(0, int(delay_s * 1000)), self.attempts])
         return job_id
@@ -176,24 +177,24 @@ class JobQueue:
     async def claim(self, count: int = 1) -> list[Job]:
         """Promote due delayed jobs, pop up to ``count`` and lease them — one atomic step."""
         rows = await self._claim(
-            keys=self._k("waiting", "delayed", "active", "meta", "payloads"),
+            keys=self.keys_for("waiting", "delayed", "active", "meta", "payloads"),
             args=[self.lease_ms, count])
         return [Job(id=str(r[0]), queue=self.name, payload=json.loads(r[1]), attempt=int(r[2]),
                     token=int(r[3]), max_attempts=int(r[4])) for r in rows]
 
     async def renew(self, job: Job) -> bool:
         """Extend the lease; False: the lease is lost (expired and reaped, or reclaimed)."""
-        return bool(await self._renew(keys=self._k("active", "meta"),
+        return bool(await self._renew(keys=self.keys_for("active", "meta"),
                                       args=[job.id, job.token, self.lease_ms]))
 
     async def progress(self, job: Job, fraction: float) -> bool:
-        return bool(await self._progress(keys=self._k("meta"),
+        return bool(await self._progress(keys=self.keys_for("meta"),
                                          args=[job.id, job.token, repr(float(fraction))]))
 
     async def complete(self, job: Job) -> bool:
         """True: completed. False: the lease was lost, the completion is rejected."""
         return bool(await self._complete(
-            keys=self._k("active", "completed", "meta", "payloads"),
+            keys=self.keys_for("active", "completed", "meta", "payloads"),
             args=[job.id, job.token, self.keep_completed, self.completed_age_ms]))
 
     async def fail(
@@ -202,7 +203,7 @@ class JobQueue:
         """Retry later with backoff, or dead-letter after the last attempt (or at once when
         ``permanent``). ``max_attempts`` 0: the count stored on the job at enqueue."""
         reply = await self._fail(
-            keys=self._k("active", "delayed", "failed", "meta", "payloads"),
+            keys=self.keys_for("active", "delayed", "failed", "meta", "payloads"),
             args=[job.id, job.token, error[:4000], int(self.backoff_s(job.attempt) * 1000),
                   max_attempts, int(permanent), self.keep_failed, self.failed_age_ms])
         return str(reply)  # type: ignore[return-value]
@@ -210,7 +211,7 @@ class JobQueue:
     async def release(self, job: Job) -> bool:
         """Back to the head of waiting without counting the attempt or a stall (graceful
         shutdown). False: the lease was already lost."""
-        return bool(await self._release(keys=self._k("active", "waiting", "meta"),
+        return bool(await self._release(keys=self.keys_for("active", "waiting", "meta"),
                                         args=[job.id, job.token]))
 
     def backoff_s(self, attempt: int) -> float:

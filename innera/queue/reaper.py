@@ -48,7 +48,8 @@ class Reaper:
         """One pass. None: another instance holds the reaper lock."""
         q = self.queue
         reply = await self._reap(
-            keys=q._k("active", "waiting", "completed", "failed", "meta", "payloads", "reaper"),
+            keys=q.keys_for("active", "waiting", "completed", "failed", "meta", "payloads",
+                            "reaper"),
             args=[self.token, self.lock_ttl_ms, self.max_stalls, q.keep_completed,
                   q.completed_age_ms, q.keep_failed, q.failed_age_ms])
         if reply == -1:
