@@ -46,6 +46,7 @@ import trio
 
 from innera import __version__
 from innera.accounts import ActiveUsers
+from innera.attachments.upload_sweeper import run_upload_sweeper
 from innera.auth.access_tokens import AccessTokens, load_jwt_secret_async
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
@@ -63,7 +64,6 @@ from innera.guards.ratelimit import RateLimiter
 from innera.jobs.export_sweeper import run_export_sweeper
 from innera.jobs.reconciler import RECONCILE_INTERVAL_S, run_reconciler
 from innera.jobs.runtime import worker_queues
-from innera.jobs.upload_sweeper import run_upload_sweeper
 from innera.journal.entries import EntryReads
 from innera.local_secrets import derive_key
 from innera.observability import sentry

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 import uuid
 from typing import Any
@@ -14,15 +15,19 @@ import httpx
 import pytest
 
 import innera.app
-from innera.api.attachments import delete_entry_objects
 from innera.api.bodies import StreamingUploadRequest
+from innera.attachments import delete_entry_objects, sweep_once
 from innera.storage import LocalStorage, S3Storage, content_disposition, sanitize_filename
 from innera.storage.keys import object_key
 from tests.fixtures.accounts import Account, signup
 from tests.fixtures.server import RunningServer
 from tests.test_http import assert_error
 
+#: ISO 8601 UTC, milliseconds, Z (innera.timestamps.iso_utc)
+MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 MiB = 1024 * 1024
+
+
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -108,6 +113,7 @@ async def test_upload_complete_download_round_trip(server: RunningServer, store:
                             "expiresIn"}
     att = created["attachment"]
     assert att["entryId"] == entry_id and att["status"] == "pending"
+    assert MOMENT.fullmatch(att["createdAt"]) and MOMENT.fullmatch(att["updatedAt"])
     assert att["filename"] == "Beach day.png" and att["contentType"] == "image/png"
     assert att["size"] == len(data) and created["expiresIn"] == 900
     assert created["uploadHeaders"] == {"Content-Type": "image/png"}
@@ -268,12 +274,12 @@ async def test_delete_entry_objects_and_cascade(server: RunningServer) -> None:
     kept = await declare(server, alice, other_entry, size=1)
     assert (await upload(server, kept, b"k")).status_code in (200, 204)
 
-    assert await delete_entry_objects(server.services, alice.id, entry_id) == 2
+    assert await delete_entry_objects(server.services.storage, alice.id, entry_id) == 2
     for att_id in ids:
         assert await stored_size(server, alice, entry_id, att_id) is None
     assert await stored_size(server, alice, other_entry, kept["attachment"]["id"]) == 1
-    assert await delete_entry_objects(server.services, alice.id, entry_id) == 0
-    assert await delete_entry_objects(server.services, alice.id, "not-a-uuid") == 0
+    assert await delete_entry_objects(server.services.storage, alice.id, entry_id) == 0
+    assert await delete_entry_objects(server.services.storage, alice.id, "not-a-uuid") == 0
 
     async with server.services.db.connection() as conn:
         await conn.execute("DELETE FROM entries WHERE id = %s", (entry_id,))
@@ -451,8 +457,6 @@ async def test_readiness_checks_the_configured_store(server: RunningServer, stor
 
 async def test_uploads_never_completed_are_swept_after_their_url_expired(
         server: RunningServer) -> None:
-    from innera.jobs.upload_sweeper import sweep_once
-
     account = await signup(server.client)
     entry_id = await make_entry(server, account)
     uploaded_not_completed = await declare(server, account, entry_id)

@@ -4,6 +4,7 @@ moving to another account included)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from datetime import datetime
@@ -17,6 +18,8 @@ from tests.fixtures.server import RunningServer, start_server
 from tests.test_http import assert_error
 
 FIELDS = {"id", "platform", "pushToken", "createdAt", "updatedAt", "lastSeenAt"}
+#: ISO 8601 UTC, milliseconds, Z (innera.timestamps.iso_utc)
+MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 async def test_register_is_an_upsert_by_token(server: RunningServer) -> None:
@@ -29,6 +32,7 @@ async def test_register_is_an_upsert_by_token(server: RunningServer) -> None:
     assert set(device) == FIELDS
     assert device["platform"] == "ios" and device["pushToken"] == token
     uuid.UUID(device["id"])
+    assert all(MOMENT.fullmatch(device[f]) for f in ("createdAt", "updatedAt", "lastSeenAt"))
 
     again = await server.client.post("/v1/devices", json={"platform": "ios", "pushToken": token},
                                      headers=account.auth)

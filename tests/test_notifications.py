@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,19 +15,26 @@ from typing import Any
 import pytest
 import trio
 
-import innera.notifications as notifications
+import innera.notifications.unread as unread
 from innera.config import load_settings
+from innera.db.pool import Pool
 from innera.notifications import create_notification, unread_key
 from innera.redis import UNAVAILABLE_ERRORS
 from tests.fixtures.accounts import Account, signup
 from tests.fixtures.server import RunningServer, server_environ, start_server
 from tests.test_http import assert_error
 
+#: ISO 8601 UTC, milliseconds, Z (innera.timestamps.iso_utc)
+MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
 
 async def notify(srv: RunningServer, account: Account, n: int = 1, **extra: Any
                  ) -> list[dict[str, Any]]:
-    return [await create_notification(srv.services, account.id, kind="test.ping",
-                                      title=f"Title {i}", body=f"Body {i}", **extra)
+    svc = srv.services
+    return [await create_notification(svc.db, svc.redis, account.id,
+                                      push_provider=svc.settings.push_provider,
+                                      kind="test.ping", title=f"Title {i}", body=f"Body {i}",
+                                      **extra)
             for i in range(n)]
 
 
@@ -72,7 +80,7 @@ async def test_list_is_newest_first_with_keyset_pages(server: RunningServer) -> 
     first = seen[-1]
     assert set(first) == {"id", "kind", "title", "body", "data", "readAt", "createdAt"}
     assert first["data"] == {"entryId": "e-1", "n": [1, 2]} and first["readAt"] is None
-    assert first["createdAt"].endswith("Z") and first["kind"] == "test.ping"
+    assert MOMENT.fullmatch(first["createdAt"]) and first["kind"] == "test.ping"
 
     r = await server.client.get("/v1/notifications", headers=account.auth)
     assert [n["id"] for n in r.json()["items"]] == [n["id"] for n in reversed(created)]
@@ -86,7 +94,7 @@ async def test_unread_filter_and_idempotent_read(server: RunningServer) -> None:
                                  headers=account.auth)
     assert r.status_code == 200, r.text
     read = r.json()
-    assert read["id"] == created[1]["id"] and read["readAt"] is not None
+    assert read["id"] == created[1]["id"] and MOMENT.fullmatch(read["readAt"])
     again = await server.client.post(f"/v1/notifications/{created[1]['id']}/read",
                                      headers=account.auth)
     assert again.status_code == 200 and again.json() == read  # the first readAt is kept
@@ -164,8 +172,11 @@ async def test_create_validates_its_arguments(server: RunningServer) -> None:
                    {"data": {"k": "nul\x00"}}):
         args = {"kind": "k", "title": "t", "body": "b", **kwargs}
         with pytest.raises(ValueError):
-            await create_notification(svc, account.id, **args)
-    ok = await create_notification(svc, account.id, kind="k", title="t" * 200, body="b" * 2000)
+            await create_notification(svc.db, svc.redis, account.id,
+                                      push_provider=svc.settings.push_provider, **args)
+    ok = await create_notification(svc.db, svc.redis, account.id,
+                                   push_provider=svc.settings.push_provider, kind="k",
+                                   title="t" * 200, body="b" * 2000)
     assert ok["data"] == {} and len(ok["title"]) == 200
     assert await db_unread(server, account.id) == 1
 
@@ -269,17 +280,17 @@ async def test_a_recompute_racing_a_change_cannot_leave_a_stale_count(
     the recompute tries to store its (old) count: the store must be refused."""
     account = await signup(server.client)
     [first] = await notify(server, account)
-    original = notifications.count_unread_from_db
+    original = unread.count_unread_from_db
     computed, release = trio.Event(), trio.Event()
 
-    async def slow_count(svc: Any, user_id: str) -> int:
-        value = await original(svc, user_id)
+    async def slow_count(db: Pool, user_id: str) -> int:
+        value = await original(db, user_id)
         computed.set()
         with trio.fail_after(5):
             await release.wait()
         return value
 
-    monkeypatch.setattr(notifications, "count_unread_from_db", slow_count)
+    monkeypatch.setattr(unread, "count_unread_from_db", slow_count)
     answers: list[int] = []
 
     async def recompute() -> None:
@@ -289,7 +300,7 @@ async def test_a_recompute_racing_a_change_cannot_leave_a_stale_count(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(recompute)
             await computed.wait()  # the recompute holds count=1, not yet stored
-            monkeypatch.setattr(notifications, "count_unread_from_db", original)
+            monkeypatch.setattr(unread, "count_unread_from_db", original)
             if change == "create":
                 await notify(server, account)
                 expected = 2

@@ -16,6 +16,9 @@ URLs live ATTACHMENT_URL_TTL_S. With S3 they are presigned S3 URLs (key
 paths on innera itself (``/v1/attachments/local/…``, see ``innera.storage.local``), resolved
 against the API's base URL; their routes stream bodies to and from disk.
 
+The rules, SQL and storage keys are in :mod:`innera.attachments`; this module parses,
+makes one domain call and renders.
+
 Rules: content types are allow-listed (:data:`ALLOWED_CONTENT_TYPES`, else 422); a declared
 size above ATTACHMENT_MAX_BYTES is 422 ``validation_failed`` (field ``size``) — the request
 itself is small, so 413 is kept for bodies: an upload body past the declared size (or the
@@ -26,35 +29,26 @@ are 404 ``not_found`` alike.
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import trio
-from psycopg.rows import dict_row
 from pydantic import Field, field_validator
 from quart import Blueprint, Response, g, request
 
+from innera import attachments
 from innera.api.bodies import UploadTimeout, body_chunks, storage_errors
 from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
-from innera.errors import (
-    Conflict,
-    NotFound,
-    PayloadTooLarge,
-    ValidationFailed,
-)
 from innera.journal.rules import ALLOWED_CONTENT_TYPES
-from innera.storage import TRANSFER_TIMEOUT_S, LocalStorage, Storage
-from innera.storage.keys import InvalidKey, canonical_uuid, entry_prefix, object_key
+from innera.storage import TRANSFER_TIMEOUT_S
 from innera.storage.local import URL_PATH as LOCAL_URL_PATH
-from innera.storage.local import InvalidSignature
 from innera.storage.names import content_disposition, sanitize_filename
+from innera.timestamps import iso_utc
 
 blueprint = Blueprint("attachments", __name__, url_prefix="/v1")
 
-_COLUMNS = "id, user_id, entry_id, filename, content_type, size, status, created_at, updated_at"
+_TIMESTAMP = "ISO 8601 UTC, milliseconds, Z"
 
 
 # --- request and response bodies ------------------------------------------------------------
@@ -91,8 +85,8 @@ class AttachmentOut(Model):
     contentType: str
     size: int
     status: Literal["pending", "ready"]
-    createdAt: str
-    updatedAt: str
+    createdAt: str = Field(description=_TIMESTAMP)
+    updatedAt: str = Field(description=_TIMESTAMP)
 
 
 class AttachmentUploadOut(Model):
@@ -120,78 +114,11 @@ class AttachmentListOut(Model):
     nextCursor: str | None = None
 
 
-class UploadIncomplete(Conflict):
-    code = "upload_incomplete"
-    message = "The upload has not been received with the declared size"
-
-
-class AttachmentNotReady(Conflict):
-    code = "attachment_not_ready"
-    message = "The attachment's upload has not been completed"
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-
-def _storage(svc: Any) -> Storage:
-    """The attachment store."""
-    return svc.storage
-
-
-def _local_storage(svc: Any) -> LocalStorage:
-    storage = _storage(svc)
-    if not isinstance(storage, LocalStorage):
-        raise NotFound("No route matches this URL")
-    return storage
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _out(row: dict[str, Any]) -> AttachmentOut:
+def _out(attachment: attachments.Attachment) -> AttachmentOut:
     return AttachmentOut(
-        id=str(row["id"]), entryId=str(row["entry_id"]), filename=row["filename"],
-        contentType=row["content_type"], size=row["size"], status=row["status"],
-        createdAt=_iso(row["created_at"]), updatedAt=_iso(row["updated_at"]))
-
-
-def _key(row: dict[str, Any]) -> str:
-    return object_key(str(row["user_id"]), str(row["entry_id"]), str(row["id"]))
-
-
-def _id_or_404(value: str, what: str) -> str:
-    canonical = canonical_uuid(value)
-    if canonical is None:
-        raise NotFound(f"{what} not found")
-    return canonical
-
-
-async def _fetch(svc: Any, user_id: str, attachment_id: str) -> dict[str, Any]:
-    """The user's attachment, else 404 (another user's, unknown and malformed ids alike)."""
-    attachment_id = _id_or_404(attachment_id, "Attachment")
-    async with svc.db.connection() as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            f"SELECT {_COLUMNS} FROM attachments WHERE id = %s AND user_id = %s",
-            (attachment_id, user_id))
-        row = await cur.fetchone()
-    if row is None:
-        raise NotFound("Attachment not found")
-    return row
-
-
-async def delete_entry_objects(svc: Any, user_id: str, entry_id: str) -> int:
-    """Delete every stored object of an entry (``{userId}/{entryId}/…``, including uploads
-    never completed). Call it when an entry is deleted: the rows go with the entry
-    (``ON DELETE CASCADE``), the objects do not. Returns how many objects were deleted;
-    raises 503 ``storage_unavailable`` when the store fails (safe to retry)."""
-    try:
-        prefix = entry_prefix(user_id, entry_id)
-    except InvalidKey:
-        return 0
-    with storage_errors():
-        return await _storage(svc).delete_prefix(prefix)
+        id=attachment.id, entryId=attachment.entry_id, filename=attachment.filename,
+        contentType=attachment.content_type, size=attachment.size, status=attachment.status,
+        createdAt=iso_utc(attachment.created_at), updatedAt=iso_utc(attachment.updated_at))
 
 
 # --- the API ------------------------------------------------------------------------------
@@ -207,48 +134,23 @@ async def delete_entry_objects(svc: Any, user_id: str, entry_id: str) -> int:
            errors=(404, 422, 429))
 async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUploadOut:
     svc = services()
-    user_id = g.user_id
-    entry_id = _id_or_404(entry_id, "Entry")
-    maximum = svc.settings.attachment_max_bytes
-    if body.size > maximum:
-        raise ValidationFailed(details=[{
-            "field": "size", "message": f"must be at most {maximum} bytes",
-            "type": "less_than_equal"}])
-    attachment_id = str(uuid.uuid4())
-    ttl = svc.settings.attachment_url_ttl_s
     with storage_errors():
-        url = await _storage(svc).presign_put(
-            object_key(user_id, entry_id, attachment_id), body.contentType, body.size, ttl)
-    async with svc.db.connection() as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            "INSERT INTO attachments (id, user_id, entry_id, filename, content_type, size) "
-            "SELECT %s, e.user_id, e.id, %s, %s, %s FROM entries e "
-            f"WHERE e.id = %s AND e.user_id = %s RETURNING {_COLUMNS}",
-            (attachment_id, body.filename, body.contentType, body.size, entry_id, user_id))
-        row = await cur.fetchone()
-    if row is None:
-        raise NotFound("Entry not found")
-    return AttachmentUploadOut(attachment=_out(row), uploadUrl=url, uploadMethod="PUT",
-                               uploadHeaders={"Content-Type": body.contentType},
-                               expiresIn=ttl)
+        upload = await attachments.declare(
+            svc.db, svc.storage, g.user_id, entry_id, filename=body.filename,
+            content_type=body.contentType, size=body.size,
+            max_bytes=svc.settings.attachment_max_bytes,
+            url_ttl_s=svc.settings.attachment_url_ttl_s)
+    return AttachmentUploadOut(attachment=_out(upload.attachment), uploadUrl=upload.url,
+                               uploadMethod="PUT", uploadHeaders=upload.headers,
+                               expiresIn=upload.expires_in)
 
 
 @operation(blueprint, "GET", "/entries/<entry_id>/attachments",
            summary="The attachments of an entry (oldest first)",
            response=AttachmentListOut, errors=(404, 429))
 async def list_attachments(entry_id: str) -> AttachmentListOut:
-    svc = services()
-    entry_id = _id_or_404(entry_id, "Entry")
-    async with svc.db.connection() as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            "SELECT 1 FROM entries WHERE id = %s AND user_id = %s", (entry_id, g.user_id))
-        if await cur.fetchone() is None:
-            raise NotFound("Entry not found")
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            f"SELECT {_COLUMNS} FROM attachments WHERE entry_id = %s AND user_id = %s "
-            "ORDER BY created_at, id", (entry_id, g.user_id))
-        rows = await cur.fetchall()
-    return AttachmentListOut(items=[_out(r) for r in rows], nextCursor=None)
+    found = await attachments.entry_attachments(services().db, g.user_id, entry_id)
+    return AttachmentListOut(items=[_out(a) for a in found], nextCursor=None)
 
 
 @operation(blueprint, "POST", "/attachments/<attachment_id>/complete",
@@ -258,24 +160,9 @@ async def list_attachments(entry_id: str) -> AttachmentListOut:
            response=AttachmentOnlyOut, errors=(404, 409, 429))
 async def complete_attachment(attachment_id: str) -> AttachmentOnlyOut:
     svc = services()
-    row = await _fetch(svc, g.user_id, attachment_id)
-    if row["status"] == "ready":
-        return AttachmentOnlyOut(attachment=_out(row))
     with storage_errors():
-        size = await _storage(svc).head(_key(row))
-    if size is None:
-        raise UploadIncomplete("Nothing has been uploaded for this attachment yet")
-    if size != row["size"]:
-        raise UploadIncomplete("The uploaded object does not have the declared size",
-                               details={"expectedSize": row["size"], "actualSize": size})
-    async with svc.db.connection() as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            f"UPDATE attachments SET status = 'ready' WHERE id = %s AND user_id = %s "
-            f"RETURNING {_COLUMNS}", (row["id"], g.user_id))
-        updated = await cur.fetchone()
-    if updated is None:  # deleted meanwhile
-        raise NotFound("Attachment not found")
-    return AttachmentOnlyOut(attachment=_out(updated))
+        attachment = await attachments.complete(svc.db, svc.storage, g.user_id, attachment_id)
+    return AttachmentOnlyOut(attachment=_out(attachment))
 
 
 @operation(blueprint, "GET", "/attachments/<attachment_id>",
@@ -284,14 +171,11 @@ async def complete_attachment(attachment_id: str) -> AttachmentOnlyOut:
            response=AttachmentDownloadOut, errors=(404, 409, 429))
 async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
     svc = services()
-    row = await _fetch(svc, g.user_id, attachment_id)
-    if row["status"] != "ready":
-        raise AttachmentNotReady()
-    ttl = svc.settings.attachment_url_ttl_s
     with storage_errors():
-        url = await _storage(svc).presign_get(_key(row), row["filename"], row["content_type"],
-                                              ttl)
-    return AttachmentDownloadOut(attachment=_out(row), downloadUrl=url, expiresIn=ttl)
+        found = await attachments.download(svc.db, svc.storage, g.user_id, attachment_id,
+                                           url_ttl_s=svc.settings.attachment_url_ttl_s)
+    return AttachmentDownloadOut(attachment=_out(found.attachment), downloadUrl=found.url,
+                                 expiresIn=found.expires_in)
 
 
 @operation(blueprint, "DELETE", "/attachments/<attachment_id>",
@@ -299,12 +183,8 @@ async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
            status=204, errors=(404, 429))
 async def delete_attachment(attachment_id: str) -> None:
     svc = services()
-    row = await _fetch(svc, g.user_id, attachment_id)
     with storage_errors():  # the object first: a failure leaves the row, so a retry works
-        await _storage(svc).delete(_key(row))
-    async with svc.db.connection() as conn:
-        await conn.execute("DELETE FROM attachments WHERE id = %s AND user_id = %s",
-                           (row["id"], g.user_id))
+        await attachments.delete(svc.db, svc.storage, g.user_id, attachment_id)
 
 
 # --- the local store's signed URLs ----------------------------------------------------------
@@ -322,24 +202,13 @@ _LOCAL_ROUTE = (LOCAL_URL_PATH.removeprefix(blueprint.url_prefix or "")
            errors=(400, 403, 404, 408, 413, 429), timeout_s=TRANSFER_TIMEOUT_S)
 async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
     svc = services()
-    storage = _local_storage(svc)
-    key = f"{user_id}/{entry_id}/{attachment_id}"
-    grant = storage.verify("PUT", key, request.args)
-    if request.headers.get("content-type", "") != grant.content_type:
-        raise InvalidSignature("The Content-Type header is not the one the URL was signed for")
-    assert grant.size is not None
-    maximum = svc.settings.attachment_max_bytes
-    length = request.content_length
-    if grant.size > maximum or (length is not None and length > grant.size):
-        raise PayloadTooLarge(f"The body is larger than the declared size ({grant.size} bytes)")
-    async with svc.db.connection() as conn:  # no file for an attachment deleted meanwhile
-        cur = await conn.execute(
-            "SELECT 1 FROM attachments WHERE id = %s AND user_id = %s AND entry_id = %s",
-            (attachment_id, user_id, entry_id))
-        if await cur.fetchone() is None:
-            raise NotFound("Attachment not found")
     with trio.move_on_after(TRANSFER_TIMEOUT_S) as transfer, storage_errors():
-        await storage.write(key, body_chunks(request.body), size=grant.size)
+        await attachments.receive_upload(
+            svc.db, svc.storage, user_id=user_id, entry_id=entry_id,
+            attachment_id=attachment_id, query=request.args,
+            content_type=request.headers.get("content-type", ""),
+            content_length=request.content_length, chunks=body_chunks(request.body),
+            max_bytes=svc.settings.attachment_max_bytes)
     if transfer.cancelled_caught:
         raise UploadTimeout()
 
@@ -350,16 +219,12 @@ async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
                        "the file with its content type and Content-Disposition: attachment.",
            errors=(403, 404, 429))
 async def local_download(user_id: str, entry_id: str, attachment_id: str) -> Response:
-    svc = services()
-    storage = _local_storage(svc)
-    key = f"{user_id}/{entry_id}/{attachment_id}"
-    grant = storage.verify("GET", key, request.args)
     with storage_errors():
-        size = await storage.head(key)
-    if size is None:
-        raise NotFound("Attachment not found")
-    response = Response(storage.read(key, size), status=200, content_type=grant.content_type,
-                        headers={"Content-Disposition": content_disposition(grant.filename or ""),
-                                 "Content-Length": str(size)})
+        found = await attachments.open_download(
+            services().storage, user_id=user_id, entry_id=entry_id,
+            attachment_id=attachment_id, query=request.args)
+    response = Response(found.chunks, status=200, content_type=found.content_type,
+                        headers={"Content-Disposition": content_disposition(found.filename),
+                                 "Content-Length": str(found.size)})
     response.timeout = TRANSFER_TIMEOUT_S
     return response

@@ -28,16 +28,15 @@ cap.
 The list is paginated like every list: newest first (``createdAt``, then id), ``limit``
 (1-100, default 20) and the opaque ``cursor`` of :mod:`innera.pagination` (purpose
 ``devices``).
+
+The rules and SQL are in :mod:`innera.notifications.devices`; this module parses, makes one
+domain call and renders. Timestamps: ISO 8601 UTC, milliseconds, ``Z``.
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
-from psycopg.rows import dict_row
 from pydantic import Field, field_validator
 from quart import Blueprint, Response, g
 
@@ -45,17 +44,14 @@ from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import NotFound
-from innera.ids import canonical_uuid
-from innera.notifications import db_deadline
+from innera.notifications import devices
+from innera.timestamps import iso_utc
 
 blueprint = Blueprint("devices", __name__, url_prefix="/v1/devices")
-log = logging.getLogger("innera.devices")
 
 MAX_PUSH_TOKEN = 4096
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-CURSOR_PURPOSE = "devices"
-_COLUMNS = "id, platform, push_token, created_at, updated_at, last_seen_at"
 
 
 class DeviceIn(Model):
@@ -74,9 +70,10 @@ class DeviceOut(Model):
     id: str
     platform: Literal["ios", "android", "web"]
     pushToken: str
-    createdAt: str = Field(description="ISO 8601 timestamp")
-    updatedAt: str = Field(description="ISO 8601 timestamp")
-    lastSeenAt: str = Field(description="ISO 8601 timestamp of the last registration")
+    createdAt: str = Field(description="ISO 8601 UTC, milliseconds, Z")
+    updatedAt: str = Field(description="ISO 8601 UTC, milliseconds, Z")
+    lastSeenAt: str = Field(description="ISO 8601 UTC, milliseconds, Z: the last "
+                                        "registration")
 
 
 class DeviceList(Model):
@@ -90,45 +87,10 @@ class DeviceQuery(Model):
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _device(row: dict[str, Any]) -> DeviceOut:
-    return DeviceOut(id=str(row["id"]), platform=row["platform"], pushToken=row["push_token"],
-                     createdAt=_iso(row["created_at"]), updatedAt=_iso(row["updated_at"]),
-                     lastSeenAt=_iso(row["last_seen_at"]))
-
-
-# One statement, so concurrent registrations of a token cannot both insert. In DO UPDATE,
-# `d.*` is the existing row: it keeps its id and created_at only if it is the caller's.
-_UPSERT = f"""
-INSERT INTO devices AS d (id, user_id, platform, push_token)
-VALUES (%(id)s, %(user_id)s, %(platform)s, %(token)s)
-ON CONFLICT ((push_token_digest(push_token))) DO UPDATE SET
-    id = CASE WHEN d.user_id = EXCLUDED.user_id THEN d.id ELSE EXCLUDED.id END,
-    created_at = CASE WHEN d.user_id = EXCLUDED.user_id THEN d.created_at ELSE now() END,
-    user_id = EXCLUDED.user_id,
-    platform = EXCLUDED.platform,
-    last_seen_at = now()
-RETURNING {_COLUMNS}
-"""
-
-# Registrations of one account run one at a time (until their transaction ends), so the
-# count below cannot be raced past the cap. The lock's key is the account's, in a class of
-# its own (two ints: the first names the class).
-_LOCK_ACCOUNT = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
-_DEVICES_LOCK_CLASS = 0x1D_DE01
-
-# Keep the caller's `keep` device and its `others` most recently seen other devices; delete
-# the rest (at most one after a registration, unless MAX_DEVICES_PER_USER was lowered).
-_TRIM = """
-DELETE FROM devices WHERE id IN (
-    SELECT id FROM devices WHERE user_id = %(user_id)s AND id <> %(keep)s
-    ORDER BY last_seen_at DESC, created_at DESC, id DESC
-    OFFSET %(others)s)
-RETURNING id
-"""
+def _out(device: devices.Device) -> DeviceOut:
+    return DeviceOut(id=device.id, platform=device.platform, pushToken=device.push_token,
+                     createdAt=iso_utc(device.created_at), updatedAt=iso_utc(device.updated_at),
+                     lastSeenAt=iso_utc(device.last_seen_at))
 
 
 @operation(blueprint, "POST", "", summary="Register a device's push token",
@@ -140,27 +102,13 @@ RETURNING id
            body=DeviceIn, response=DeviceOut, status=201, errors=(422, 429))
 async def register_device(body: DeviceIn) -> DeviceOut | Response:
     svc = services()
-    user_id: str = g.user_id
-    new_id = str(uuid.uuid4())
-    with db_deadline():
-        async with svc.db.connection() as conn, conn.transaction():
-            await conn.execute(_LOCK_ACCOUNT, (_DEVICES_LOCK_CLASS, user_id))
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                _UPSERT, {"id": new_id, "user_id": user_id, "platform": body.platform,
-                          "token": body.pushToken})
-            row = await cur.fetchone()
-            assert row is not None
-            trimmed = await conn.execute(_TRIM, {
-                "user_id": user_id, "keep": row["id"],
-                "others": svc.settings.max_devices_per_user - 1})
-            replaced = trimmed.rowcount
-    if replaced > 0:
-        log.info("user %s is at MAX_DEVICES_PER_USER (%d): %d least recently seen device(s) "
-                 "replaced", user_id, svc.settings.max_devices_per_user, replaced)
-    device = _device(row)
-    if device.id == new_id:
-        return device
-    return Response(device.model_dump_json(), status=200, content_type="application/json")
+    device, created = await devices.register_device(
+        svc.db, g.user_id, platform=body.platform, push_token=body.pushToken,
+        max_devices=svc.settings.max_devices_per_user)
+    out = _out(device)
+    if created:
+        return out
+    return Response(out.model_dump_json(), status=200, content_type="application/json")
 
 
 @operation(blueprint, "GET", "", summary="List the account's devices, newest first",
@@ -169,36 +117,13 @@ async def register_device(body: DeviceIn) -> DeviceOut | Response:
            query=DeviceQuery, response=DeviceList, errors=(400, 422, 429))
 async def list_devices(query: DeviceQuery) -> DeviceList:
     svc = services()
-    user_id: str = g.user_id
-    conditions = ["user_id = %s"]
-    params: list[Any] = [user_id]
-    if query.cursor:
-        created_at, last_id = svc.cursors.decode(CURSOR_PURPOSE, user_id, query.cursor)
-        conditions.append("(created_at, id) < (%s, %s)")
-        params += [created_at, last_id]
-    params.append(query.limit + 1)
-    with db_deadline():
-        async with svc.db.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                f"SELECT {_COLUMNS} FROM devices WHERE {' AND '.join(conditions)} "
-                "ORDER BY created_at DESC, id DESC LIMIT %s", params)
-            rows = await cur.fetchall()
-    rows, next_cursor = svc.cursors.page(CURSOR_PURPOSE, user_id, rows, query.limit)
-    return DeviceList(items=[_device(r) for r in rows], nextCursor=next_cursor)
+    found, next_cursor = await devices.list_devices(svc.db, svc.cursors, g.user_id,
+                                                    cursor=query.cursor, limit=query.limit)
+    return DeviceList(items=[_out(d) for d in found], nextCursor=next_cursor)
 
 
 @operation(blueprint, "DELETE", "/<id>", summary="Remove a device (its token gets no pushes)",
            status=204, errors=(404, 429))
 async def delete_device(id: str) -> None:
-    device_id = canonical_uuid(id)
-    deleted = 0
-    if device_id is not None:
-        svc = services()
-        with db_deadline():
-            async with svc.db.connection() as conn:
-                cur = await conn.execute(
-                    "DELETE FROM devices WHERE id = %s AND user_id = %s",
-                    (device_id, g.user_id))
-                deleted = cur.rowcount
-    if not deleted:
+    if not await devices.delete_device(services().db, g.user_id, id):
         raise NotFound("No such device")

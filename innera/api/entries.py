@@ -20,10 +20,11 @@ from typing import Any
 from pydantic import Field
 from quart import Blueprint, g
 
-from innera.api.attachments import delete_entry_objects
+from innera.api.bodies import storage_errors
 from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
+from innera.attachments import delete_entry_objects
 from innera.errors import NotFound
 from innera.ids import canonical_uuid
 from innera.journal.entries import (
@@ -154,7 +155,8 @@ async def remove_entry(entry_id: str) -> None:
     entry_id = _entry_id(entry_id)
     # Stored attachment objects first (only this user's prefix; 503 and nothing lost if the
     # store fails, so a retry finishes), then the row: attachment rows go with it (CASCADE).
-    await delete_entry_objects(svc, g.user_id, entry_id)
+    with storage_errors():
+        await delete_entry_objects(svc.storage, g.user_id, entry_id)
     if not await delete_entry(svc.db, g.user_id, entry_id):
         raise NotFound("No such entry")
     await _publish("entry.deleted", {"id": entry_id})

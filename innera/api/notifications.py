@@ -4,13 +4,15 @@
 The list is newest first with an opaque keyset cursor (``innera/pagination.py``, purpose
 ``notifications``). A cursor that does not verify (garbage, edited, another user's or another
 list's) is a 400 ``invalid_cursor``.
+
+The rules and SQL are in :mod:`innera.notifications`; this module parses, makes one domain
+call and renders. Timestamps: ISO 8601 UTC, milliseconds, ``Z``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from psycopg.rows import dict_row
 from pydantic import Field
 from quart import Blueprint, g
 
@@ -18,20 +20,13 @@ from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model
 from innera.errors import NotFound
-from innera.ids import canonical_uuid
-from innera.notifications import (
-    db_deadline,
-    mark_all_read,
-    mark_read,
-    serialize,
-    unread_count,
-)
+from innera.notifications import inbox
+from innera.notifications.unread import unread_count
 
 blueprint = Blueprint("notifications", __name__, url_prefix="/v1/notifications")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-CURSOR_PURPOSE = "notifications"
 
 
 class NotificationOut(Model):
@@ -40,8 +35,8 @@ class NotificationOut(Model):
     title: str
     body: str
     data: dict[str, Any]
-    readAt: str | None = Field(description="ISO 8601 timestamp; null while unread")
-    createdAt: str = Field(description="ISO 8601 timestamp")
+    readAt: str | None = Field(description="ISO 8601 UTC, milliseconds, Z; null while unread")
+    createdAt: str = Field(description="ISO 8601 UTC, milliseconds, Z")
 
 
 class NotificationPage(Model):
@@ -64,7 +59,6 @@ class ReadAllOut(Model):
     updated: int = Field(description="How many notifications were unread")
 
 
-
 # --- routes ---------------------------------------------------------------------------
 
 
@@ -74,26 +68,10 @@ class ReadAllOut(Model):
            query=NotificationQuery, response=NotificationPage, errors=(400, 422, 429))
 async def list_notifications(query: NotificationQuery) -> NotificationPage:
     svc = services()
-    user_id: str = g.user_id
-    conditions = ["user_id = %s"]
-    params: list[Any] = [user_id]
-    if query.unread:
-        conditions.append("read_at IS NULL")
-    if query.cursor:
-        created_at, last_id = svc.cursors.decode(CURSOR_PURPOSE, user_id, query.cursor)
-        conditions.append("(created_at, id) < (%s, %s)")
-        params += [created_at, last_id]
-    params.append(query.limit + 1)
-    with db_deadline():
-        async with svc.db.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                "SELECT id, kind, title, body, data, read_at, created_at FROM notifications "
-                f"WHERE {' AND '.join(conditions)} "
-                "ORDER BY created_at DESC, id DESC LIMIT %s", params)
-            rows = await cur.fetchall()
-    rows, next_cursor = svc.cursors.page(CURSOR_PURPOSE, user_id, rows, query.limit)
-    return NotificationPage(items=[NotificationOut(**serialize(r)) for r in rows],
-                            nextCursor=next_cursor)
+    items, next_cursor = await inbox.list_notifications(
+        svc.db, svc.cursors, g.user_id, unread=query.unread, cursor=query.cursor,
+        limit=query.limit)
+    return NotificationPage(items=[NotificationOut(**n) for n in items], nextCursor=next_cursor)
 
 
 @operation(blueprint, "GET", "/unread-count", summary="How many notifications are unread",
@@ -101,23 +79,23 @@ async def list_notifications(query: NotificationQuery) -> NotificationPage:
                        "change, so never stale after a read or a new notification.",
            response=UnreadCountOut, errors=(429,))
 async def get_unread_count() -> UnreadCountOut:
-    return UnreadCountOut(count=await unread_count(services(), g.user_id))
+    svc = services()
+    return UnreadCountOut(count=await unread_count(svc.db, svc.redis, g.user_id))
 
 
 @operation(blueprint, "POST", "/read-all", summary="Mark every notification read",
            response=ReadAllOut, errors=(429,))
 async def read_all() -> ReadAllOut:
-    return ReadAllOut(updated=await mark_all_read(services(), g.user_id))
+    svc = services()
+    return ReadAllOut(updated=await inbox.mark_all_read(svc.db, svc.redis, g.user_id))
 
 
 @operation(blueprint, "POST", "/<id>/read", summary="Mark a notification read",
            description="Idempotent: reading it again returns it with the first readAt.",
            response=NotificationOut, errors=(404, 429))
 async def read_one(id: str) -> NotificationOut:
-    notification_id = canonical_uuid(id)
-    found = None
-    if notification_id is not None:
-        found = await mark_read(services(), g.user_id, notification_id)
+    svc = services()
+    found = await inbox.mark_read(svc.db, svc.redis, g.user_id, id)
     if found is None:
         raise NotFound("No such notification")
     return NotificationOut(**found)

@@ -175,8 +175,9 @@ async def populate(srv: RunningServer, account: Account) -> dict[str, Any]:
     data = os.urandom(1024)
     attachment = await upload_attachment(srv, account, entries[0], data)
     for i in range(2):
-        await create_notification(svc, account.id, kind="test.hello", title=f"Hello {i}",
-                                  body="hi", data={"n": i})
+        await create_notification(svc.db, svc.redis, account.id,
+                                  push_provider=svc.settings.push_provider, kind="test.hello",
+                                  title=f"Hello {i}", body="hi", data={"n": i})
     r = await srv.client.get("/v1/notifications/unread-count", headers=account.auth)
     assert r.status_code == 200 and r.json()["count"] == 2, r.text
     r = await srv.client.post("/v1/devices", headers=account.auth,

@@ -72,7 +72,9 @@ async def notify(srv: RunningServer, account: Account, **extra: Any) -> dict[str
     fields: dict[str, Any] = {"kind": "entry.reminder", "title": "Time to write",
                               "body": "A minute for today's entry?"}
     fields.update(extra)
-    return await create_notification(srv.services, account.id, **fields)
+    svc = srv.services
+    return await create_notification(svc.db, svc.redis, account.id,
+                                     push_provider=svc.settings.push_provider, **fields)
 
 
 def queue(srv: RunningServer) -> JobQueue:

@@ -8,7 +8,8 @@ or loses atomically, and several instances sweeping at once never delete twice),
 objects (a partial upload may exist). A failed object delete is logged; the row is gone, so
 the object would be orphaned: the next account purge (``{userId}/`` prefix) still removes it.
 
-:func:`run_upload_sweeper` is a supervised service task, started beside the job reconciler.
+:func:`run_upload_sweeper` is a supervised service task the process starts beside the job
+reconciler (``innera/process.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from innera.db.pool import Pool
 from innera.storage import Storage
 from innera.storage.keys import object_key
 
-log = logging.getLogger("innera.jobs.upload_sweeper")
+log = logging.getLogger("innera.attachments.upload_sweeper")
 
 GRACE_S = 3600
 SWEEP_INTERVAL_S = 600.0
