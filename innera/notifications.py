@@ -202,7 +202,7 @@ async def enqueue_push(svc: Any, notification: dict[str, Any]) -> None:
     request must not skip it) and bounded; Redis unavailable or too slow is counted through
     ``redis.record_error`` and logged; no error is raised (the notification exists, unpushed).
     """
-    if svc.settings.push_provider == "none":
+    if svc.settings.push.provider == "none":
         return
     job_id = f"push:{notification['id']}"
     try:

@@ -209,13 +209,13 @@ async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUplo
     svc = services()
     user_id = g.user_id
     entry_id = _id_or_404(entry_id, "Entry")
-    maximum = svc.settings.attachment_max_bytes
+    maximum = svc.settings.storage.attachment_max_bytes
     if body.size > maximum:
         raise ValidationFailed(details=[{
             "field": "size", "message": f"must be at most {maximum} bytes",
             "type": "less_than_equal"}])
     attachment_id = str(uuid.uuid4())
-    ttl = svc.settings.attachment_url_ttl_s
+    ttl = svc.settings.storage.attachment_url_ttl_s
     with storage_errors():
         url = await _storage(svc).presign_put(
             object_key(user_id, entry_id, attachment_id), body.contentType, body.size, ttl)
@@ -287,7 +287,7 @@ async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
     row = await _fetch(svc, g.user_id, attachment_id)
     if row["status"] != "ready":
         raise AttachmentNotReady()
-    ttl = svc.settings.attachment_url_ttl_s
+    ttl = svc.settings.storage.attachment_url_ttl_s
     with storage_errors():
         url = await _storage(svc).presign_get(_key(row), row["filename"], row["content_type"],
                                               ttl)
@@ -328,7 +328,7 @@ async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
     if request.headers.get("content-type", "") != grant.content_type:
         raise InvalidSignature("The Content-Type header is not the one the URL was signed for")
     assert grant.size is not None
-    maximum = svc.settings.attachment_max_bytes
+    maximum = svc.settings.storage.attachment_max_bytes
     length = request.content_length
     if grant.size > maximum or (length is not None and length > grant.size):
         raise PayloadTooLarge(f"The body is larger than the declared size ({grant.size} bytes)")

@@ -152,11 +152,11 @@ async def register_device(body: DeviceIn) -> DeviceOut | Response:
             assert row is not None
             trimmed = await conn.execute(_TRIM, {
                 "user_id": user_id, "keep": row["id"],
-                "others": svc.settings.max_devices_per_user - 1})
+                "others": svc.settings.limits.max_devices_per_user - 1})
             replaced = trimmed.rowcount
     if replaced > 0:
         log.info("user %s is at MAX_DEVICES_PER_USER (%d): %d least recently seen device(s) "
-                 "replaced", user_id, svc.settings.max_devices_per_user, replaced)
+                 "replaced", user_id, svc.settings.limits.max_devices_per_user, replaced)
     device = _device(row)
     if device.id == new_id:
         return device

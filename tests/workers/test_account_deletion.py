@@ -283,7 +283,7 @@ async def test_writes_authorised_before_the_deletion_are_swept_later(
     sweep_job = await JobQueue(server.services.redis, QUEUE).get(sweep_job_id(job["id"]))
     assert sweep_job is not None and sweep_job.status == "delayed"
     assert sweep_job.payload == {"user_id": alice.id}
-    assert sweep_delay_s(server.services) > server.services.settings.attachment_url_ttl_s
+    assert sweep_delay_s(server.services) > server.services.settings.storage.attachment_url_ttl_s
     await sweep(server.services, sweep_job.payload)  # what the queue runs when it is due
     assert not await stored(server, key)
     assert await columns_holding(server, *identities(alice)) == []
