@@ -18,10 +18,11 @@ import uuid
 
 import trio
 
+from innera.config import RedisSettings
 from innera.observability.metrics import Metrics
 from innera.queue.jobs import Job, JobQueue, keys
 from innera.queue.worker import JobContext, QueueConfig, run_workers
-from innera.redis import RedisSettings, run_redis
+from innera.redis import run_redis
 
 
 def pct(values: list[float], p: float) -> float:

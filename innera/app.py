@@ -151,10 +151,10 @@ def create_asgi(svc: Services) -> Router:
 def create_app(svc: Services) -> QuartTrio:
     app = TrimmedQuart("innera")
     app.request_class = type("InneraRequest", (InneraRequest,),
-                             {"import_max_bytes": svc.settings.import_max_bytes})
+                             {"import_max_bytes": svc.settings.jobs.import_max_bytes})
     app.extensions["innera"] = svc
     app.config.update(
-        MAX_CONTENT_LENGTH=svc.settings.max_body_bytes,
+        MAX_CONTENT_LENGTH=svc.settings.server.max_body_bytes,
         PROVIDE_AUTOMATIC_OPTIONS=True,
         # The request/response timeouts are the server's business (and the shutdown deadline's).
         BODY_TIMEOUT=60,
@@ -162,12 +162,12 @@ def create_app(svc: Services) -> QuartTrio:
     )
     app.url_map.strict_slashes = False
 
-    production, cors_origins = svc.settings.production, svc.settings.cors_origins
+    production, cors_origins = svc.settings.production, svc.settings.server.cors_origins
     #: (name, value, lower-case name) per "is this an API path"
     security = {api: [(name, value, name.lower()) for name, value in
                       _security_headers(production, api)] for api in (False, True)}
     #: one warning when X-Forwarded-For arrives while TRUST_PROXY=0 (the header is ignored)
-    forwarded_for = UntrustedForwardedFor(svc.settings.trust_proxy)
+    forwarded_for = UntrustedForwardedFor(svc.settings.server.trust_proxy)
 
     @app.before_request
     async def start_request() -> None:
@@ -224,7 +224,7 @@ def create_app(svc: Services) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        if not plain.metrics_authorized(svc.settings.metrics_token,
+        if not plain.metrics_authorized(svc.settings.observability.metrics_token,
                                         request.headers.get("authorization")):
             raise Unauthorized("GET /metrics needs the metrics token (Authorization: Bearer)",
                                headers={"WWW-Authenticate": "Bearer"})
@@ -260,7 +260,7 @@ def create_app(svc: Services) -> QuartTrio:
     for resource in (auth, me, entries, search, attachments, notifications, devices, exports,
                      imports):
         app.register_blueprint(resource.blueprint)
-    if svc.settings.env == "test":
+    if svc.settings.server.env == "test":
         from innera.api import debug
 
         app.register_blueprint(debug.blueprint)

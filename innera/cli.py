@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<{width}}  {value}")
         return 0
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.observability.log_level)
     try:
         if args.command == "serve":
             from innera.process import run_process
@@ -165,8 +165,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from innera.process import open_database, open_redis
 
     try:
-        keyring = await load_keyring_async(settings.mek, settings.mek_file, settings.data_dir,
-                                           settings.production)
+        keyring = await load_keyring_async(settings.crypto.mek, settings.crypto.mek_file,
+                                           settings.server.data_dir, settings.production)
     except (KeyringError, OSError) as exc:
         print(f"innera: the master key is unusable: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -38,8 +38,9 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -51,7 +52,7 @@ from innera.auth.access_tokens import AccessTokens, load_jwt_secret_async
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
 from innera.auth.refresh_tokens import PostgresRefreshTokenStore, open_refresh_store
-from innera.config import Settings
+from innera.config import DatabaseSettings, Settings, StorageSettings
 from innera.crypto.data_keys import DataKeys
 from innera.crypto.entry_cipher import EntryCipher
 from innera.crypto.keyring import LocalKeyProvider, load_keyring_async
@@ -72,7 +73,7 @@ from innera.pagination import CursorCodec
 from innera.queue.worker import job_workers
 from innera.realtime.hub import SERVER_RESTARTING, Hub
 from innera.realtime.listener import run_listener
-from innera.redis import Redis, RedisSettings, run_redis
+from innera.redis import Redis, run_redis
 from innera.services import Lifecycle, Services
 from innera.storage import LocalStorage, S3Storage, Storage
 
@@ -104,25 +105,25 @@ async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations
                         metrics: Metrics | None = None) -> Pool:
     """Embedded PostgreSQL when DATABASE_URL is unset, then the pool (sizing check and,
     when asked, migrations under an advisory lock)."""
-    database_url = settings.database_url
+    database_url = settings.db.url
     if database_url is None:
         from innera import embedded
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.server.data_dir.mkdir(parents=True, exist_ok=True)
         database_url = await stack.enter_async_context(
-            supervised(embedded.run_embedded_postgres, settings.data_dir))
+            supervised(embedded.run_embedded_postgres, settings.server.data_dir))
     pool = Pool(
         database_url,
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        idle_timeout_s=settings.db_idle_timeout_s,
-        acquire_timeout_s=settings.db_connection_timeout_s,
-        connect_kwargs=db_connect_kwargs(settings, database_url),
+        min_size=settings.db.pool_min,
+        max_size=settings.db.pool_max,
+        idle_timeout_s=settings.db.idle_timeout_s,
+        acquire_timeout_s=settings.db.connection_timeout_s,
+        connect_kwargs=db_connect_kwargs(settings.db, database_url),
     )
     await stack.enter_async_context(supervised(pool.run))
     if metrics is not None:
         metrics.watch_pool(pool)
-    await check_pool_sizing(pool, settings)
+    await check_pool_sizing(pool, settings.db)
     if migrations:
         applied = await migrate(pool)
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
@@ -131,44 +132,43 @@ async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations
 
 async def open_redis(stack: AsyncExitStack, settings: Settings, metrics: Metrics) -> Redis:
     """Embedded Valkey when neither REDIS_URL nor REDIS_SENTINELS is set, then the client."""
-    redis_url = settings.redis_url
+    redis_url = settings.redis.url
     if settings.embedded_redis:
         from innera import embedded
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.server.data_dir.mkdir(parents=True, exist_ok=True)
         redis_url = await stack.enter_async_context(
-            supervised(embedded.run_embedded_valkey, settings.data_dir))
+            supervised(embedded.run_embedded_valkey, settings.server.data_dir))
     return await stack.enter_async_context(supervised(
-        run_redis,
-        RedisSettings(url=redis_url, sentinels=list(settings.redis_sentinels),
-                      sentinel_master=settings.redis_sentinel_master),
-        metrics.record_redis_error,
-    ))
+        run_redis, replace(settings.redis, url=redis_url), metrics.record_redis_error))
 
 
 async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecycle
                         ) -> Services:
     """Steps 1–3: embedded servers (when configured), the DB pool, Redis, storage."""
     metrics = Metrics()
-    pool = await open_database(stack, settings, migrations=settings.migrate_on_start,
+    pool = await open_database(stack, settings, migrations=settings.server.migrate_on_start,
                                metrics=metrics)
     redis = await open_redis(stack, settings, metrics)
-    keyring = await load_keyring_async(settings.mek, settings.mek_file, settings.data_dir,
-                                       settings.production)
+    keyring = await load_keyring_async(settings.crypto.mek, settings.crypto.mek_file,
+                                       settings.server.data_dir, settings.production)
     data_keys = DataKeys(pool, LocalKeyProvider(keyring), metrics)
     entry_cipher = EntryCipher(data_keys)
-    refresh_tokens = open_refresh_store(settings, pool, redis)
+    refresh_tokens = open_refresh_store(settings.auth, pool, redis)
     if isinstance(refresh_tokens, PostgresRefreshTokenStore):
         await stack.enter_async_context(supervised(refresh_tokens.run_cleaner))
-    jwt_secret = await load_jwt_secret_async(settings)
+    jwt_secret = await load_jwt_secret_async(settings.auth.jwt_secret, settings.server.data_dir,
+                                             settings.production)
     return Services(
         settings=settings, db=pool, redis=redis, metrics=metrics,
-        hub=Hub(metrics, max_per_user=settings.ws_max_connections_per_user),
+        hub=Hub(metrics, max_per_user=settings.limits.ws_max_connections_per_user),
         lifecycle=lifecycle,
-        storage=open_storage(settings, url_key=derive_key(jwt_secret, "attachments-url")),
+        storage=open_storage(
+            settings.storage, url_key=derive_key(jwt_secret, "attachments-url"),
+            local_dir=settings.server.data_dir / "attachments" if settings.local_storage else None),
         cursors=CursorCodec(derive_key(jwt_secret, "innera:cursor:v1")),
         passwords=PasswordHasher(),
-        access_tokens=AccessTokens(jwt_secret, settings.access_token_ttl_s),
+        access_tokens=AccessTokens(jwt_secret, settings.auth.access_token_ttl_s),
         refresh_tokens=refresh_tokens,
         reauth=ReauthTokens(redis),
         rate_limiter=RateLimiter(redis),
@@ -204,15 +204,15 @@ async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
         partial(run_reconciler, svc.db, svc.redis, interval_s=RECONCILE_INTERVAL_S)))
     await stack.enter_async_context(supervised(
         partial(run_upload_sweeper, svc.db, svc.storage,
-                url_ttl_s=svc.settings.attachment_url_ttl_s)))
+                url_ttl_s=svc.settings.storage.attachment_url_ttl_s)))
     await stack.enter_async_context(supervised(
         partial(run_export_sweeper, svc.db, svc.storage,
-                retention_days=svc.settings.export_retention_days)))
+                retention_days=svc.settings.jobs.export_retention_days)))
     queues = worker_queues(svc)
     if queues:
         await stack.enter_async_context(job_workers(
             svc.redis, queues, svc.metrics,
-            drain_timeout_s=max(1.0, svc.settings.shutdown_timeout_s - 5)))
+            drain_timeout_s=max(1.0, svc.settings.server.shutdown_timeout_s - 5)))
     log.info("job reconciler started; job workers on: %s", ", ".join(queues) or "no queue yet")
 
 
@@ -233,9 +233,10 @@ async def process_services(settings: Settings
     1-3 in an exit stack the caller extends; on the way out Sentry is flushed before the
     services close (in reverse order)."""
     lifecycle = Lifecycle()
-    sentry.init_sentry(settings.sentry_dsn, environment=settings.env, release=__version__,
-                       traces_sample_rate=settings.sentry_traces_sample_rate)
-    async with signal_handling(lifecycle, settings.shutdown_timeout_s):
+    sentry.init_sentry(settings.observability.sentry_dsn, environment=settings.server.env,
+                       release=__version__,
+                       traces_sample_rate=settings.observability.sentry_traces_sample_rate)
+    async with signal_handling(lifecycle, settings.server.shutdown_timeout_s):
         async with AsyncExitStack() as stack:
             yield stack, await open_services(stack, settings, lifecycle)
             await trio.to_thread.run_sync(sentry.flush, 2.0)
@@ -256,14 +257,14 @@ async def run_process(
         # 4. the pub/sub listener feeding the WebSocket hub (stopped after the HTTP drain)
         await stack.enter_async_context(supervised(run_listener, svc.redis, svc.hub))
         # 5. the job reconciler and workers (stopped after the HTTP drain)
-        if settings.workers:
+        if settings.server.workers:
             await open_jobs(stack, svc)
         app = create_asgi(svc)
         with frozen_start_up_heap():
             async with trio.open_nursery() as http:
                 addresses = await http.start(
-                    serve_http, app, settings.host, settings.port, lifecycle.draining,
-                    settings.http_server)
+                    serve_http, app, settings.server.host, settings.server.port, lifecycle.draining,
+                    settings.server.http_server)
                 log.info("innera listening on %s",
                          ", ".join(f"http://{h}:{p}" for h, p in addresses))
                 if on_started is not None:
@@ -324,9 +325,9 @@ def force_exit(reason: str) -> None:
     os._exit(EXIT_FAILED)
 
 
-def db_connect_kwargs(settings: Settings, database_url: str) -> dict[str, Any]:
+def db_connect_kwargs(db: DatabaseSettings, database_url: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "connect_timeout": max(1, round(settings.db_connection_timeout_s)),
+        "connect_timeout": max(1, round(db.connection_timeout_s)),
         "application_name": "innera",
         # a PostgreSQL that vanishes from the network (no RST) is detected in about 30 s
         # instead of the kernel's default of hours: keepalives while idle, and a bound on
@@ -334,33 +335,34 @@ def db_connect_kwargs(settings: Settings, database_url: str) -> dict[str, Any]:
         "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
         "keepalives_count": 3, "tcp_user_timeout": 30_000,
     }
-    if settings.db_sslmode and "sslmode=" not in database_url:
-        kwargs["sslmode"] = settings.db_sslmode
+    if db.sslmode and "sslmode=" not in database_url:
+        kwargs["sslmode"] = db.sslmode
     return kwargs
 
 
-async def check_pool_sizing(pool: Pool, settings: Settings) -> None:
+async def check_pool_sizing(pool: Pool, db: DatabaseSettings) -> None:
     """The spec's sizing rule: pool max × instances ≤ max_connections − 10."""
     limit = await max_connections(pool)
-    wanted = settings.db_pool_max * settings.instances
+    wanted = db.pool_max * db.instances
     if wanted > limit - 10:
         log.warning(
             "DB_POOL_MAX=%d × INNERA_INSTANCES=%d = %d exceeds PostgreSQL max_connections=%d "
             "minus 10 reserved; lower DB_POOL_MAX to at most %d",
-            settings.db_pool_max, settings.instances, wanted, limit,
-            max(1, (limit - 10) // settings.instances),
+            db.pool_max, db.instances, wanted, limit,
+            max(1, (limit - 10) // db.instances),
         )
 
 
-def open_storage(settings: Settings, *, url_key: bytes) -> Storage:
-    """S3 (or compatible), or the local disk on the embedded default; ``url_key`` signs the
-    local store's upload and download URLs."""
-    if settings.local_storage:
-        return LocalStorage(settings.data_dir / "attachments", url_key=url_key)
+def open_storage(storage: StorageSettings, *, url_key: bytes, local_dir: Path | None
+                 ) -> Storage:
+    """The local disk under ``local_dir`` when given (the embedded default), else S3 (or
+    compatible); ``url_key`` signs the local store's upload and download URLs."""
+    if local_dir is not None:
+        return LocalStorage(local_dir, url_key=url_key)
     return S3Storage(
-        bucket=settings.s3_bucket,
-        endpoint=settings.s3_endpoint,
-        region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
+        bucket=storage.s3_bucket,
+        endpoint=storage.s3_endpoint,
+        region=storage.s3_region,
+        access_key_id=storage.s3_access_key_id,
+        secret_access_key=storage.s3_secret_access_key,
     )

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,6 +47,7 @@ from coredis.exceptions import (
 from coredis.retry import ConstantRetryPolicy
 
 from innera.compat.coredis import SlotSafeConnectionPool, SlotSafeSentinelPool, url_options
+from innera.config import RedisSettings
 from innera.errors import RedisUnavailable
 
 log = logging.getLogger("innera.redis")
@@ -64,19 +64,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 # with a restarted server just before it was reused. coredis' default also retries timeouts
 # twice, which turns one 5 s timeout into 15 s (measured) and may re-run a write.
 _RETRY_POLICY = ConstantRetryPolicy((ConnectionError,), retries=1, delay=0.05)
-
-
-@dataclass
-class RedisSettings:
-    """``url`` alone: a plain server (``redis://``, ``rediss://`` = TLS, credentials and DB
-    in the URL). With ``sentinels``: the master named ``sentinel_master`` is discovered through
-    them; ``url``, when given, still supplies password, DB and TLS (its host is ignored)."""
-
-    url: str | None = None
-    sentinels: list[tuple[str, int]] = field(default_factory=list)
-    sentinel_master: str | None = None
-    socket_timeout_s: float = 5.0
-    connect_timeout_s: float = 2.0
 
 
 class Redis:

@@ -190,7 +190,7 @@ async def test_content_type_and_size_limits(server: RunningServer) -> None:
     assert ok["attachment"]["contentType"] == "audio/mpeg"
 
     # declared size past ATTACHMENT_MAX_BYTES: 422 on the field (413 is for bodies)
-    maximum = server.services.settings.attachment_max_bytes
+    maximum = server.services.settings.storage.attachment_max_bytes
     assert maximum == 25 * MiB
     await declare(server, alice, entry_id, size=maximum, status=201)
     for size in (maximum + 1, 0, -1):
@@ -394,7 +394,7 @@ async def test_local_urls_tampered_or_expired_are_403_and_write_nothing(
 async def test_local_upload_streams_bodies_larger_than_max_body_bytes(
         server: RunningServer) -> None:
     settings = server.services.settings
-    assert settings.max_body_bytes == 1 * MiB
+    assert settings.server.max_body_bytes == 1 * MiB
     alice = await signup(server.client)
     entry_id = await make_entry(server, alice)
     data = os.urandom(3 * MiB + 123)

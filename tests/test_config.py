@@ -21,19 +21,20 @@ PROD = {
 
 def test_defaults_are_the_documented_ones() -> None:
     s = load_settings({})
-    assert (s.env, s.host, s.port) == ("development", "0.0.0.0", 3000)
-    assert (s.db_pool_max, s.db_pool_min) == (20, 5)
-    assert (s.db_idle_timeout_s, s.db_connection_timeout_s) == (30.0, 5.0)
-    assert s.s3_bucket == "innera-attachments"
-    assert s.shutdown_timeout_s == 30.0
-    assert s.max_body_bytes == 1024 * 1024
+    assert (s.server.env, s.server.host, s.server.port) == ("development", "0.0.0.0", 3000)
+    assert (s.db.pool_max, s.db.pool_min) == (20, 5)
+    assert (s.db.idle_timeout_s, s.db.connection_timeout_s) == (30.0, 5.0)
+    assert s.storage.s3_bucket == "innera-attachments"
+    assert s.server.shutdown_timeout_s == 30.0
+    assert s.server.max_body_bytes == 1024 * 1024
     assert s.embedded_postgres and s.embedded_redis and s.local_storage
-    assert s.db_sslmode is None
+    assert s.db.sslmode is None
 
 
 def test_node_env_is_the_fallback_for_innera_env() -> None:
-    assert load_settings({"NODE_ENV": "test"}).env == "test"
-    assert load_settings({"NODE_ENV": "test", "INNERA_ENV": "development"}).env == "development"
+    assert load_settings({"NODE_ENV": "test"}).server.env == "test"
+    assert load_settings({"NODE_ENV": "test", "INNERA_ENV": "development"}).server.env \
+        == "development"
 
 
 @pytest.mark.parametrize(
@@ -81,12 +82,12 @@ def test_production_refuses_the_embedded_default_and_generated_secrets() -> None
 def test_production_with_everything_set_is_valid_and_verifies_tls() -> None:
     s = load_settings(PROD)
     assert s.production and not s.embedded_postgres and not s.embedded_redis
-    assert s.db_sslmode == "verify-full"
-    assert load_settings({**PROD, "DB_SSL_REJECT_UNAUTHORIZED": "false"}).db_sslmode == "require"
-    assert load_settings({**PROD, "DB_SSL": "false"}).db_sslmode == "disable"
+    assert s.db.sslmode == "verify-full"
+    assert load_settings({**PROD, "DB_SSL_REJECT_UNAUTHORIZED": "false"}).db.sslmode == "require"
+    assert load_settings({**PROD, "DB_SSL": "false"}).db.sslmode == "disable"
     sentinel = {**PROD, "REDIS_URL": "", "REDIS_SENTINELS": "s1:26379,s2:26379",
                 "REDIS_SENTINEL_MASTER": "mymaster"}
-    assert load_settings(sentinel).redis_sentinels == (("s1", 26379), ("s2", 26379))
+    assert load_settings(sentinel).redis.sentinels == (("s1", 26379), ("s2", 26379))
 
 
 def test_masked_output_hides_secrets() -> None:
@@ -96,6 +97,14 @@ def test_masked_output_hides_secrets() -> None:
     assert shown["JWT_SECRET"] == shown["INNERA_MEK"] == shown["S3_SECRET_ACCESS_KEY"] == "********"
     assert "s3cr3t" not in repr(shown) and "x" * 40 not in repr(shown)
     assert set(shown) == {v.name for v in VARIABLES}
+
+
+def test_each_variable_fills_a_field_of_its_section_and_reprs_leave_secrets_out() -> None:
+    s = load_settings({**PROD, "S3_SECRET_ACCESS_KEY": "s3cr3t"})
+    for v in VARIABLES:
+        assert hasattr(getattr(s, v.section), v.field), v.name
+    assert "s3cr3t" not in repr(s) and "x" * 40 not in repr(s) and ":pw@" not in repr(s)
+    assert "pool_max=20" in repr(s.db)
 
 
 def test_env_example_and_readme_table_are_generated_from_the_settings() -> None:

@@ -32,7 +32,7 @@ async def notify(srv: RunningServer, account: Account, n: int = 1, **extra: Any
                  ) -> list[dict[str, Any]]:
     svc = srv.services
     return [await create_notification(svc.db, svc.redis, account.id,
-                                      push_provider=svc.settings.push_provider,
+                                      push_provider=svc.settings.push.provider,
                                       kind="test.ping", title=f"Title {i}", body=f"Body {i}",
                                       **extra)
             for i in range(n)]
@@ -173,9 +173,9 @@ async def test_create_validates_its_arguments(server: RunningServer) -> None:
         args = {"kind": "k", "title": "t", "body": "b", **kwargs}
         with pytest.raises(ValueError):
             await create_notification(svc.db, svc.redis, account.id,
-                                      push_provider=svc.settings.push_provider, **args)
+                                      push_provider=svc.settings.push.provider, **args)
     ok = await create_notification(svc.db, svc.redis, account.id,
-                                   push_provider=svc.settings.push_provider, kind="k",
+                                   push_provider=svc.settings.push.provider, kind="k",
                                    title="t" * 200, body="b" * 2000)
     assert ok["data"] == {} and len(ok["title"]) == 200
     assert await db_unread(server, account.id) == 1

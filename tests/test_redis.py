@@ -12,8 +12,9 @@ import pytest
 import trio
 from coredis.exceptions import WatchError, WrongTypeError
 
+from innera.config import RedisSettings
 from innera.errors import RedisUnavailable
-from innera.redis import Redis, RedisSettings, check_redis_health, run_redis
+from innera.redis import Redis, check_redis_health, run_redis
 from tests.fixtures.redis import PrivateRedisServer, free_port
 
 pytestmark = pytest.mark.timeout(15)
@@ -218,7 +219,7 @@ async def test_sentinel_finds_the_master(
     ))
     settings = RedisSettings(
         url="redis://:m4ster@host-ignored-with-sentinels:1/2",  # password and DB only
-        sentinels=[(sentinel.host, sentinel.port)],
+        sentinels=((sentinel.host, sentinel.port),),
         sentinel_master="mymaster",
     )
     redis = await start_redis(nursery, settings)
@@ -229,7 +230,7 @@ async def test_sentinel_finds_the_master(
 
     with pytest.raises(RedisUnavailable, match="PrimaryNotFoundError"):
         await start_redis(nursery, RedisSettings(
-            url=None, sentinels=[(sentinel.host, sentinel.port)], sentinel_master="other"))
+            url=None, sentinels=((sentinel.host, sentinel.port),), sentinel_master="other"))
 
 
 async def test_cancellation_closes_the_client_promptly(redis_url: str) -> None:

@@ -177,7 +177,7 @@ async def delete_tokens(p: Purge) -> None:
     svc = p.svc
     with trio.fail_after(CALL_TIMEOUT_S):
         await svc.refresh_tokens.revoke_user(p.user_id)
-        redis_store = RedisRefreshTokenStore(svc.redis, svc.settings.refresh_token_ttl_s)
+        redis_store = RedisRefreshTokenStore(svc.redis, svc.settings.auth.refresh_token_ttl_s)
         await redis_store.revoke_user(p.user_id)
     await _delete_batched(p, "refresh_tokens", key="token_hash")
 
@@ -274,7 +274,7 @@ def sweep_job_id(job_id: uuid.UUID | str) -> str:
 
 def sweep_delay_s(svc: Services) -> float:
     """When the late sweep runs: after the last write authorised before the deletion."""
-    return svc.settings.attachment_url_ttl_s + TRANSFER_TIMEOUT_S + SWEEP_MARGIN_S
+    return svc.settings.storage.attachment_url_ttl_s + TRANSFER_TIMEOUT_S + SWEEP_MARGIN_S
 
 
 async def schedule_sweep(svc: Services, user_id: str, job_id: uuid.UUID) -> None:

@@ -91,9 +91,9 @@ async def notify_ready(run: JobRun) -> None:
     pushed through third parties); the app reads the export for a fresh download link."""
     svc, user_id = run.svc, run.user_id
     assert user_id is not None
-    days = svc.settings.export_retention_days
+    days = svc.settings.jobs.export_retention_days
     await create_notification(
-        svc.db, svc.redis, user_id, push_provider=svc.settings.push_provider,
+        svc.db, svc.redis, user_id, push_provider=svc.settings.push.provider,
         kind="export.ready", title="Your export is ready",
         body=f"Your journal export is ready to download in the app. It is kept for {days} "
              f"day{'s' if days != 1 else ''}.",

@@ -207,9 +207,9 @@ async def _copy_upload(svc: Services, key: str, max_bytes: int, path: Path) -> N
 
 
 def _limits(svc: Services) -> tuple[Limits, ChildLimits]:
-    s = svc.settings
-    return (Limits(s.import_max_bytes, s.attachment_max_bytes, s.import_max_entries,
-                   s.import_max_attachments),
+    s = svc.settings.jobs
+    return (Limits(s.import_max_bytes, svc.settings.storage.attachment_max_bytes,
+                   s.import_max_entries, s.import_max_attachments),
             ChildLimits(s.import_parse_memory_bytes, s.import_parse_cpu_s,
                         s.import_parse_timeout_s))
 

@@ -251,9 +251,9 @@ async def _push_off(job: Job, ctx: JobContext) -> None:
 
 
 def make_handler(svc: Services) -> Handler:
-    """The ``push-notifications`` handler for ``svc.settings.push_provider`` (with ``none``,
+    """The ``push-notifications`` handler for ``svc.settings.push.provider`` (with ``none``,
     jobs enqueued before the switch complete without sending)."""
-    provider = make_provider(svc.settings)
+    provider = make_provider(svc.settings.push)
     if provider is None:
         return _push_off
     return _PushHandler(svc, provider)

@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import trio
 
-from innera.config import Settings
+from innera.config import PushSettings
 
 __all__ = [
     "EXPO_URL",
@@ -301,12 +301,12 @@ _PROVIDERS: dict[str, type[PushProvider]] = {
     "expo": ExpoProvider, "fcm": FcmProvider, "webhook": WebhookProvider}
 
 
-def make_provider(settings: Settings) -> PushProvider | None:
+def make_provider(push: PushSettings) -> PushProvider | None:
     """The provider ``PUSH_PROVIDER`` names (None for ``none``)."""
-    if settings.push_provider == "none":
+    if push.provider == "none":
         return None
-    cls = _PROVIDERS[settings.push_provider]
-    url = settings.push_url or (EXPO_URL if cls is ExpoProvider else None)
+    cls = _PROVIDERS[push.provider]
+    url = push.url or (EXPO_URL if cls is ExpoProvider else None)
     if not url:  # config.py refuses this already
-        raise ValueError(f"PUSH_URL is required when PUSH_PROVIDER={settings.push_provider}")
-    return cls(url, settings.push_access_token, settings.push_timeout_s)
+        raise ValueError(f"PUSH_URL is required when PUSH_PROVIDER={push.provider}")
+    return cls(url, push.access_token, push.timeout_s)

@@ -138,8 +138,8 @@ async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUplo
         upload = await attachments.declare(
             svc.db, svc.storage, g.user_id, entry_id, filename=body.filename,
             content_type=body.contentType, size=body.size,
-            max_bytes=svc.settings.attachment_max_bytes,
-            url_ttl_s=svc.settings.attachment_url_ttl_s)
+            max_bytes=svc.settings.storage.attachment_max_bytes,
+            url_ttl_s=svc.settings.storage.attachment_url_ttl_s)
     return AttachmentUploadOut(attachment=_out(upload.attachment), uploadUrl=upload.url,
                                uploadMethod="PUT", uploadHeaders=upload.headers,
                                expiresIn=upload.expires_in)
@@ -173,7 +173,7 @@ async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
     svc = services()
     with storage_errors():
         found = await attachments.download(svc.db, svc.storage, g.user_id, attachment_id,
-                                           url_ttl_s=svc.settings.attachment_url_ttl_s)
+                                           url_ttl_s=svc.settings.storage.attachment_url_ttl_s)
     return AttachmentDownloadOut(attachment=_out(found.attachment), downloadUrl=found.url,
                                  expiresIn=found.expires_in)
 
@@ -208,7 +208,7 @@ async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
             attachment_id=attachment_id, query=request.args,
             content_type=request.headers.get("content-type", ""),
             content_length=request.content_length, chunks=body_chunks(request.body),
-            max_bytes=svc.settings.attachment_max_bytes)
+            max_bytes=svc.settings.storage.attachment_max_bytes)
     if transfer.cancelled_caught:
         raise UploadTimeout()
 

@@ -104,7 +104,7 @@ async def register_device(body: DeviceIn) -> DeviceOut | Response:
     svc = services()
     device, created = await devices.register_device(
         svc.db, g.user_id, platform=body.platform, push_token=body.pushToken,
-        max_devices=svc.settings.max_devices_per_user)
+        max_devices=svc.settings.limits.max_devices_per_user)
     out = _out(device)
     if created:
         return out

@@ -85,7 +85,7 @@ async def download_link(svc: Any, user_id: str, job_id: str, requested_at: datet
                         ) -> tuple[str, int]:
     """A fresh download URL of a completed export and its lifetime in seconds
     (EXPORT_URL_TTL_S)."""
-    ttl = svc.settings.export_url_ttl_s
+    ttl = svc.settings.jobs.export_url_ttl_s
     url = await svc.storage.presign_get(archive_key(user_id, job_id),
                                         archive_filename(requested_at), CONTENT_TYPE, ttl)
     return url, ttl

@@ -52,17 +52,17 @@ async def authenticate() -> None:
 def request_client_ip() -> str:
     svc = services()
     return client_ip(request.remote_addr, request.headers.getlist("x-forwarded-for"),
-                     svc.settings.trust_proxy)
+                     svc.settings.server.trust_proxy)
 
 
 async def limit_rate(op: Operation) -> None:
     svc = services()
-    settings = svc.settings
+    limits = svc.settings.limits
     if isinstance(op.rate, tuple):
         limit, window = op.rate
     else:
-        limit, window = {"auth": settings.rate_limit_auth, "user": settings.rate_limit_user,
-                         "anon": settings.rate_limit_anon}[op.rate]
+        limit, window = {"auth": limits.rate_limit_auth, "user": limits.rate_limit_user,
+                         "anon": limits.rate_limit_anon}[op.rate]
     user_id = g.get("user_id")
     # a client IP counts as itself, an IPv6 one as its /64 (rate_limit_client)
     client = (user_id if user_id and op.rate != "auth"

@@ -93,7 +93,7 @@ async def create_import() -> Response:
             "Send the file as application/zip (an innera or Day One export) or "
             "application/json (a Day One Journal.json)",
             details={"contentType": content_type or None, "accepted": list(CONTENT_TYPES)})
-    maximum = svc.settings.import_max_bytes
+    maximum = svc.settings.jobs.import_max_bytes
     length = request.content_length
     if length is not None and length > maximum:
         raise PayloadTooLarge(f"The file is larger than the limit ({maximum} bytes)")

@@ -108,7 +108,7 @@ def operation(
         async def handler(**path_args: Any) -> Response:
             from innera.api.guards import authenticate, idempotent, limit_rate
 
-            timeout_s = op.timeout_s or services().settings.request_timeout_s
+            timeout_s = op.timeout_s or services().settings.server.request_timeout_s
             with trio.move_on_after(timeout_s):
                 if op.auth:
                     await authenticate()

@@ -68,7 +68,8 @@ async def serve(svc: Services, scope: dict[str, Any], send: Send,
     status, extra = 200, []
     if scope["path"] == "/health":
         body, content_type = _LIVENESS, HEALTH_JSON
-    elif metrics_authorized(svc.settings.metrics_token, _header(scope, b"authorization")):
+    elif metrics_authorized(svc.settings.observability.metrics_token,
+                            _header(scope, b"authorization")):
         body, content_type = svc.metrics.render(), METRICS_CONTENT_TYPE
     else:
         status, extra = 401, [(b"www-authenticate", b"Bearer")]

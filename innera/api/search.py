@@ -77,7 +77,8 @@ async def search(query: SearchQuery) -> SearchOut:
     try:
         result = await search_entries(svc.db, svc.entry_cipher, g.user_id, terms,
                                       limit=query.limit,
-                                      timeout_s=svc.settings.search_timeout_s, after=after)
+                                      timeout_s=svc.settings.limits.search_timeout_s,
+                                      after=after)
         # up to 100 bodies of up to 100,000 characters: off the loop, like the scan
         texts = await snippets([entry.body for entry in result.entries], terms)
         items = [SearchHit(entry=entry_out(entry), snippet=text)

@@ -129,7 +129,7 @@ def _client_ip(svc: Services, scope: Message) -> str:
     peer = scope.get("client")
     forwarded = [value.decode("latin-1") for name, value in scope.get("headers", ())
                  if name == b"x-forwarded-for"]
-    return client_ip(peer[0] if peer else None, forwarded, svc.settings.trust_proxy)
+    return client_ip(peer[0] if peer else None, forwarded, svc.settings.server.trust_proxy)
 
 
 async def _refuse_rate_limited(scope: Message, send: Send, decision: Decision) -> None:
@@ -153,7 +153,7 @@ async def _within_handshake_rate(svc: Services, scope: Message, send: Send, user
                                  ) -> bool:
     """Count this handshake against ``RATE_LIMIT_WS`` for ``user_id`` and for the client IP;
     when either is spent, answer 429 and return ``False``."""
-    limit, window = svc.settings.rate_limit_ws
+    limit, window = svc.settings.limits.rate_limit_ws
     refused: list[Decision] = []
     for client in (f"user:{user_id}", f"ip:{rate_limit_client(_client_ip(svc, scope))}"):
         decision = await svc.rate_limiter.hit(PATH, client, limit, window)

@@ -26,7 +26,6 @@ from pathlib import Path
 import jwt
 import trio
 
-from innera.config import Settings
 from innera.errors import Unauthorized
 from innera.local_secrets import read_or_create_secret
 
@@ -51,9 +50,9 @@ def bearer_token(authorization: str | None) -> str | None:
     return credential if scheme.lower() == "bearer" and credential else None
 
 
-def load_jwt_secret(settings: Settings) -> str:
-    """``JWT_SECRET`` when set. Otherwise (development/test only) the secret kept in
-    ``<data_dir>/secrets/jwt_secret`` (mode 0600), created on first start: 48 random bytes,
+def load_jwt_secret(jwt_secret: str | None, data_dir: Path, production: bool) -> str:
+    """``jwt_secret`` (``JWT_SECRET``) when set. Otherwise (development/test only) the secret
+    kept in ``<data_dir>/secrets/jwt_secret`` (mode 0600), created on first start: 48 random bytes,
     base64url. Creation is atomic: the complete file is written under a temporary name and
     hard-linked into place, which fails if the file exists; so two processes starting at
     once both end up reading the one file that won, never a half-written one.
@@ -61,16 +60,17 @@ def load_jwt_secret(settings: Settings) -> str:
     Blocking file I/O: call it before the event loop runs, or use
     :func:`load_jwt_secret_async`.
     """
-    if settings.jwt_secret:
-        return settings.jwt_secret
-    if settings.production:
+    if jwt_secret:
+        return jwt_secret
+    if production:
         raise RuntimeError("JWT_SECRET is required in production")
-    return _read_or_create_secret(Path(settings.data_dir) / "secrets" / "jwt_secret")
+    return _read_or_create_secret(Path(data_dir) / "secrets" / "jwt_secret")
 
 
-async def load_jwt_secret_async(settings: Settings) -> str:
+async def load_jwt_secret_async(jwt_secret: str | None, data_dir: Path, production: bool
+                                ) -> str:
     """:func:`load_jwt_secret` on a worker thread."""
-    return await trio.to_thread.run_sync(load_jwt_secret, settings)
+    return await trio.to_thread.run_sync(load_jwt_secret, jwt_secret, data_dir, production)
 
 
 def _read_or_create_secret(path: Path) -> str:

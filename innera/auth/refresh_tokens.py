@@ -45,7 +45,7 @@ import trio
 
 from innera.auth.errors import TokenReused
 from innera.auth.sessions import Session
-from innera.config import Settings
+from innera.config import AuthSettings
 from innera.db.pool import Pool
 from innera.errors import DatabaseUnavailable, Unauthorized
 from innera.redis import Redis
@@ -532,18 +532,18 @@ class PostgresRefreshTokenStore:
 # --- selection --------------------------------------------------------------------------
 
 
-def open_refresh_store(settings: Settings, pool: Pool | None, redis: Redis | None
+def open_refresh_store(auth: AuthSettings, pool: Pool | None, redis: Redis | None
                        ) -> RefreshTokenStore:
     """The store ``REFRESH_TOKEN_STORE`` names (``redis`` | ``postgres``). The Postgres
     store's :meth:`~PostgresRefreshTokenStore.run_cleaner` must be started by the caller."""
-    kind = settings.refresh_token_store
+    kind = auth.refresh_token_store
     if kind == "postgres":
         if pool is None:
             raise ValueError("REFRESH_TOKEN_STORE=postgres needs the database pool")
-        return PostgresRefreshTokenStore(pool, settings.refresh_token_ttl_s)
+        return PostgresRefreshTokenStore(pool, auth.refresh_token_ttl_s)
     if kind == "redis":
         if redis is None:
             raise ValueError("REFRESH_TOKEN_STORE=redis needs Redis")
-        return RedisRefreshTokenStore(redis, settings.refresh_token_ttl_s)
+        return RedisRefreshTokenStore(redis, auth.refresh_token_ttl_s)
     raise ValueError(f"unknown refresh token store {kind!r}")
 

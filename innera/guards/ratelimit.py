@@ -5,7 +5,7 @@ as PEXPIRE and returns the count and the PTTL. Concurrent requests share one scr
 (:class:`innera.batching.Batcher`: the script takes any number of keys), so under load a
 request costs a fraction of a Redis round trip instead of a whole one::
 
-    decision = await limiter.hit("/v1/auth/login", ip, *settings.rate_limit_auth)
+    decision = await limiter.hit("/v1/auth/login", ip, *settings.limits.rate_limit_auth)
     if decision is not None:          # None: Redis is unavailable, let the request pass
         headers.update(decision.headers())
         if not decision.allowed:

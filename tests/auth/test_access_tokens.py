@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import stat
 import threading
@@ -15,7 +14,7 @@ import jwt
 import pytest
 
 from innera.auth.access_tokens import AccessTokens, load_jwt_secret, load_jwt_secret_async
-from innera.config import Settings, load_settings
+from innera.config import load_settings
 from innera.errors import Unauthorized
 
 SECRET = "s" * 64
@@ -127,35 +126,37 @@ def test_missing_or_malformed(garbage: str | None) -> None:
 # --- the secret ----------------------------------------------------------------------
 
 
-def settings_for(tmp_path: Path, **env: str) -> Settings:
-    return load_settings({"INNERA_DATA_DIR": str(tmp_path), **env})
+def settings_for(tmp_path: Path, **env: str) -> tuple[str | None, Path, bool]:
+    """What :func:`load_jwt_secret` is given: JWT_SECRET, the data dir, production."""
+    settings = load_settings({"INNERA_DATA_DIR": str(tmp_path), **env})
+    return settings.auth.jwt_secret, settings.server.data_dir, settings.production
 
 
 async def test_generated_secret_is_persisted_with_0600(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    secret = await load_jwt_secret_async(settings)
+    secret = await load_jwt_secret_async(*settings)
     path = tmp_path / "secrets" / "jwt_secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert len(base64.urlsafe_b64decode(secret + "==")) == 48
     assert path.read_text().strip() == secret
-    assert load_jwt_secret(settings) == secret  # reused
+    assert load_jwt_secret(*settings) == secret  # reused
     assert [p.name for p in path.parent.iterdir()] == ["jwt_secret"]  # no temp files left
     # Tokens signed before a restart stay valid after it.
     token, _ = AccessTokens(secret, 900).issue(USER)
-    assert AccessTokens(load_jwt_secret(settings), 900).verify(token) == USER
+    assert AccessTokens(load_jwt_secret(*settings), 900).verify(token) == USER
 
 
 def test_configured_secret_wins(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, JWT_SECRET="c" * 40)
-    assert load_jwt_secret(settings) == "c" * 40
+    assert load_jwt_secret(*settings) == "c" * 40
     assert not (tmp_path / "secrets").exists()
 
 
 def test_no_generated_secret_in_production(tmp_path: Path) -> None:
-    settings = dataclasses.replace(settings_for(tmp_path), env="production")
+    jwt_secret, data_dir, _ = settings_for(tmp_path)
     with pytest.raises(RuntimeError, match="JWT_SECRET"):
-        load_jwt_secret(settings)
+        load_jwt_secret(jwt_secret, data_dir, True)
     assert not (tmp_path / "secrets").exists()
 
 
@@ -166,7 +167,7 @@ def test_concurrent_first_starts_agree(tmp_path: Path) -> None:
 
     def start() -> None:
         barrier.wait()
-        results.append(load_jwt_secret(settings))
+        results.append(load_jwt_secret(*settings))
 
     threads = [threading.Thread(target=start) for _ in range(8)]
     for t in threads:
@@ -178,8 +179,8 @@ def test_concurrent_first_starts_agree(tmp_path: Path) -> None:
 
 def test_loose_permissions_are_tightened(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    secret = load_jwt_secret(settings)
+    secret = load_jwt_secret(*settings)
     path = tmp_path / "secrets" / "jwt_secret"
     os.chmod(path, 0o644)
-    assert load_jwt_secret(settings) == secret
+    assert load_jwt_secret(*settings) == secret
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

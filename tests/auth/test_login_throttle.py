@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from innera.auth.passwords import HasherBusy, PasswordHasher
-from innera.config import load_settings
+from innera.config import RedisSettings, load_settings
 from innera.guards.login_attempts import LoginAttempts, TooManyAttempts, account_key
-from innera.redis import Redis, RedisSettings, run_redis
+from innera.redis import Redis, run_redis
 from tests.fixtures.accounts import new_email, signup
 from tests.fixtures.redis import PrivateRedisServer
 from tests.fixtures.server import RunningServer, start_server

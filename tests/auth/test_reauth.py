@@ -10,8 +10,9 @@ import pytest
 import trio
 
 from innera.auth.reauth import ReauthTokens
+from innera.config import RedisSettings
 from innera.errors import RedisUnavailable
-from innera.redis import Redis, RedisSettings, run_redis
+from innera.redis import Redis, run_redis
 from tests.fixtures.redis import PrivateRedisServer
 
 pytestmark = pytest.mark.timeout(30)

@@ -23,10 +23,10 @@ from innera.auth.refresh_tokens import (
     new_token,
     open_refresh_store,
 )
-from innera.config import load_settings
+from innera.config import RedisSettings, load_settings
 from innera.db.pool import Pool
 from innera.errors import RedisUnavailable, Unauthorized
-from innera.redis import Redis, RedisSettings, run_redis
+from innera.redis import Redis, run_redis
 from tests.fixtures.redis import PrivateRedisServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -281,7 +281,7 @@ async def test_open_refresh_store(tmp_path: Path, db_pool: Pool, redis: Redis) -
     for name, cls in (("redis", RedisRefreshTokenStore), ("postgres", PostgresRefreshTokenStore)):
         settings = load_settings({"INNERA_DATA_DIR": str(tmp_path),
                                   "REFRESH_TOKEN_STORE": name, "REFRESH_TOKEN_TTL_S": "120"})
-        store = open_refresh_store(settings, db_pool, redis)
+        store = open_refresh_store(settings.auth, db_pool, redis)
         assert isinstance(store, cls) and store.ttl_s == 120
 
 
@@ -293,7 +293,7 @@ async def test_postgres_store_works_while_redis_is_down(
     redis: Redis = await nursery.start(run_redis, RedisSettings(url=server.url))
     settings = load_settings({"INNERA_DATA_DIR": str(tmp_path),
                               "REFRESH_TOKEN_STORE": "postgres"})
-    store = open_refresh_store(settings, db_pool, redis)
+    store = open_refresh_store(settings.auth, db_pool, redis)
     redis_store = RedisRefreshTokenStore(redis, TTL_S)
     token = await store.issue(user)
     redis_token = await redis_store.issue(user)

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from innera.api.guards import HashedBody
+from innera.config import RedisSettings
 from innera.errors import AppError
 from innera.guards.idempotency import (
     Fingerprint,
@@ -20,7 +21,7 @@ from innera.guards.idempotency import (
     fingerprint,
     validate_key,
 )
-from innera.redis import Redis, RedisSettings, run_redis
+from innera.redis import Redis, run_redis
 from tests.fixtures.redis import PrivateRedisServer
 
 pytestmark = pytest.mark.timeout(20)

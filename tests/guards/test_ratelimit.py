@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
+from innera.config import RedisSettings
 from innera.guards.ratelimit import Decision, RateLimiter
-from innera.redis import Redis, RedisSettings, run_redis
+from innera.redis import Redis, run_redis
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.redis import PrivateRedisServer
 

@@ -106,7 +106,8 @@ async def test_survives_a_database_error_and_logs_it(
 
 async def test_survives_a_redis_error(db_pool: Pool, private_redis_server,  # type: ignore[no-untyped-def]
                                       caplog: pytest.LogCaptureFixture) -> None:
-    from innera.redis import RedisSettings, run_redis
+    from innera.config import RedisSettings
+    from innera.redis import run_redis
 
     server = private_redis_server()
     user = await make_user(db_pool)

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_innera_workers_parses() -> None:
-    assert load_settings({}).workers is True
-    assert load_settings({"INNERA_WORKERS": "0"}).workers is False
-    assert load_settings({"INNERA_WORKERS": "1"}).workers is True
+    assert load_settings({}).server.workers is True
+    assert load_settings({"INNERA_WORKERS": "0"}).server.workers is False
+    assert load_settings({"INNERA_WORKERS": "1"}).server.workers is True
     assert load_settings({"INNERA_WORKERS": "0"}).masked()["INNERA_WORKERS"] == "0"
     with pytest.raises(ConfigError, match="INNERA_WORKERS='many' is not a boolean"):
         load_settings({"INNERA_WORKERS": "many"})

@@ -364,7 +364,8 @@ async def test_cancelled_workers_release_the_unfinished_job(redis: Redis) -> Non
 CRASHING_WORKER = textwrap.dedent("""
     import sys, trio
     from innera.queue.worker import QueueConfig, run_workers
-    from innera.redis import RedisSettings, run_redis
+    from innera.config import RedisSettings
+    from innera.redis import run_redis
 
     async def handler(job, ctx):
         print("started", job.id, flush=True)

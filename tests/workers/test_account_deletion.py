@@ -176,7 +176,7 @@ async def populate(srv: RunningServer, account: Account) -> dict[str, Any]:
     attachment = await upload_attachment(srv, account, entries[0], data)
     for i in range(2):
         await create_notification(svc.db, svc.redis, account.id,
-                                  push_provider=svc.settings.push_provider, kind="test.hello",
+                                  push_provider=svc.settings.push.provider, kind="test.hello",
                                   title=f"Hello {i}", body="hi", data={"n": i})
     r = await srv.client.get("/v1/notifications/unread-count", headers=account.auth)
     assert r.status_code == 200 and r.json()["count"] == 2, r.text
@@ -284,7 +284,7 @@ async def test_writes_authorised_before_the_deletion_are_swept_later(
     sweep_job = await JobQueue(server.services.redis, QUEUE).get(sweep_job_id(job["id"]))
     assert sweep_job is not None and sweep_job.status == "delayed"
     assert sweep_job.payload == {"user_id": alice.id}
-    assert sweep_delay_s(server.services) > server.services.settings.attachment_url_ttl_s
+    assert sweep_delay_s(server.services) > server.services.settings.storage.attachment_url_ttl_s
     await sweep(server.services, sweep_job.payload)  # what the queue runs when it is due
     assert not await stored(server, key)
     assert await columns_holding(server, *identities(alice)) == []

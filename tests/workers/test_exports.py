@@ -492,7 +492,7 @@ async def test_an_archive_past_its_retention_is_deleted_and_the_export_shows_exp
     if bucket is not None:
         assert len(bucket.versions(old_key)) == 2
 
-    days = svc.settings.export_retention_days
+    days = svc.settings.jobs.export_retention_days
     assert days == 7  # EXPORT_RETENTION_DAYS' default
     async with svc.db.connection() as conn:  # made just over, and just under, the retention
         for job_id, age in ((old["id"], "1 minute"), (recent["id"], "-1 hour")):

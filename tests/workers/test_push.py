@@ -74,7 +74,7 @@ async def notify(srv: RunningServer, account: Account, **extra: Any) -> dict[str
     fields.update(extra)
     svc = srv.services
     return await create_notification(svc.db, svc.redis, account.id,
-                                     push_provider=svc.settings.push_provider, **fields)
+                                     push_provider=svc.settings.push.provider, **fields)
 
 
 def queue(srv: RunningServer) -> JobQueue:
