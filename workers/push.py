@@ -51,9 +51,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
-from psycopg.rows import dict_row
 
-from innera.notifications import db_deadline
+from innera.notifications.push_jobs import PUSH_QUEUE
+from innera.notifications.push_targets import (
+    devices_of_notification,
+    forget_device,
+    push_target,
+)
 from innera.queue.jobs import Job, JobQueue, PermanentJobError
 from innera.queue.worker import Handler, JobContext
 from innera.redis import UNAVAILABLE_ERRORS
@@ -81,7 +85,7 @@ __all__ = [
 
 log = logging.getLogger("innera.workers.push")
 
-QUEUE = "push-notifications"
+QUEUE = PUSH_QUEUE
 #: bound on a fan-out job (one query, one enqueue per device)
 FANOUT_TIMEOUT_S = 30.0
 #: a delivery job's bound besides the provider request: its database and Redis steps
@@ -154,13 +158,7 @@ class _PushHandler:
 
     async def fan_out(self, notification_id: str) -> None:
         with trio.fail_after(FANOUT_TIMEOUT_S):
-            with db_deadline():
-                async with self.svc.db.connection() as conn:
-                    cur = await conn.execute(
-                        "SELECT d.id FROM notifications n JOIN devices d "
-                        "ON d.user_id = n.user_id WHERE n.id = %s "
-                        "ORDER BY d.created_at, d.id", (notification_id,))
-                    devices = [str(row[0]) for row in await cur.fetchall()]
+            devices = await devices_of_notification(self.svc.db, notification_id)
             for device_id in devices:
                 await self.queue.enqueue(
                     {"notification_id": notification_id, "device_id": device_id},
@@ -208,28 +206,17 @@ class _PushHandler:
     async def _message(self, notification_id: str, device_id: str) -> PushMessage | None:
         """What the device is to receive; None when it or the notification is gone, or the
         device is no longer the notification's user's."""
-        with db_deadline():
-            async with self.svc.db.connection() as conn:
-                cur = await conn.cursor(row_factory=dict_row).execute(
-                    "SELECT d.platform, d.push_token, n.kind, n.title, n.body, n.data "
-                    "FROM devices d JOIN notifications n ON n.user_id = d.user_id "
-                    "WHERE d.id = %s AND n.id = %s", (device_id, notification_id))
-                row = await cur.fetchone()
-        if row is None:
+        target = await push_target(self.svc.db, notification_id, device_id)
+        if target is None:
             return None
-        data = dict(row["data"] or {})
-        data.update(notificationId=notification_id, kind=row["kind"])
-        return PushMessage(token=row["push_token"], platform=row["platform"],
-                           title=row["title"], body=row["body"], data=data)
+        data = dict(target.data)
+        data.update(notificationId=notification_id, kind=target.kind)
+        return PushMessage(token=target.push_token, platform=target.platform,
+                           title=target.title, body=target.body, data=data)
 
     async def _forget(self, device_id: str, token: str) -> bool:
         """Delete the device if it still holds ``token`` (it may have moved meanwhile)."""
-        with db_deadline():
-            async with self.svc.db.connection() as conn:
-                cur = await conn.execute(
-                    "DELETE FROM devices WHERE id = %s AND push_token = %s",
-                    (device_id, token))
-                return cur.rowcount == 1
+        return await forget_device(self.svc.db, device_id, token)
 
     async def _mark_sent(self, notification_id: str, device_id: str) -> None:
         redis = self.svc.redis
