@@ -134,23 +134,25 @@ async def _retry(stack: AsyncExitStack, settings: Settings, redis: Redis, job_id
     reopened in its table first (failed → pending), else its worker would refuse to run a
     job the table says is finished; a reopened job Redis no longer holds is enqueued again."""
     from innera.jobs import tables
+    from innera.jobs.submission import enqueue
     from innera.process import open_database
     from innera.queue import admin
+    from workers.registry import JOB_KINDS
 
     try:
-        table, row_id = tables.parse_queue_job_id(job_id)
+        kind, row_id = tables.parse_queue_job_id(JOB_KINDS, job_id)
     except ValueError:
-        table = None
+        kind = None
     reopened = None
-    if table is not None:
+    if kind is not None:
         pool = await open_database(stack, settings, migrations=False)
-        reopened = await tables.reopen_failed(pool, table, row_id)
+        reopened = await tables.reopen_failed(pool, kind, row_id)
     if await admin.retry(redis, job_id):
         print(f"{job_id}: moved back to waiting")
         return 0
-    if table is not None and reopened is not None:
-        await tables.enqueue(redis, table, reopened)
-        print(f"{job_id}: reopened in {table} and enqueued again")
+    if kind is not None and reopened is not None:
+        await enqueue(redis, kind, reopened)
+        print(f"{job_id}: reopened in {kind.table} and enqueued again")
         return 0
     print(f"innera: no failed job with id {job_id}", file=sys.stderr)
     return 1
@@ -159,7 +161,7 @@ async def _retry(stack: AsyncExitStack, settings: Settings, redis: Redis, job_id
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     """``innera keys status | rotate --to VERSION`` with the configured INNERA_MEK, against
     the configured database (and Redis, to enqueue the rotation)."""
-    from innera.crypto import rotation
+    from innera import key_rotation as rotation
     from innera.crypto.keyring import KeyringError, load_keyring_async
     from innera.observability.metrics import Metrics
     from innera.process import open_database, open_redis
@@ -199,6 +201,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 def _print_key_status(versions: frozenset[int], counts: dict[int, int],
                       latest: dict[str, Any] | None) -> None:
     from innera.jobs.tables import queue_job_id
+    from innera.key_rotation import KEY_ROTATION_JOB
 
     current = max(versions)
     print(f"master key versions configured: {', '.join(map(str, sorted(versions)[::-1]))} "
@@ -216,7 +219,7 @@ def _print_key_status(versions: frozenset[int], counts: dict[int, int],
     if latest is None:
         print("latest rotation: none")
         return
-    print(f"latest rotation: {queue_job_id('key_rotation_jobs', latest['id'])} version "
+    print(f"latest rotation: {queue_job_id(KEY_ROTATION_JOB, latest['id'])} version "
           f"{latest['from_version']} -> {latest['to_version']}: {latest['status']}, "
           f"progress {float(latest['progress']):.0%}, attempts {latest['attempts']}")
     times = [f"{name} {latest[f'{name}_at']:%Y-%m-%d %H:%M:%S %Z}"

@@ -59,10 +59,10 @@ from innera.crypto.keyring import LocalKeyProvider, load_keyring_async
 from innera.db.health import max_connections
 from innera.db.migrate import migrate
 from innera.db.pool import Pool
+from innera.exports.sweeper import run_export_sweeper
 from innera.guards.idempotency import Idempotency
 from innera.guards.login_attempts import LoginAttempts
 from innera.guards.ratelimit import RateLimiter
-from innera.jobs.export_sweeper import run_export_sweeper
 from innera.jobs.reconciler import RECONCILE_INTERVAL_S, run_reconciler
 from innera.jobs.runtime import worker_queues
 from innera.journal.entries import EntryReads
@@ -76,6 +76,7 @@ from innera.realtime.listener import run_listener
 from innera.redis import Redis, run_redis
 from innera.services import Lifecycle, Services
 from innera.storage import LocalStorage, S3Storage, Storage
+from workers.registry import HANDLERS, JOB_KINDS
 
 log = logging.getLogger("innera.process")
 
@@ -201,14 +202,14 @@ async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
     of the registered queues; on exit the workers stop claiming and get until
     SHUTDOWN_TIMEOUT_S − 5 s (at least 1 s) to finish their current jobs."""
     await stack.enter_async_context(supervised(
-        partial(run_reconciler, svc.db, svc.redis, interval_s=RECONCILE_INTERVAL_S)))
+        partial(run_reconciler, svc.db, svc.redis, JOB_KINDS, interval_s=RECONCILE_INTERVAL_S)))
     await stack.enter_async_context(supervised(
         partial(run_upload_sweeper, svc.db, svc.storage,
                 url_ttl_s=svc.settings.storage.attachment_url_ttl_s)))
     await stack.enter_async_context(supervised(
         partial(run_export_sweeper, svc.db, svc.storage,
                 retention_days=svc.settings.jobs.export_retention_days)))
-    queues = worker_queues(svc)
+    queues = worker_queues(svc, HANDLERS)
     if queues:
         await stack.enter_async_context(job_workers(
             svc.redis, queues, svc.metrics,

@@ -34,10 +34,10 @@ from wsproto.events import BytesMessage
 from innera import json_input
 from innera.api import ws
 from innera.api.entries import LIST_PURPOSE
-from innera.api.exports import CURSOR_PURPOSE as EXPORTS_PURPOSE
 from innera.api.operation import parse_json
 from innera.api.search import SEARCH_PURPOSE
 from innera.errors import AppError, InvalidJson
+from innera.exports import CURSOR_PURPOSE as EXPORTS_PURPOSE
 from innera.journal.rules import ALLOWED_CONTENT_TYPES, BODY_MAX, TITLE_MAX, EntryIn
 from innera.notifications.inbox import CURSOR_PURPOSE as NOTIFICATIONS_PURPOSE
 from innera.pagination import CursorCodec, InvalidCursor

@@ -1,6 +1,6 @@
 """The ``account-deletion`` queue: purges everything of an account whose owner deleted it.
 
-``DELETE /v1/me`` (``innera/api/me.py``) disables the account at once (status ``deleted``:
+``DELETE /v1/me`` (``innera/account_deletion.py``) disables the account at once (status ``deleted``:
 sign-in and every access token stop working), revokes its refresh tokens, closes its sockets
 on every instance and inserts an ``account_deletion_jobs`` row (migration 0009 allows one
 unfinished row per user). This module does the rest, in :data:`STEPS`, each idempotent and
@@ -59,7 +59,7 @@ import trio
 from psycopg import sql
 from psycopg.abc import Query
 
-from innera.api.me import ACCOUNT_DELETED, DELETION_TABLE
+from innera.account_deletion import ACCOUNT_DELETED, ACCOUNT_DELETION_JOB
 from innera.auth.refresh_tokens import RedisRefreshTokenStore
 from innera.jobs.handlers import JobRun, table_handler
 from innera.notifications import unread_key
@@ -88,8 +88,8 @@ __all__ = [
 
 log = logging.getLogger("innera.jobs.account_deletion")
 
-TABLE = DELETION_TABLE
-QUEUE = "account-deletion"
+TABLE = ACCOUNT_DELETION_JOB.table
+QUEUE = ACCOUNT_DELETION_JOB.queue.name
 #: what an anonymised job row holds instead of the deleted user's id
 NIL_USER = uuid.UUID(int=0)
 #: rows per DELETE statement (short statements, short locks)
@@ -279,7 +279,8 @@ def sweep_delay_s(svc: Services) -> float:
 
 async def schedule_sweep(svc: Services, user_id: str, job_id: uuid.UUID) -> None:
     with trio.fail_after(CALL_TIMEOUT_S):
-        await JobQueue(svc.redis, QUEUE).enqueue(
+        queue = JobQueue(svc.redis, QUEUE, attempts=ACCOUNT_DELETION_JOB.queue.attempts)
+        await queue.enqueue(
             {"user_id": user_id}, job_id=sweep_job_id(job_id), delay_s=sweep_delay_s(svc))
 
 
@@ -301,7 +302,7 @@ async def sweep(svc: Services, payload: dict[str, Any]) -> None:
 # --- the queue handler ------------------------------------------------------------------------
 
 
-async def work(svc: Services, run: JobRun) -> None:
+async def work(svc: Services, run: JobRun[Services]) -> None:
     """The work of one ``account_deletion_jobs`` row."""
     user_id = run.user_id
     if user_id is None or uuid.UUID(user_id) == NIL_USER:
@@ -313,10 +314,10 @@ async def work(svc: Services, run: JobRun) -> None:
 
 
 def make_handler(svc: Services) -> Handler:
-    async def run_job(run: JobRun) -> None:
+    async def run_job(run: JobRun[Services]) -> None:
         await work(svc, run)
 
-    deletion = table_handler(svc, TABLE, run_job)
+    deletion = table_handler(svc, ACCOUNT_DELETION_JOB, run_job)
 
     async def handle(job: Job, ctx: JobContext) -> None:
         if job.id.startswith(SWEEP_PREFIX):

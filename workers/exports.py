@@ -4,7 +4,7 @@ decrypted, and the bytes of every ready attachment, in one ZIP archive
 ``export.ready`` notification carrying the export's id only. Its data also goes to push
 providers (Expo, FCM, a webhook), so it holds no download link, a bearer link to the whole
 decrypted journal: the client reads ``GET /v1/exports/{id}`` for a fresh one. The archive is
-deleted EXPORT_RETENTION_DAYS after it was made (``innera/jobs/export_sweeper.py``).
+deleted EXPORT_RETENTION_DAYS after it was made (``innera/exports/sweeper.py``).
 
 One pass over the user's entries in keyset pages of :data:`PAGE_ENTRIES`, ordered by
 ``(occurred_at, id)``. For each page, the ready attachments of its entries are copied into
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from innera.api.exports import CONTENT_TYPE, TABLE, archive_key
+from innera.exports import CONTENT_TYPE, EXPORT_JOB, archive_key
 from innera.jobs.handlers import JobRun, table_handler
 from innera.journal.entries import ROW_COLUMNS, entry_from_row
 from innera.notifications import create_notification
@@ -67,10 +67,10 @@ VERSION = 1
 
 
 def make_handler(svc: Services) -> Handler:
-    return table_handler(svc, TABLE, export_archive, on_completed=notify_ready)
+    return table_handler(svc, EXPORT_JOB, export_archive, on_completed=notify_ready)
 
 
-async def export_archive(run: JobRun) -> None:
+async def export_archive(run: JobRun[Services]) -> None:
     """Build the user's archive and store it under :func:`archive_key` (overwriting)."""
     svc, user_id = run.svc, run.user_id
     if user_id is None:
@@ -86,7 +86,7 @@ async def export_archive(run: JobRun) -> None:
              builder.entries, builder.attachments, size)
 
 
-async def notify_ready(run: JobRun) -> None:
+async def notify_ready(run: JobRun[Services]) -> None:
     """The ``export.ready`` notification: ``{exportId}`` only, never a link (its data is
     pushed through third parties); the app reads the export for a fresh download link."""
     svc, user_id = run.svc, run.user_id
@@ -167,7 +167,7 @@ class _Progress:
     """Counts work done and stores the fraction at most every PROGRESS_INTERVAL_S (capped
     below 1: completion is the handler's to report)."""
 
-    def __init__(self, run: JobRun, total: float) -> None:
+    def __init__(self, run: JobRun[Services], total: float) -> None:
         self.run = run
         self.total = total
         self.done = 0.0
@@ -184,8 +184,8 @@ class _Progress:
 class ArchiveBuilder:
     """The archive's bytes (:meth:`chunks`), built in one pass over the user's entries."""
 
-    def __init__(self, svc: Services, user_id: str, run: JobRun, progress: _Progress,
-                 json_spool: Spool, central: Spool) -> None:
+    def __init__(self, svc: Services, user_id: str, run: JobRun[Services],
+                 progress: _Progress, json_spool: Spool, central: Spool) -> None:
         self.svc = svc
         self.user_id = user_id
         self.run = run

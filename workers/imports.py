@@ -53,10 +53,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 from psycopg.types.json import Jsonb
 
+from innera.imports import IMPORT_JOB, upload_key
 from innera.jobs.handlers import JobRun, LeaseLost, table_handler
 from innera.queue.jobs import PermanentJobError, UserFacingJobError
 from innera.queue.worker import Handler
-from innera.storage.keys import entry_prefix, job_file_key, object_key
+from innera.storage.keys import entry_prefix, object_key
 from workers.import_child import ChildLimits, ParsedFile, parse_in_child
 from workers.import_format import (
     IMPORT_TOO_LARGE,
@@ -73,8 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("innera.workers.imports")
 
-TABLE = "import_jobs"
-FOLDER = "imports"
 #: bounds on the steps (the queue's handler timeout, 10 min, bounds the whole job)
 READ_TIMEOUT_S = 120.0
 STORE_TIMEOUT_S = 300.0
@@ -148,15 +147,15 @@ async def _already_there(conn: TrioConnection[Any], plan: Plan, indexes: Sequenc
 
 
 def make_handler(svc: Services) -> Handler:
-    async def work(run: JobRun) -> None:
+    async def work(run: JobRun[Services]) -> None:
         await run_import(svc, run)
 
-    return table_handler(svc, TABLE, work)
+    return table_handler(svc, IMPORT_JOB, work)
 
 
-async def run_import(svc: Services, run: JobRun) -> None:
+async def run_import(svc: Services, run: JobRun[Services]) -> None:
     assert run.user_id is not None
-    upload = job_file_key(run.user_id, FOLDER, str(run.id))
+    upload = upload_key(run.user_id, str(run.id))
     if "result" not in run.payload:  # else an earlier delivery imported it
         try:
             await _import(svc, run, upload)
@@ -214,7 +213,7 @@ def _limits(svc: Services) -> tuple[Limits, ChildLimits]:
                         s.import_parse_timeout_s))
 
 
-async def _import(svc: Services, run: JobRun, upload: str) -> None:
+async def _import(svc: Services, run: JobRun[Services], upload: str) -> None:
     limits, child = _limits(svc)
     fd, name = await trio.to_thread.run_sync(tempfile.mkstemp, "", "innera-import-")
     os.close(fd)
@@ -237,7 +236,8 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-async def _import_parsed(svc: Services, run: JobRun, parsed: ParsedFile, path: Path) -> None:
+async def _import_parsed(svc: Services, run: JobRun[Services], parsed: ParsedFile,
+                         path: Path) -> None:
     assert run.user_id is not None
     dek = await svc.data_keys.get(run.user_id)
     keys = await trio.to_thread.run_sync(source_keys, dek, parsed.entries)
@@ -284,7 +284,7 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _store_attachments(svc: Services, run: JobRun, plan: Plan, path: Path,
+async def _store_attachments(svc: Services, run: JobRun[Services], plan: Plan, path: Path,
                              stored: list[str]) -> None:
     """Each attachment reference of the entries to import, stored as an object of its own
     (their count and bytes were bounded by the parser)."""
@@ -310,7 +310,8 @@ async def _store_attachments(svc: Services, run: JobRun, plan: Plan, path: Path,
             run.check_lease()
 
 
-async def _insert(svc: Services, run: JobRun, plan: Plan, kind: str) -> set[str] | None:
+async def _insert(svc: Services, run: JobRun[Services], plan: Plan, kind: str
+                  ) -> set[str] | None:
     """The one transaction; returns the ids of the entries inserted. None: another delivery
     of this job committed first."""
     user_id = plan.user_id

@@ -1,5 +1,5 @@
 """The ``key-rotation`` queue: re-wraps the data keys of ``key_rotation_jobs`` rows with the
-job's target master key version (the work itself is :func:`innera.crypto.rotation.rewrap_all`).
+job's target master key version (the work itself is :func:`innera.key_rotation.rewrap_all`).
 
 The job fails at once when this process' ``INNERA_MEK`` lacks the target version or an old
 version still wrapping data keys (nothing is changed then), and at its end when some data
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from innera.crypto import rotation
+from innera import key_rotation as rotation
 from innera.jobs.handlers import JobRun, table_handler
 from innera.queue.jobs import UserFacingJobError
 from innera.queue.worker import Handler
@@ -35,7 +35,7 @@ class RotationIncomplete(Exception):
     """Data keys on an old version remain (none failed): the queue retries the job."""
 
 
-async def rotate_keys(svc: Services, run: JobRun) -> None:
+async def rotate_keys(svc: Services, run: JobRun[Services]) -> None:
     """The work of one ``key_rotation_jobs`` row."""
     to_version = int(run.row["to_version"])
     provider = svc.data_keys.provider
@@ -74,7 +74,7 @@ async def rotate_keys(svc: Services, run: JobRun) -> None:
 
 
 def make_handler(svc: Services) -> Handler:
-    async def work(run: JobRun) -> None:
+    async def work(run: JobRun[Services]) -> None:
         await rotate_keys(svc, run)
 
-    return table_handler(svc, "key_rotation_jobs", work)
+    return table_handler(svc, rotation.KEY_ROTATION_JOB, work)

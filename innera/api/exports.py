@@ -12,7 +12,7 @@ decrypted, and every ready attachment; the format is ``docs/export-format.md``).
   (valid ``expiresIn`` = EXPORT_URL_TTL_S seconds, 24 h by default) to
   ``innera-export-YYYY-MM-DD.zip`` (the date the export was requested, UTC). The archive is
   kept EXPORT_RETENTION_DAYS after it was made; then it is deleted and the job's status is
-  ``expired``, without a link (``innera/jobs/export_sweeper.py``).
+  ``expired``, without a link (``innera/exports/sweeper.py``).
 - ``GET /v1/exports`` → the user's exports, newest first (``{items, nextCursor}``; ``limit``
   1..100, default 20). Items carry no ``downloadUrl``: read the job for one.
 
@@ -23,11 +23,8 @@ attachment URLs. Another user's export, an unknown or a malformed id: 404 ``not_
 
 from __future__ import annotations
 
-import logging
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from psycopg.rows import dict_row
 from pydantic import Field
 from quart import Blueprint, Response, g, request
 
@@ -36,21 +33,15 @@ from innera.api.context import services
 from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation, parse_json, validate
 from innera.api.schemas import Model
-from innera.jobs import tables
-from innera.redis import UNAVAILABLE_ERRORS
-from innera.storage.keys import job_file_key
+from innera.exports import EXPORT_JOB, download_link, export_page, submit_export
 
-log = logging.getLogger("innera.exports")
+if TYPE_CHECKING:
+    from innera.services import Services
 
 blueprint = Blueprint("exports", __name__, url_prefix="/v1/exports")
 
-TABLE = "export_jobs"
-CONTENT_TYPE = "application/zip"
-CURSOR_PURPOSE = "exports"
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-_COLUMNS = ("id, user_id, status, attempts, progress, error, error_code, payload, created_at, "
-            "started_at, finished_at, updated_at")
 
 
 class ExportIn(Model):
@@ -68,57 +59,6 @@ class ExportListQuery(Model):
     cursor: str | None = Field(None, max_length=200)
 
 
-# --- the archive and its link (also used by the worker) -------------------------------------
-
-
-def archive_key(user_id: str, job_id: str) -> str:
-    """Where the archive of an export lives: ``{userId}/exports/{jobId}``."""
-    return job_file_key(user_id, "exports", job_id)
-
-
-def archive_filename(requested_at: datetime) -> str:
-    """The download name: ``innera-export-YYYY-MM-DD.zip`` (UTC date of the request)."""
-    return f"innera-export-{requested_at.astimezone(UTC).date().isoformat()}.zip"
-
-
-async def download_link(svc: Any, user_id: str, job_id: str, requested_at: datetime
-                        ) -> tuple[str, int]:
-    """A fresh download URL of a completed export and its lifetime in seconds
-    (EXPORT_URL_TTL_S)."""
-    ttl = svc.settings.jobs.export_url_ttl_s
-    url = await svc.storage.presign_get(archive_key(user_id, job_id),
-                                        archive_filename(requested_at), CONTENT_TYPE, ttl)
-    return url, ttl
-
-
-# --- submitting -----------------------------------------------------------------------------
-
-
-async def submit_export(svc: Any, user_id: str) -> dict[str, Any]:
-    """The user's unfinished export, or a new one (inserted, then enqueued). Serialised per
-    user by a transaction-scoped advisory lock, so two requests at once start one job."""
-    async with svc.db.connection() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                           (f"export_jobs:{user_id}",))
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            f"SELECT {_COLUMNS} FROM export_jobs WHERE user_id = %s "
-            "AND status IN ('pending', 'running') ORDER BY created_at DESC LIMIT 1", (user_id,))
-        row = await cur.fetchone()
-        if row is not None:
-            return row
-        job_id = await tables.create_job(conn, TABLE, user_id=user_id, payload={})
-    # enqueued only once the row is committed: a worker must find it
-    try:
-        await tables.enqueue(svc.redis, TABLE, {"id": job_id, "user_id": user_id})
-    except UNAVAILABLE_ERRORS as exc:  # the reconciler enqueues pending rows later
-        svc.redis.record_error(exc)
-        log.warning("job %s: not enqueued (Redis unavailable); the reconciler will enqueue it",
-                    tables.queue_job_id(TABLE, job_id))
-    row = await tables.get_job(svc.db, TABLE, user_id, job_id)
-    assert row is not None
-    return row
-
-
 async def _check_body() -> None:
     """No body, or a JSON object :class:`ExportIn` accepts (400/422 otherwise)."""
     raw = await request.get_data(as_text=False)
@@ -127,13 +67,14 @@ async def _check_body() -> None:
     validate(ExportIn, parse_json(raw))
 
 
-async def _out(svc: Any, row: dict[str, Any]) -> JobOut:
-    """The job; a completed one with a fresh download link."""
+async def _out(svc: Services, row: dict[str, Any]) -> JobOut:
+    """The job; a completed one with a fresh download link (valid EXPORT_URL_TTL_S)."""
     if row["status"] != "completed":
         return job_out(row)
+    ttl = svc.settings.jobs.export_url_ttl_s
     with storage_errors():
-        url, ttl = await download_link(svc, str(row["user_id"]), str(row["id"]),
-                                       row["created_at"])
+        url = await download_link(svc.storage, ttl, str(row["user_id"]), str(row["id"]),
+                                  row["created_at"])
     return job_out(row, download_url=url, expires_in=ttl)
 
 
@@ -150,7 +91,7 @@ async def _out(svc: Any, row: dict[str, Any]) -> JobOut:
 async def start_export() -> Response:
     svc = services()
     await _check_body()
-    row = await submit_export(svc, g.user_id)
+    row = await submit_export(svc.db, svc.redis, g.user_id)
     out = job_out(row)
     return Response(out.model_dump_json(), status=202, content_type="application/json",
                     headers={"Location": f"{blueprint.url_prefix}/{out.id}"})
@@ -161,18 +102,7 @@ async def start_export() -> Response:
            query=ExportListQuery, response=ExportPage, errors=(400, 422, 429))
 async def list_exports(query: ExportListQuery) -> ExportPage:
     svc = services()
-    user_id: str = g.user_id
-    where, params = "user_id = %s", [user_id]
-    if query.cursor is not None:
-        created_at, after_id = svc.cursors.decode(CURSOR_PURPOSE, user_id, query.cursor)
-        where += " AND (created_at, id) < (%s, %s)"
-        params += [created_at, after_id]
-    async with svc.db.connection() as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(
-            f"SELECT {_COLUMNS} FROM export_jobs WHERE {where} "
-            "ORDER BY created_at DESC, id DESC LIMIT %s", (*params, query.limit + 1))
-        rows = await cur.fetchall()
-    rows, cursor = svc.cursors.page(CURSOR_PURPOSE, user_id, rows, query.limit)
+    rows, cursor = await export_page(svc.db, svc.cursors, g.user_id, query.cursor, query.limit)
     return ExportPage(items=[job_out(r) for r in rows], nextCursor=cursor)
 
 
@@ -186,5 +116,5 @@ async def list_exports(query: ExportListQuery) -> ExportPage:
            response=JobOut, errors=(404, 429))
 async def get_export(export_id: str) -> JobOut:
     svc = services()
-    row = await user_job_or_404(svc.db, TABLE, g.user_id, export_id, "Export")
+    row = await user_job_or_404(svc.db, EXPORT_JOB, g.user_id, export_id, "Export")
     return await _out(svc, row)

@@ -38,16 +38,13 @@ from innera.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from innera.jobs import tables
+from innera.imports import IMPORT_JOB, submit_import, upload_key
 from innera.storage import TRANSFER_TIMEOUT_S
-from innera.storage.keys import job_file_key
 
 log = logging.getLogger("innera.api.imports")
 
 blueprint = Blueprint("imports", __name__, url_prefix="/v1/imports")
 
-TABLE = "import_jobs"
-FOLDER = "imports"
 CONTENT_TYPES = ("application/zip", "application/json")
 #: what some clients send for a zip (Windows browsers), stored as ``application/zip``
 ZIP_ALIASES = frozenset({"application/x-zip-compressed", "application/x-zip"})
@@ -100,20 +97,18 @@ async def create_import() -> Response:
     if length == 0:
         raise EmptyUpload()
     job_id = uuid.uuid4()
-    key = job_file_key(g.user_id, FOLDER, str(job_id))
+    key = upload_key(g.user_id, str(job_id))
     with storage_errors():  # put_stream stores nothing when it fails
         size = await svc.storage.put_stream(key, body_chunks(request_body()),
                                             content_type=content_type, max_bytes=maximum)
     try:
         if size == 0:
             raise EmptyUpload()
-        await tables.submit(svc.db, svc.redis, TABLE, user_id=g.user_id, job_id=job_id,
-                            payload={"contentType": content_type, "size": size})
-        row = await tables.get_job(svc.db, TABLE, g.user_id, job_id)
+        row = await submit_import(svc.db, svc.redis, g.user_id, job_id,
+                                  content_type=content_type, size=size)
     except BaseException:
         await _remove(key)
         raise
-    assert row is not None
     return Response(job_out(row).model_dump_json(), status=202,
                     content_type="application/json",
                     headers={"Location": f"{blueprint.url_prefix}/{job_id}"})
@@ -124,5 +119,5 @@ async def create_import() -> Response:
                        "`error` names the problem of a file that could not be imported.",
            response=JobOut, errors=(404, 429))
 async def read_import(job_id: str) -> JobOut:
-    row = await user_job_or_404(services().db, TABLE, g.user_id, job_id, "Import")
+    row = await user_job_or_404(services().db, IMPORT_JOB, g.user_id, job_id, "Import")
     return job_out(row, result=(row.get("payload") or {}).get("result"))

@@ -2,11 +2,11 @@
 ``{id, status, progress, error, errorCode, createdAt, startedAt, finishedAt}`` plus
 ``downloadUrl`` / ``expiresIn`` for a completed export. ``error`` is a message written for the
 user: the fixed one of ``errorCode``, or the precise problem of an imported file, never
-exception text (``innera/jobs/handlers.py``)."""
+exception text (``innera/jobs/handlers.py``). Moments are :func:`innera.timestamps.iso_utc`
+(milliseconds, ``Z``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field
@@ -16,6 +16,8 @@ from innera.db.pool import Pool
 from innera.errors import NotFound
 from innera.ids import canonical_uuid
 from innera.jobs import tables
+from innera.jobs.kinds import JobKind
+from innera.timestamps import iso_utc
 
 
 class JobOut(Model):
@@ -43,29 +45,25 @@ class JobOut(Model):
         None, description="What the job did (e.g. entries imported and skipped)")
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def job_out(row: dict[str, Any], *, download_url: str | None = None,
             expires_in: int | None = None, result: dict[str, Any] | None = None) -> JobOut:
     """A job table row (as from :func:`innera.jobs.tables.get_job`) → :class:`JobOut`."""
+    started, finished = row.get("started_at"), row.get("finished_at")
     return JobOut(
         id=str(row["id"]), status=row["status"], progress=round(float(row["progress"]), 4),
         error=row.get("error"), errorCode=row.get("error_code"),
-        createdAt=_iso(row["created_at"]) or "",
-        startedAt=_iso(row.get("started_at")), finishedAt=_iso(row.get("finished_at")),
+        createdAt=iso_utc(row["created_at"]),
+        startedAt=None if started is None else iso_utc(started),
+        finishedAt=None if finished is None else iso_utc(finished),
         downloadUrl=download_url, expiresIn=expires_in, result=result)
 
 
-async def user_job_or_404(db: Pool, table: str, user_id: str, raw_id: str, what: str
+async def user_job_or_404(db: Pool, kind: JobKind, user_id: str, raw_id: str, what: str
                           ) -> dict[str, Any]:
-    """The user's job of ``table`` by its id as given in the URL; 404 ``not_found`` for
+    """The user's job of ``kind`` by its id as given in the URL; 404 ``not_found`` for
     another user's, an unknown or a malformed id alike."""
     job_id = canonical_uuid(raw_id)
-    row = None if job_id is None else await tables.get_job(db, table, user_id, job_id)
+    row = None if job_id is None else await tables.get_job(db, kind, user_id, job_id)
     if row is None:
         raise NotFound(f"{what} not found")
     return row

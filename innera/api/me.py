@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
-
-from psycopg.errors import UniqueViolation
-from psycopg.rows import dict_row
 from pydantic import Field
 from quart import Blueprint, g
 
+from innera.account_deletion import delete_account
 from innera.accounts import change_password as store_new_password
 from innera.accounts import password_hash_of
 from innera.api.context import services
@@ -20,21 +16,9 @@ from innera.auth.errors import InvalidCredentials
 from innera.auth.sessions import end_all_sessions
 from innera.errors import NotFound, Unauthorized
 from innera.ids import canonical_uuid
-from innera.jobs import tables
-from innera.realtime.events import close_user_everywhere
-from innera.redis import UNAVAILABLE_ERRORS
 from innera.timestamps import iso_utc
 
-if TYPE_CHECKING:
-    from innera.services import Services
-
-log = logging.getLogger("innera.api.me")
-
 blueprint = Blueprint("me", __name__, url_prefix="/v1/me")
-
-DELETION_TABLE = "account_deletion_jobs"
-#: the close code and reason of a deleted account's sockets
-ACCOUNT_DELETED = (4003, "Account deleted")
 
 
 class PasswordChangeIn(Model):
@@ -119,49 +103,8 @@ async def delete_session(session_id: str) -> None:
            response=JobOut, status=202, reauth=True, errors=(401, 403, 429))
 async def delete_me() -> JobOut:
     svc = services()
-    user_id = g.user_id
-    # first: a failure here (503) leaves the account as it was, so the client can retry
-    await svc.refresh_tokens.revoke_user(user_id)
-    row = await _start_deletion(svc, user_id)
+    row = await delete_account(svc.db, svc.redis, svc.refresh_tokens, svc.hub, g.user_id)
     if row is None:  # the account's deletion finished while this request was on its way
         raise Unauthorized("This account is no longer active",
                            headers={"WWW-Authenticate": "Bearer"})
-    svc.hub.close_user(user_id, *ACCOUNT_DELETED)  # this instance's sockets, even without Redis
-    await close_user_everywhere(svc.redis, user_id, *ACCOUNT_DELETED)
     return job_out(row)
-
-
-async def _start_deletion(svc: Services, user_id: str) -> dict[str, Any] | None:
-    """Disable the account and create its deletion job in one transaction (row lock on the
-    user: concurrent requests serialise; the second finds the account disabled and gets the
-    first one's job), then enqueue it. The unfinished job of the user, or None."""
-    async with svc.db.connection() as conn:
-        async with conn.transaction():
-            cur = await conn.execute(
-                "UPDATE users SET status = 'deleted' WHERE id = %s AND status = 'active'",
-                (user_id,))
-            if cur.rowcount == 1:
-                try:
-                    async with conn.transaction():  # savepoint
-                        await tables.create_job(conn, DELETION_TABLE, user_id=user_id,
-                                                payload={})
-                except UniqueViolation:  # one is unfinished already (migration 0009)
-                    pass
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                "SELECT id, status, progress, error, created_at, started_at, finished_at "
-                "FROM account_deletion_jobs WHERE user_id = %s "
-                "AND status IN ('pending', 'running') ORDER BY created_at DESC LIMIT 1",
-                (user_id,))
-            row = await cur.fetchone()
-    if row is None:
-        return None
-    # Enqueued after the commit (tables.submit would enqueue inside the transaction, and a
-    # worker could look for the row before it is visible). Without Redis, the reconciler
-    # enqueues it later. The queue payload does not name the user: the handler reads the row.
-    try:
-        await tables.enqueue(svc.redis, DELETION_TABLE, {"id": row["id"], "user_id": None})
-    except UNAVAILABLE_ERRORS as exc:
-        svc.redis.record_error(exc)
-        log.warning("account deletion job %s not enqueued (Redis unavailable); the reconciler "
-                    "will enqueue it", row["id"])
-    return row

@@ -30,31 +30,36 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
-from psycopg.rows import dict_row
-from psycopg.sql import SQL, Identifier
 
+from innera.db.pool import Pool
 from innera.jobs import tables
+from innera.jobs.kinds import JobKind
 from innera.queue.jobs import Job, PermanentJobError
 from innera.queue.worker import Handler, JobContext
 from innera.realtime.events import publish_to_user
-
-if TYPE_CHECKING:
-    from innera.services import Services
+from innera.redis import Redis
 
 log = logging.getLogger("innera.jobs")
 
 #: progress events are sent at most this often per job (the final state always is)
 PROGRESS_INTERVAL_S = 0.25
-#: job kind in API paths and events, per table
-KIND_OF = {
-    "import_jobs": "import",
-    "export_jobs": "export",
-    "account_deletion_jobs": "account-deletion",
-    "key_rotation_jobs": "key-rotation",
-}
+
+
+class JobServices(Protocol):
+    """What the bridge itself uses of the services a handler is given (the workers pass the
+    whole :class:`~innera.services.Services`)."""
+
+    @property
+    def db(self) -> Pool: ...
+
+    @property
+    def redis(self) -> Redis: ...
+
+
+S = TypeVar("S", bound=JobServices)
 
 
 #: the message a failed job shows for its code, whatever the exception said
@@ -86,11 +91,12 @@ class LeaseLost(Exception):
 
 
 @dataclass
-class JobRun:
-    """What the work function gets: the services, the row and progress reporting."""
+class JobRun(Generic[S]):
+    """What the work function gets: the services, the job's kind, its row and progress
+    reporting."""
 
-    svc: Services
-    table: str
+    svc: S
+    kind: JobKind
     row: dict[str, Any]
     ctx: JobContext
     _last_sent: float = -1e9
@@ -119,7 +125,7 @@ class JobRun:
     async def progress(self, fraction: float, *, force: bool = False) -> None:
         """Store ``fraction`` (0..1) and tell the user's sockets (rate-limited)."""
         self.check_lease()
-        await tables.mark_progress(self.svc.db, self.table, self.id, fraction)
+        await tables.mark_progress(self.svc.db, self.kind, self.id, fraction)
         if not await self.ctx.progress(fraction):
             raise LeaseLost(f"job {self.ctx.job.id}: lease lost")
         now = trio.current_time()
@@ -129,50 +135,44 @@ class JobRun:
 
     async def publish(self, status: str, progress: float, error: str | None = None,
                       **extra: Any) -> None:
-        await publish_status(self.svc, self.table, self.row, status, progress, error, **extra)
+        await publish_status(self.svc.redis, self.kind, self.row, status, progress, error,
+                             **extra)
 
 
-async def publish_status(svc: Services, table: str, row: dict[str, Any], status: str,
+async def publish_status(redis: Redis, kind: JobKind, row: dict[str, Any], status: str,
                          progress: float, error: str | None = None, **extra: Any) -> None:
     """``job.progress`` to the job's user (nothing for a job of no user)."""
     if row.get("user_id") is None:
         return
-    await publish_to_user(svc.redis, str(row["user_id"]), "job.progress", {
-        "id": str(row["id"]), "kind": KIND_OF[table], "status": status,
+    await publish_to_user(redis, str(row["user_id"]), "job.progress", {
+        "id": str(row["id"]), "kind": kind.name, "status": status,
         "progress": round(float(progress), 4), "error": error, **extra})
 
 
-Work = Callable[[JobRun], Awaitable[None]]
+Work = Callable[[JobRun[S]], Awaitable[None]]
 
 
-async def load_row(svc: Services, table: str, job_id: uuid.UUID) -> dict[str, Any] | None:
-    query = SQL("SELECT * FROM {} WHERE id = %s").format(Identifier(tables.check_table(table)))
-    async with svc.db.connection() as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,))
-        return await cur.fetchone()
-
-
-def table_handler(svc: Services, table: str, work: Work, *,
-                  on_completed: Work | None = None) -> Handler:
-    """A queue handler running ``work`` for the rows of ``table`` (see the module doc).
+def table_handler(svc: S, kind: JobKind, work: Work[S], *,
+                  on_completed: Work[S] | None = None) -> Handler:
+    """A queue handler running ``work`` for the rows of ``kind``'s table (see the module
+    doc).
 
     ``on_completed(run)``, if given, runs once per job: only in the delivery whose
     ``mark_completed`` changed the row (so a redelivered job never runs it twice), after the
     ``completed`` event. The job is completed by then: an exception in it is logged, not
     raised (a retry would not run it again)."""
-    tables.check_table(table)
-
     async def handle(job: Job, ctx: JobContext) -> None:
-        job_table, job_id = tables.parse_queue_job_id(job.id)
-        if job_table != table:
-            raise PermanentJobError(f"job {job.id} is not a {table} job")
-        if not await tables.mark_running(svc.db, table, job_id):
+        try:
+            _, job_id = tables.parse_queue_job_id((kind,), job.id)
+        except ValueError:
+            raise PermanentJobError(f"job {job.id} is not a {kind.table} job") from None
+        if not await tables.mark_running(svc.db, kind, job_id):
             log.info("job %s: already finished or gone; this delivery does nothing", job.id)
             return
-        row = await load_row(svc, table, job_id)
+        row = await tables.load_row(svc.db, kind, job_id)
         if row is None:
             return
-        run = JobRun(svc, table, row, ctx)
+        run = JobRun(svc, kind, row, ctx)
         await run.publish("running", float(row["progress"]))
         try:
             await work(run)
@@ -187,10 +187,10 @@ def table_handler(svc: Services, table: str, work: Work, *,
                 else:
                     log.error("job %s failed for good (%s): %s: %s", job.id, code,
                               type(exc).__name__, exc, exc_info=exc)
-                await tables.mark_failed(svc.db, table, job_id, message, code)
+                await tables.mark_failed(svc.db, kind, job_id, message, code)
                 await run.publish("failed", float(row["progress"]), message, errorCode=code)
             raise
-        if await tables.mark_completed(svc.db, table, job_id):
+        if await tables.mark_completed(svc.db, kind, job_id):
             await run.publish("completed", 1.0)
             if on_completed is not None:
                 try:
@@ -201,20 +201,21 @@ def table_handler(svc: Services, table: str, work: Work, *,
     return handle
 
 
-async def mark_dead_lettered(svc: Services, job: Job, error: str) -> None:
-    """The queue gave up on a table job: its row says ``failed`` too (a no-op when the handler
-    already marked it). Needed for failures the handler cannot record itself, such as its
-    timeout, which cancels it. The row gets ``job_failed`` and its fixed message; ``error``
-    (the queue's ``"Type: text"``) goes to the log only."""
+async def mark_dead_lettered(svc: JobServices, kind: JobKind, job: Job, error: str) -> None:
+    """The queue gave up on a job of ``kind``: its row says ``failed`` too (a no-op when the
+    handler already marked it, or for a job of its queue that has no row). Needed for
+    failures the handler cannot record itself, such as its timeout, which cancels it. The
+    row gets ``job_failed`` and its fixed message; ``error`` (the queue's ``"Type: text"``)
+    goes to the log only."""
     try:
-        table, job_id = tables.parse_queue_job_id(job.id)
+        _, job_id = tables.parse_queue_job_id((kind,), job.id)
     except ValueError:
         return
     code = tables.JOB_FAILED
     message = USER_MESSAGES[code]
-    if await tables.mark_failed(svc.db, table, job_id, message, code):
+    if await tables.mark_failed(svc.db, kind, job_id, message, code):
         log.error("job %s dead-lettered by the queue: %s", job.id, error)
-        row = await load_row(svc, table, job_id)
+        row = await tables.load_row(svc.db, kind, job_id)
         if row is not None:
-            await publish_status(svc, table, row, "failed", float(row["progress"]), message,
-                                 errorCode=code)
+            await publish_status(svc.redis, kind, row, "failed", float(row["progress"]),
+                                 message, errorCode=code)

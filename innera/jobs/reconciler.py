@@ -15,11 +15,14 @@ interval; the task never dies of it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import trio
 
 from innera.db.pool import Pool
 from innera.jobs import tables
+from innera.jobs.kinds import JobKind
+from innera.jobs.submission import enqueue
 from innera.queue.jobs import JobQueue
 from innera.redis import UNAVAILABLE_ERRORS, Redis
 
@@ -31,18 +34,18 @@ PAGE = 500
 PASS_TIMEOUT_S = 120.0
 
 
-async def reconcile_once(pool: Pool, redis: Redis) -> int:
-    """One pass over the four tables; returns how many jobs were enqueued again."""
+async def reconcile_once(pool: Pool, redis: Redis, kinds: Sequence[JobKind]) -> int:
+    """One pass over the tables of ``kinds``; returns how many jobs were enqueued again."""
     enqueued = 0
-    for table in tables.TABLES:
-        queue = JobQueue(redis, tables.QUEUE_OF[table])
+    for kind in kinds:
+        queue = JobQueue(redis, kind.queue.name)
         after = None
         while True:
-            rows = await tables.unfinished(pool, table, after=after, limit=PAGE)
+            rows = await tables.unfinished(pool, kind, after=after, limit=PAGE)
             for row in rows:
-                job_id = tables.queue_job_id(table, row["id"])
+                job_id = tables.queue_job_id(kind, row["id"])
                 if await queue.get(job_id) is None:
-                    await tables.enqueue(redis, table, row)
+                    await enqueue(redis, kind, row)
                     enqueued += 1
                     log.info("re-enqueued job %s (unknown to Redis)", job_id)
             if len(rows) < PAGE:
@@ -54,10 +57,10 @@ async def reconcile_once(pool: Pool, redis: Redis) -> int:
     return enqueued
 
 
-async def _pass(pool: Pool, redis: Redis) -> None:
+async def _pass(pool: Pool, redis: Redis, kinds: Sequence[JobKind]) -> None:
     try:
         with trio.fail_after(PASS_TIMEOUT_S):
-            await reconcile_once(pool, redis)
+            await reconcile_once(pool, redis, kinds)
     except UNAVAILABLE_ERRORS as exc:
         redis.record_error(exc)
         log.warning("reconciler: pass failed (Redis unavailable: %s); retrying later", exc)
@@ -67,13 +70,13 @@ async def _pass(pool: Pool, redis: Redis) -> None:
 
 
 async def run_reconciler(
-    pool: Pool, redis: Redis, *, interval_s: float = RECONCILE_INTERVAL_S,
+    pool: Pool, redis: Redis, kinds: Sequence[JobKind], *, interval_s: float = RECONCILE_INTERVAL_S,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """At start-up and then every ``interval_s``: :func:`reconcile_once`. Runs until
-    cancelled."""
-    await _pass(pool, redis)
+    """At start-up and then every ``interval_s``: :func:`reconcile_once` over ``kinds``. Runs
+    until cancelled."""
+    await _pass(pool, redis, kinds)
     task_status.started()
     while True:
         await trio.sleep(interval_s)
-        await _pass(pool, redis)
+        await _pass(pool, redis, kinds)

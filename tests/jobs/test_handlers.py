@@ -10,20 +10,23 @@ import pytest
 import trio
 
 from innera.db.pool import Pool
+from innera.exports import EXPORT_JOB
 from innera.jobs import tables
 from innera.jobs.handlers import USER_MESSAGES, JobRun, mark_dead_lettered, table_handler
+from innera.jobs.submission import enqueue, submit
 from innera.queue.jobs import JobQueue, PermanentJobError, UserFacingJobError
 from innera.queue.worker import QueueConfig, run_workers
 from innera.redis import Redis
 from tests.jobs.test_rebuild import Deps
 from tests.jobs.test_tables import make_user
+from workers.registry import JOB_KINDS
 
 pytestmark = pytest.mark.timeout(30)
 
 
 async def row_of(pool: Pool, user: object, queue_id: str) -> dict[str, object]:
-    _, row_id = tables.parse_queue_job_id(queue_id)
-    row = await tables.get_job(pool, "export_jobs", user, row_id)  # type: ignore[arg-type]
+    _, row_id = tables.parse_queue_job_id(JOB_KINDS, queue_id)
+    row = await tables.get_job(pool, EXPORT_JOB, user, row_id)  # type: ignore[arg-type]
     assert row is not None
     return row
 
@@ -43,16 +46,16 @@ async def run_until(redis: Redis, config: QueueConfig, done: object) -> None:
 async def test_a_job_cut_off_by_its_timeout_on_the_last_attempt_is_failed_in_its_table(
         db_pool: Pool, redis: Redis) -> None:
     user = await make_user(db_pool)
-    queue_id = await tables.submit(db_pool, redis, "export_jobs", user_id=user, payload={})
+    queue_id = await submit(db_pool, redis, EXPORT_JOB, user_id=user, payload={})
 
     async def work(run: JobRun) -> None:
         await run.progress(0.5)
         await trio.sleep(60)  # cancelled by the handler timeout: it records nothing itself
 
     deps = Deps(db_pool, redis)
-    config = QueueConfig(table_handler(deps, "export_jobs", work),  # type: ignore[arg-type]
+    config = QueueConfig(table_handler(deps, EXPORT_JOB, work),  # type: ignore[arg-type]
                          attempts=1, timeout_s=0.3,
-                         on_dead_letter=partial(mark_dead_lettered, deps))  # type: ignore[arg-type]
+                         on_dead_letter=partial(mark_dead_lettered, deps, EXPORT_JOB))  # type: ignore[arg-type]
 
     async def failed() -> bool:
         return (await row_of(db_pool, user, queue_id))["status"] == "failed"
@@ -68,13 +71,13 @@ async def test_a_job_cut_off_by_its_timeout_on_the_last_attempt_is_failed_in_its
 
 async def test_a_redelivered_finished_job_does_no_work(db_pool: Pool, redis: Redis) -> None:
     user = await make_user(db_pool)
-    queue_id = await tables.submit(db_pool, redis, "export_jobs", user_id=user, payload={})
+    queue_id = await submit(db_pool, redis, EXPORT_JOB, user_id=user, payload={})
     runs: list[JobRun] = []
 
     async def work(run: JobRun) -> None:
         runs.append(run)
 
-    handler = table_handler(Deps(db_pool, redis), "export_jobs", work)  # type: ignore[arg-type]
+    handler = table_handler(Deps(db_pool, redis), EXPORT_JOB, work)  # type: ignore[arg-type]
     queue = JobQueue(redis, "export-jobs")
 
     async def completed() -> bool:
@@ -83,7 +86,7 @@ async def test_a_redelivered_finished_job_does_no_work(db_pool: Pool, redis: Red
 
     await run_until(redis, QueueConfig(handler), completed)
     assert (await row_of(db_pool, user, queue_id))["status"] == "completed"
-    await tables.enqueue(redis, "export_jobs", {"id": tables.parse_queue_job_id(queue_id)[1],
+    await enqueue(redis, EXPORT_JOB, {"id": tables.parse_queue_job_id(JOB_KINDS, queue_id)[1],
                                                 "user_id": user})  # delivered once more
     await run_until(redis, QueueConfig(handler), completed)
     assert len(runs) == 1
@@ -104,15 +107,15 @@ async def test_a_failed_job_shows_its_code_and_a_fixed_message_unless_innera_wro
         UserFacingJobError("51 entries, more than the limit of 50 (IMPORT_MAX_ENTRIES)",
                            code="too_many_entries"),
     ]
-    ids = [await tables.submit(db_pool, redis, "export_jobs", user_id=user, payload={"n": n})
+    ids = [await submit(db_pool, redis, EXPORT_JOB, user_id=user, payload={"n": n})
            for n in range(len(errors))]
 
     async def work(run: JobRun) -> None:
         raise errors[run.payload["n"]]
 
     deps = Deps(db_pool, redis)
-    config = QueueConfig(table_handler(deps, "export_jobs", work),  # type: ignore[arg-type]
-                         attempts=1, on_dead_letter=partial(mark_dead_lettered, deps))  # type: ignore[arg-type]
+    config = QueueConfig(table_handler(deps, EXPORT_JOB, work),  # type: ignore[arg-type]
+                         attempts=1, on_dead_letter=partial(mark_dead_lettered, deps, EXPORT_JOB))  # type: ignore[arg-type]
 
     async def all_failed() -> bool:
         return [(await row_of(db_pool, user, i))["status"] for i in ids] == ["failed"] * len(

@@ -13,9 +13,10 @@ import pytest
 import trio
 
 from innera.db.pool import Pool
-from innera.jobs import tables
+from innera.exports import EXPORT_JOB
 from innera.jobs.handlers import JobRun, table_handler
 from innera.jobs.reconciler import reconcile_once
+from innera.jobs.submission import submit
 from innera.queue.worker import QueueConfig, run_workers
 from innera.redis import Redis
 from tests.jobs.test_tables import make_user
@@ -43,7 +44,7 @@ async def test_flush_mid_batch_every_job_completes_as_the_tables_say(
         db_pool: Pool, redis: Redis) -> None:
     user = await make_user(db_pool)
     for _ in range(JOBS):
-        await tables.submit(db_pool, redis, "export_jobs", user_id=user, payload={})
+        await submit(db_pool, redis, EXPORT_JOB, user_id=user, payload={})
     runs: Counter[uuid.UUID] = Counter()
     completed_before_flush: set[uuid.UUID] = set()
 
@@ -51,7 +52,7 @@ async def test_flush_mid_batch_every_job_completes_as_the_tables_say(
         runs[run.id] += 1
         await trio.sleep(0.01)
 
-    handler = table_handler(Deps(db_pool, redis), "export_jobs", work)  # type: ignore[arg-type]
+    handler = table_handler(Deps(db_pool, redis), EXPORT_JOB, work)  # type: ignore[arg-type]
     config = QueueConfig(handler, concurrency=4, lease_s=2.0, reaper_interval_s=0.2)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -66,7 +67,7 @@ async def test_flush_mid_batch_every_job_completes_as_the_tables_say(
             cur = await conn.execute("SELECT id FROM export_jobs WHERE status = 'completed'")
             completed_before_flush = {row[0] for row in await cur.fetchall()}
         assert len(completed_before_flush) < JOBS
-        assert await reconcile_once(db_pool, redis) > 0
+        assert await reconcile_once(db_pool, redis, (EXPORT_JOB,)) > 0
         with trio.fail_after(20):
             while (await statuses(db_pool))["completed"] < JOBS:
                 await trio.sleep(0.02)

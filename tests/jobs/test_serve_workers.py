@@ -7,6 +7,7 @@ import trio
 
 from innera.config import load_settings
 from innera.db.pool import Pool
+from innera.exports import EXPORT_JOB
 from innera.jobs import tables
 from innera.queue.jobs import JobQueue
 from innera.redis import Redis
@@ -21,8 +22,8 @@ async def test_serve_reconciles_at_start_unless_workers_are_off(
         nursery: trio.Nursery, server_settings: dict[str, str], db_pool: Pool, redis: Redis,
         workers: str, enqueued: bool) -> None:
     user = await make_user(db_pool)
-    row_id = await tables.create_job(db_pool, "export_jobs", user_id=user, payload={})
-    queue_id = tables.queue_job_id("export_jobs", row_id)
+    row_id = await tables.create_job(db_pool, EXPORT_JOB, user_id=user, payload={})
+    queue_id = tables.queue_job_id(EXPORT_JOB, row_id)
     srv = await start_server(nursery, load_settings({**server_settings,
                                                      "INNERA_WORKERS": workers}))
     try:

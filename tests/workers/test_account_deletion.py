@@ -18,8 +18,10 @@ import trio
 from psycopg import sql
 from psycopg.errors import UniqueViolation
 
+from innera.account_deletion import ACCOUNT_DELETION_JOB
 from innera.auth.refresh_tokens import PostgresRefreshTokenStore
 from innera.config import load_settings
+from innera.exports import EXPORT_JOB
 from innera.jobs import tables
 from innera.notifications import create_notification
 from innera.queue.jobs import JobQueue
@@ -185,7 +187,7 @@ async def populate(srv: RunningServer, account: Account) -> dict[str, Any]:
     assert r.status_code in (200, 201), r.text
     await PostgresRefreshTokenStore(svc.db, 3600).issue(account.id)
     await reauth(srv.client, account)  # issued, never used
-    export_id = await tables.create_job(svc.db, "export_jobs", user_id=account.id, payload={})
+    export_id = await tables.create_job(svc.db, EXPORT_JOB, user_id=account.id, payload={})
     export_key = job_file_key(account.id, "exports", str(export_id))
     await svc.storage.put_stream(export_key, one_chunk(b"zip"), content_type="application/zip")
     key = object_key(account.id, entries[0], attachment["attachment"]["id"])
@@ -241,7 +243,7 @@ async def test_deleting_an_account_purges_every_trace_and_leaves_others_alone(
         assert request.getfixturevalue("s3_bucket").keys(f"{alice.id}/") == []
     assert await redis_keys_naming(server, alice.id) == []
     queued = await JobQueue(server.services.redis, QUEUE).get(
-        tables.queue_job_id(TABLE, job["id"]))
+        tables.queue_job_id(ACCOUNT_DELETION_JOB, job["id"]))
     assert queued is not None and queued.payload == {
         "table": TABLE, "id": job["id"], "user_id": None}  # Redis does not name the user
 
@@ -374,7 +376,7 @@ async def test_concurrent_deletes_of_one_account_make_one_job(server: RunningSer
         assert (await cur.fetchone()) == (1,)
         # the table itself refuses a second unfinished job for the user (migration 0009)
         with pytest.raises(UniqueViolation):
-            await tables.create_job(conn, TABLE, user_id=alice.id, payload={})
+            await tables.create_job(conn, ACCOUNT_DELETION_JOB, user_id=alice.id, payload={})
 
 
 # --- sockets --------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ import pytest
 import trio
 
 from innera.config import load_settings
+from innera.exports import EXPORT_JOB
+from innera.exports.sweeper import sweep_once
 from innera.jobs import tables
-from innera.jobs.export_sweeper import sweep_once
 from innera.queue.jobs import JobQueue
 from innera.queue.worker import JobContext
 from innera.storage import LocalStorage
@@ -305,7 +306,7 @@ async def test_an_unfinished_export_is_answered_instead_of_a_second_one(
     assert (await start_export(server, bob))["id"] != results[0]  # per user
 
     # once it is finished, a new export starts
-    await tables.mark_completed(server.services.db, "export_jobs", results[0])
+    await tables.mark_completed(server.services.db, EXPORT_JOB, results[0])
     assert (await start_export(server, alice))["id"] != results[0]
     assert await export_rows(server, alice.id) == 2
     listed = (await server.client.get("/v1/exports?limit=1", headers=alice.auth)).json()
@@ -362,13 +363,13 @@ async def test_a_failed_attempt_stores_nothing_and_a_retry_notifies_once(
 
     # the handler on a queue of its own (the server runs no workers), delivered by hand
     queue = JobQueue(svc.redis, "test-exports", attempts=3, backoff_base_s=0.01)
-    await queue.enqueue({}, job_id=tables.queue_job_id("export_jobs", job_id))
+    await queue.enqueue({}, job_id=tables.queue_job_id(EXPORT_JOB, job_id))
     handler = make_handler(svc)
     job = await claim(queue)
     with pytest.raises(Exception, match="decrypt"):
         await handler(job, JobContext(job, queue))
     assert await svc.storage.head(key) is None  # the stream failed: nothing stored
-    row = await tables.get_job(svc.db, "export_jobs", alice.id, job_id)
+    row = await tables.get_job(svc.db, EXPORT_JOB, alice.id, job_id)
     assert row is not None and row["status"] == "running"  # attempts are left
     assert await queue.fail(job, "decrypt failed") == "retried"
 
@@ -409,7 +410,7 @@ async def test_a_job_failing_inside_shows_a_fixed_message_and_logs_the_exception
     host, port = server.url.removeprefix("http://").split(":")
     ws = await WsClient.connect(host, int(port), "/v1/ws", list(alice.auth.items()))
     queue = JobQueue(svc.redis, "test-exports", attempts=1)  # its one attempt is the last
-    await queue.enqueue({}, job_id=tables.queue_job_id("export_jobs", job_id))
+    await queue.enqueue({}, job_id=tables.queue_job_id(EXPORT_JOB, job_id))
     job = await claim(queue)
     with caplog.at_level(logging.ERROR, logger="innera.jobs"), \
             pytest.raises(OSError) as raised:

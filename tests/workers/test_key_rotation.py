@@ -16,16 +16,18 @@ import pytest
 import trio
 from psycopg.rows import dict_row
 
+from innera import key_rotation as rotation
 from innera.config import load_settings
-from innera.crypto import rotation
 from innera.crypto.data_keys import DataKeys
 from innera.crypto.keyring import Keyring, LocalKeyProvider, parse_keyring
 from innera.db.pool import Pool
 from innera.jobs import tables
+from innera.key_rotation import KEY_ROTATION_JOB
 from innera.observability.metrics import Metrics
 from innera.redis import Redis
 from tests.fixtures.accounts import Account, signup
 from tests.fixtures.server import ROOT, RunningServer, start_server
+from workers.registry import JOB_KINDS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,7 +75,7 @@ async def wait_for(what: str, check: Callable[[], Awaitable[bool]], timeout_s: f
 
 
 async def job_row(db: Pool, queue_id: str) -> dict[str, Any]:
-    _, job_id = tables.parse_queue_job_id(queue_id)
+    _, job_id = tables.parse_queue_job_id(JOB_KINDS, queue_id)
     async with db.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT * FROM key_rotation_jobs WHERE id = %s", (job_id,))
@@ -268,7 +270,8 @@ async def test_a_second_rotation_is_refused_while_one_is_unfinished(
     assert second.returncode == 1
     assert f"key rotation {job_id} (version 1 -> 2) is already pending (0%)" in second.stderr
 
-    await tables.mark_running(db_pool, "key_rotation_jobs", tables.parse_queue_job_id(job_id)[1])
+    _, row_id = tables.parse_queue_job_id(JOB_KINDS, job_id)
+    await tables.mark_running(db_pool, KEY_ROTATION_JOB, row_id)
     third = await cli(server_settings, BOTH, "keys", "rotate", "--to", "2")
     assert third.returncode == 1 and f"{job_id} (version 1 -> 2) is already running" \
         in third.stderr

@@ -27,19 +27,14 @@ from typing import Any
 import trio
 
 from innera.db.pool import Pool
+from innera.exports import archive_key
 from innera.storage import Storage
-from innera.storage.keys import job_file_key
 
 log = logging.getLogger("innera.jobs.export_sweeper")
 
 SWEEP_INTERVAL_S = 3600.0
 BATCH = 200
 PASS_TIMEOUT_S = 600.0
-
-
-def _archive_key(user_id: str, job_id: str) -> str:
-    # innera.api.exports.archive_key, without importing the API into the jobs package
-    return job_file_key(user_id, "exports", job_id)
 
 
 async def sweep_once(db: Pool, storage: Storage, *, retention_days: int) -> int:
@@ -63,7 +58,7 @@ async def sweep_once(db: Pool, storage: Storage, *, retention_days: int) -> int:
             break
         done = []
         for job_id, user_id, _finished_at in rows:
-            key = _archive_key(str(user_id), str(job_id))
+            key = archive_key(str(user_id), str(job_id))
             try:
                 await storage.delete(key, all_versions=True)
             except Exception as exc:

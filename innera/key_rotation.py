@@ -7,6 +7,8 @@ uses an old version any more, that version can be removed from ``INNERA_MEK``.
 
 - :func:`check_target`, :func:`plan_rotation`: is a target version usable (against the
   configured versions and the DEKs per version)? :class:`InvalidRotation` says why not.
+- :data:`KEY_ROTATION_JOB`: the job kind (table ``key_rotation_jobs``, queue
+  ``key-rotation``, no user); the worker is ``workers/key_rotation.py``.
 - :func:`start_rotation`: records the ``key_rotation_jobs`` row and enqueues it; refused with
   :class:`RotationInProgress` while another rotation is pending or running (migration 0010
   makes that a database rule). ``from_version`` is the oldest version still wrapping DEKs;
@@ -37,9 +39,14 @@ from innera.crypto.data_keys import dek_context
 from innera.crypto.keyring import KeyProvider, UnwrapError
 from innera.db.pool import Pool
 from innera.jobs import tables
+from innera.jobs.kinds import JobKind, QueueSpec
+from innera.jobs.submission import submit
 from innera.redis import Redis
 
-TABLE = "key_rotation_jobs"
+#: resumable: a rotation cut by the timeout continues from its progress on the next attempt
+KEY_ROTATION_JOB = JobKind("key_rotation_jobs", "key-rotation",
+                           QueueSpec("key-rotation", concurrency=1, timeout_s=3600, attempts=5),
+                           userless=True)
 BATCH_SIZE = 500
 MAX_BATCH_SIZE = 10_000
 #: bound on one batch transaction (select, re-wrap, update) and on each count query
@@ -159,7 +166,7 @@ def _busy(row: dict[str, Any] | None) -> RotationInProgress:
     if row is None:
         return RotationInProgress("another key rotation is already pending or running")
     return RotationInProgress(
-        f"key rotation {tables.queue_job_id(TABLE, row['id'])} (version "
+        f"key rotation {tables.queue_job_id(KEY_ROTATION_JOB, row['id'])} (version "
         f"{row['from_version']} -> {row['to_version']}) is already {row['status']} "
         f"({float(row['progress']):.0%}); wait for it to finish (innera keys status)")
 
@@ -178,7 +185,7 @@ async def start_rotation(db: Pool, redis: Redis, versions: frozenset[int], to_ve
     payload = {"from_version": from_version, "to_version": to_version,
                "batch_size": batch_size}
     try:
-        job_id = await tables.submit(db, redis, TABLE, user_id=None, payload=payload)
+        job_id = await submit(db, redis, KEY_ROTATION_JOB, user_id=None, payload=payload)
     except pg_errors.UniqueViolation:  # a rotation started meanwhile (migration 0010)
         raise _busy(await unfinished_rotation(db)) from None
     return Submitted(job_id, from_version, to_version,
