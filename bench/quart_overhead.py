@@ -1,6 +1,6 @@
 """What Quart-trio itself costs per request, called in process with no server and no I/O:
 one trivial route (a constant JSON body) on stock Quart-trio, then with innera's trims
-(``TrimmedQuart`` from ``innera/framework.py``, ``InneraRequest`` from ``innera/app.py``).
+(``TrimmedQuart`` from ``innera/api/framework.py``, ``InneraRequest`` from ``innera/app.py``).
 
     .venv/bin/python bench/quart_overhead.py [N]
 
@@ -20,8 +20,8 @@ from quart_trio import QuartTrio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from innera.api.framework import TrimmedQuart
 from innera.app import InneraRequest
-from innera.framework import TrimmedQuart
 from innera.http.fast import HANGUP_EXTENSION
 
 SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",

@@ -1,14 +1,15 @@
 """The Quart (Trio) application: blueprints, error handlers and per-request middleware.
 
-Order of what wraps a request:
+Order of what wraps a request (the rules themselves, shared with the framework-free routes
+and the WebSocket endpoint, are :mod:`innera.api.pipeline`'s):
 1. a fresh request id (UUID4), bound to every log line of the request and echoed as
    ``X-Request-Id``; the start time for the route metrics;
 2. the route (blueprints under ``innera/api/``);
 3. errors → the contract in ``innera/errors.py``: AppError subclasses keep their status and
    code, werkzeug's HTTP errors are mapped to codes, anything else is a 500
    ``internal_error`` that reveals nothing (and goes to Sentry);
-4. one completion log line and the route metrics (``/metrics`` scrapes themselves are not
-   counted; its 401s are).
+4. the security headers (and CORS), one completion log line and the route metrics
+   (``/metrics`` scrapes themselves are not counted; its 401s are).
 """
 
 from __future__ import annotations
@@ -40,21 +41,16 @@ from innera.api import (
 )
 from innera.api.bodies import StreamingUploadRequest
 from innera.api.context import json_response, services
+from innera.api.framework import TrimmedQuart, current_g, current_request
+from innera.api.pipeline import Pipeline, report_request_error
 from innera.errors import AppError, InvalidJson, Unauthorized, error_body
-from innera.framework import TrimmedQuart
 from innera.guards.client_ip import UntrustedForwardedFor
 from innera.ids import new_uuid4
-from innera.observability import sentry
-from innera.observability.logging import (
-    access_log,
-    bind_request,
-    log_request_completed,
-    loggable_url,
-)
+from innera.observability.logging import access_log, loggable_url
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from innera.services import Services
 
-__all__ = ["create_app", "json_response", "services"]
+__all__ = ["Router", "create_app", "create_asgi", "json_response", "services"]
 
 log = logging.getLogger("innera.app")
 
@@ -128,27 +124,31 @@ class Router:
     ``/metrics`` to plain handlers (:mod:`innera.api.plain`); everything else to the Quart
     app."""
 
-    def __init__(self, svc: Services, app: QuartTrio) -> None:
+    def __init__(self, svc: Services, app: QuartTrio, pipeline: Pipeline) -> None:
         self.svc = svc
         self.app = app
-        self.security_headers = [(k.lower().encode(), v.encode())
-                                 for k, v in _security_headers(svc.settings.production, False)]
+        self.pipeline = pipeline
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == ws.PATH:
             await ws.serve(self.svc, scope, receive, send)
         elif plain.handles(scope):
-            await plain.serve(self.svc, scope, send, self.security_headers)
+            await plain.serve(self.svc, self.pipeline, scope, send)
         else:
             await self.app(scope, receive, send)
 
 
 def create_asgi(svc: Services) -> Router:
-    """What the HTTP server runs: :class:`Router` over :func:`create_app`."""
-    return Router(svc, create_app(svc))
+    """What the HTTP server runs: :class:`Router` over :func:`create_app`, both following
+    one :class:`~innera.api.pipeline.Pipeline`."""
+    pipeline = Pipeline(svc.settings, svc.metrics)
+    return Router(svc, create_app(svc, pipeline), pipeline)
 
 
-def create_app(svc: Services) -> QuartTrio:
+def create_app(svc: Services, pipeline: Pipeline | None = None) -> QuartTrio:
+    """innera's Quart app; its hooks follow ``pipeline`` (a new one for ``svc`` if None)."""
+    if pipeline is None:
+        pipeline = Pipeline(svc.settings, svc.metrics)
     app = TrimmedQuart("innera")
     app.request_class = type("InneraRequest", (InneraRequest,),
                              {"import_max_bytes": svc.settings.jobs.import_max_bytes})
@@ -162,19 +162,15 @@ def create_app(svc: Services) -> QuartTrio:
     )
     app.url_map.strict_slashes = False
 
-    production, cors_origins = svc.settings.production, svc.settings.server.cors_origins
-    #: (name, value, lower-case name) per "is this an API path"
-    security = {api: [(name, value, name.lower()) for name, value in
-                      _security_headers(production, api)] for api in (False, True)}
+    begin, complete, finish = pipeline.begin, pipeline.complete, pipeline.finish
     #: one warning when X-Forwarded-For arrives while TRUST_PROXY=0 (the header is ignored)
     forwarded_for = UntrustedForwardedFor(svc.settings.server.trust_proxy)
 
     @app.before_request
     async def start_request() -> None:
-        ctx = g._get_current_object()
+        ctx = current_g()
         ctx.started = time.perf_counter()
-        ctx.request_id = new_uuid4()
-        bind_request(ctx.request_id)
+        ctx.request_id = begin()
         if forwarded_for.pending and "x-forwarded-for" in request.headers:
             forwarded_for.seen()
         if access_log.isEnabledFor(logging.DEBUG):
@@ -193,41 +189,20 @@ def create_app(svc: Services) -> QuartTrio:
 
     @app.after_request
     async def finish_request(response: Response) -> Response:
-        # One pass over the response's headers, then one extend: werkzeug's setdefault
-        # scans them all for every header added.
-        ctx, req = g._get_current_object(), request._get_current_object()
-        headers = response.headers
-        present = {name.lower() for name in headers.keys()}
+        ctx, req = current_g(), current_request()
         request_id = _request_id()
-        added = []
-        if "x-request-id" in present:
-            headers["X-Request-Id"] = request_id
-        else:
-            added.append(("X-Request-Id", request_id))
-        decision = getattr(ctx, "rate_limit", None)
-        if decision is not None:
-            added += [(name, value) for name, value in decision.headers().items()
-                      if name.lower() not in present]
-        added += [(name, value) for name, value, lower in security[req.path.startswith("/v1/")]
-                  if lower not in present]
-        headers._list.extend(added)  # no per-item check: our names and values
-        if cors_origins:
-            add_cors_headers(response, cors_origins)
-        route = req.url_rule.rule if req.url_rule is not None else None
-        if route == "/metrics" and response.status_code == 200:  # scrapes are not counted
-            return response
-        elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
-        svc.metrics.observe_request(req.method, route, response.status_code, elapsed)
-        log_request_completed(req.method, req.path, req.query_string, request_id,
-                              getattr(ctx, "user_id", None), response.status_code, elapsed)
+        complete(req, response, request_id, getattr(ctx, "rate_limit", None))
+        url_rule = req.url_rule
+        finish(req.method, url_rule.rule if url_rule is not None else None, req.path,
+               req.query_string, request_id, getattr(ctx, "user_id", None),
+               response.status_code, getattr(ctx, "started", None) or time.perf_counter())
         return response
 
     @app.get("/metrics")
     async def metrics() -> Response:
         if not plain.metrics_authorized(svc.settings.observability.metrics_token,
                                         request.headers.get("authorization")):
-            raise Unauthorized("GET /metrics needs the metrics token (Authorization: Bearer)",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(plain.METRICS_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
         return Response(svc.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     @app.errorhandler(AppError)
@@ -248,10 +223,9 @@ def create_app(svc: Services) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
-        log.error("unhandled error in %s %s", request.method, request.path, exc_info=error)
-        sentry.capture_request_exception(
-            error, request_id=_request_id(), user_id=g.get("user_id"),
-            url=request.url, method=request.method, headers=dict(request.headers))
+        report_request_error(error, request_id=_request_id(), user_id=g.get("user_id"),
+                             method=request.method, path=request.path, url=request.url,
+                             headers=request.headers)
         body = error_body("internal_error", "Internal server error", _request_id())
         return _error_response(500, body)
 
@@ -267,50 +241,9 @@ def create_app(svc: Services) -> QuartTrio:
     return app
 
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
-CORS_EXPOSED = ("X-Request-Id, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
-                "Retry-After, Idempotent-Replayed")
-CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Reauth-Token"
-
-
-def _security_headers(production: bool, api: bool) -> list[tuple[str, str]]:
-    headers = list(SECURITY_HEADERS.items())
-    if api:
-        headers.append(("Cache-Control", "no-store"))
-    if production:  # TLS ends at the load balancer in production
-        headers.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
-    return headers
-
-
-def add_cors_headers(response: Response, allowed: tuple[str, ...]) -> None:
-    """CORS for the origins in CORS_ORIGINS (``*``: any). Preflights are answered by Quart's
-    automatic OPTIONS response, completed here."""
-    origin = request.headers.get("origin")
-    if not origin:
-        return
-    if "*" in allowed:
-        response.headers["Access-Control-Allow-Origin"] = "*"
-    elif origin.rstrip("/") in allowed:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.vary.add("Origin")
-    else:
-        return
-    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
-    if request.method == "OPTIONS" and request.headers.get("access-control-request-method"):
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
-        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
-        response.headers["Access-Control-Max-Age"] = "600"
-
-
 def _request_id() -> str:
     try:
-        ctx = g._get_current_object()
+        ctx = current_g()
     except RuntimeError:  # outside a request: nothing to bind it to
         return new_uuid4()
     rid = getattr(ctx, "request_id", None)

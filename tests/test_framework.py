@@ -1,4 +1,4 @@
-"""The Quart trims (innera/framework.py) answer as Quart does."""
+"""The Quart trims (innera/api/framework.py) answer as Quart does."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from werkzeug.datastructures import Headers
 
-from innera.framework import RequestHeaders, TrimmedQuart
+from innera.api.framework import RequestHeaders, TrimmedQuart
 
 ITEMS = [("Host", "x"), ("Content-Length", "12"), ("X-Many", "1"), ("X-Many", "2"),
          ("X-Bad-Int", "twelve")]
@@ -20,14 +20,12 @@ ITEMS = [("Host", "x"), ("Content-Length", "12"), ("X-Many", "1"), ("X-Many", "2
 ])
 def test_request_headers_get_answers_as_werkzeug(args: tuple[Any, ...],
                                                  kwargs: dict[str, Any]) -> None:
-    ours = RequestHeaders()
-    ours._list = list(ITEMS)
+    ours = RequestHeaders.from_pairs(list(ITEMS))
     assert ours.get(*args, **kwargs) == Headers(ITEMS).get(*args, **kwargs)
 
 
 def test_request_headers_membership_answers_as_werkzeug() -> None:
-    ours = RequestHeaders()
-    ours._list = list(ITEMS)
+    ours = RequestHeaders.from_pairs(list(ITEMS))
     for key in ("host", "Content-LENGTH", "x-many", "missing", ""):
         assert (key in ours) == (key in Headers(ITEMS))
     assert 3 not in ours

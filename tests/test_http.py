@@ -34,7 +34,7 @@ async def test_liveness(server: RunningServer) -> None:
 
 async def test_health_and_metrics_answer_without_the_framework_with_the_same_contract(
         server: RunningServer) -> None:
-    from innera.app import SECURITY_HEADERS
+    from innera.api.pipeline import SECURITY_HEADERS
     from innera.observability.metrics import CONTENT_TYPE
 
     def counted() -> float:

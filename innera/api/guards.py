@@ -1,18 +1,19 @@
-"""What runs before an operation's handler: authentication, rate limit, re-authentication,
-idempotency. Each reads the request and the services; the mechanisms live in
-``innera/auth/`` and ``innera/guards/``."""
+"""What runs before an operation's handler (:mod:`innera.api.operation`): authentication,
+rate limit, re-authentication, idempotency. Each reads the request and the services, and is
+given what it needs of the operation; the mechanisms live in ``innera/auth/`` and
+``innera/guards/``."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Literal
 
 from quart import Response, g, request
 
 from innera.api.bodies import body_chunks
 from innera.api.context import services
-from innera.api.operation import Operation
 from innera.auth.access_tokens import bearer_token
-from innera.auth.sessions import session_user
+from innera.auth.authentication import authenticate
 from innera.errors import AppError, PayloadTooLarge, RateLimited, Unauthorized
 from innera.guards.client_ip import client_ip, rate_limit_client
 from innera.guards.idempotency import (
@@ -23,15 +24,19 @@ from innera.guards.idempotency import (
 )
 from innera.observability.logging import bind_user
 
+#: an operation's rate limit: a named one of the settings, or (requests, window in seconds)
+Rate = Literal["auth", "user", "anon"] | tuple[int, int]
+
 
 class ReauthRequired(AppError):
     status, code = 403, "reauth_required"
     message = "This operation needs a fresh re-authentication token in x-reauth-token"
 
 
-async def authenticate() -> None:
-    """``Authorization: Bearer <access token>`` → an active user, else 401 ``unauthorized``.
-    The user's status and session generation are read on every request (concurrent requests
+async def require_user() -> None:
+    """``Authorization: Bearer <access token>`` → an active user
+    (:func:`innera.auth.authentication.authenticate`), else 401 ``unauthorized``. The
+    user's status and session generation are read on every request (concurrent requests
     share one query), so a disabled or deleted user's tokens, and tokens of sessions that
     ended, stop working at once."""
     svc = services()
@@ -40,7 +45,7 @@ async def authenticate() -> None:
         raise Unauthorized("Missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     claims = svc.access_tokens.verify_claims(token)
     try:
-        user = await session_user(svc, claims)
+        user = await authenticate(svc.active_users, claims)
     except Unauthorized as exc:
         raise Unauthorized(exc.message, headers={"WWW-Authenticate": "Bearer"}) from None
     g.user_id = claims.user_id
@@ -55,19 +60,22 @@ def request_client_ip() -> str:
                      svc.settings.server.trust_proxy)
 
 
-async def limit_rate(op: Operation) -> None:
+async def limit_rate(path: str, rate: Rate) -> None:
+    """Count the request against the operation's limit (``path``: its route template) per
+    user when authenticated, else per client IP (always per IP for ``"auth"``); past it
+    429 ``rate_limited``."""
     svc = services()
     limits = svc.settings.limits
-    if isinstance(op.rate, tuple):
-        limit, window = op.rate
+    if isinstance(rate, tuple):
+        limit, window = rate
     else:
         limit, window = {"auth": limits.rate_limit_auth, "user": limits.rate_limit_user,
-                         "anon": limits.rate_limit_anon}[op.rate]
+                         "anon": limits.rate_limit_anon}[rate]
     user_id = g.get("user_id")
     # a client IP counts as itself, an IPv6 one as its /64 (rate_limit_client)
-    client = (user_id if user_id and op.rate != "auth"
+    client = (user_id if user_id and rate != "auth"
               else rate_limit_client(request_client_ip()))
-    decision = await svc.rate_limiter.hit(op.path, client, limit, window)
+    decision = await svc.rate_limiter.hit(path, client, limit, window)
     if decision is None:  # Redis unavailable: fail open (counted and warned by the limiter)
         return
     g.rate_limit = decision

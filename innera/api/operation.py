@@ -26,7 +26,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, Literal
+from typing import Any
 
 import trio
 from pydantic import BaseModel, ValidationError
@@ -34,6 +34,7 @@ from quart import Blueprint, Response, g, request
 
 from innera import json_input
 from innera.api.context import services
+from innera.api.guards import Rate, idempotent, limit_rate, require_reauth, require_user
 from innera.errors import InvalidJson, RateLimited, ServiceUnavailable, ValidationFailed
 
 
@@ -45,7 +46,6 @@ class RequestTimeout(ServiceUnavailable):
         super().__init__(headers={"Retry-After": "1"})
 
 
-Rate = Literal["auth", "user", "anon"] | tuple[int, int]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -106,13 +106,11 @@ def operation(
     def decorate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Response]]:
         @wraps(fn)
         async def handler(**path_args: Any) -> Response:
-            from innera.api.guards import authenticate, idempotent, limit_rate
-
             timeout_s = op.timeout_s or services().settings.server.request_timeout_s
             with trio.move_on_after(timeout_s):
                 if op.auth:
-                    await authenticate()
-                await limit_rate(op)
+                    await require_user()
+                await limit_rate(op.path, op.rate)
                 if op.method in WRITE_METHODS and op.auth:
                     return await idempotent(lambda: _run(fn, op, path_args),
                                             streams_body=op.streams_body)
@@ -133,8 +131,6 @@ async def _run(fn: Callable[..., Awaitable[Any]], op: Operation, path_args: dict
     if op.query is not None:
         kwargs["query"] = validate(op.query, request.args.to_dict())
     if op.reauth:  # after validation, so an invalid body does not spend the token
-        from innera.api.guards import require_reauth
-
         await require_reauth()
     result = await fn(**kwargs)
     return render(result, op)
@@ -184,8 +180,8 @@ def render(result: Any, op: Operation) -> Response:
 
 
 def current_user_id() -> str:
-    """The authenticated user of the current request (after ``authenticate``)."""
+    """The authenticated user of the current request (after ``require_user``)."""
     return g.user_id
 
 
-__all__ = ["OPERATIONS", "Operation", "RateLimited", "current_user_id", "operation"]
+__all__ = ["OPERATIONS", "Operation", "Rate", "RateLimited", "current_user_id", "operation"]

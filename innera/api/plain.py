@@ -2,8 +2,9 @@
 
 Uptime monitors and Prometheus hit these all day; through Quart each cost the framework's
 per-request machinery (contexts, routing, Request/Response objects) for a constant answer.
-Here they are plain ASGI, with the same contract as the API's responses: ``X-Request-Id``,
-the security headers, the request metric and the access log line. A request with an
+Here they are plain ASGI, following the same rules as the API's responses
+(:mod:`innera.api.pipeline`): ``X-Request-Id``, the security headers, the request metric
+and the access log line. A request with an
 ``Origin`` header (a browser, which needs CORS) or any other method goes to Quart as before.
 ``/health/ready`` stays in Quart: its dependency checks cost far more than the framework.
 
@@ -20,19 +21,17 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from innera.api.health import HEALTH_JSON
+from innera.api.pipeline import Pipeline, error_json
 from innera.auth.access_tokens import bearer_token
-from innera.errors import error_body
-from innera.ids import new_uuid4
-from innera.observability.logging import bind_request, log_request_completed
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from innera.services import Services
+from innera.services import Services
 
 PATHS = frozenset({"/health", "/metrics"})
+#: the 401's message, here and on the framework's ``/metrics`` route
+METRICS_UNAUTHORIZED = "GET /metrics needs the metrics token (Authorization: Bearer)"
 _LIVENESS = json.dumps({"status": "pass"}, separators=(",", ":")).encode()
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -59,12 +58,13 @@ def handles(scope: dict[str, Any]) -> bool:
     return not any(name == b"origin" for name, _ in scope["headers"])
 
 
-async def serve(svc: Services, scope: dict[str, Any], send: Send,
-                security_headers: list[tuple[bytes, bytes]]) -> None:
-    """Answer a request :func:`handles` accepted (its body, if any, is ignored)."""
+async def serve(svc: Services, pipeline: Pipeline, scope: dict[str, Any], send: Send
+                ) -> None:
+    """Answer a request :func:`handles` accepted (its body, if any, is ignored). The metric
+    and the log line are written before the response goes out, as the framework's
+    after-request hook does."""
     started = time.perf_counter()
-    request_id = new_uuid4()
-    bind_request(request_id)
+    request_id = pipeline.begin()
     status, extra = 200, []
     if scope["path"] == "/health":
         body, content_type = _LIVENESS, HEALTH_JSON
@@ -73,15 +73,14 @@ async def serve(svc: Services, scope: dict[str, Any], send: Send,
         body, content_type = svc.metrics.render(), METRICS_CONTENT_TYPE
     else:
         status, extra = 401, [(b"www-authenticate", b"Bearer")]
-        body = json.dumps(error_body("unauthorized", "GET /metrics needs the metrics token "
-                                     "(Authorization: Bearer)", request_id),
-                          separators=(",", ":")).encode()
+        body = error_json("unauthorized", METRICS_UNAUTHORIZED, request_id)
         content_type = "application/json"
     headers = [(b"content-type", content_type.encode()),
                (b"content-length", str(len(body)).encode()),
-               (b"x-request-id", request_id.encode()), *extra, *security_headers]
-    if status != 200 or scope["path"] == "/health":  # as the framework: scrapes not counted
-        _observe(svc, scope, request_id, status, time.perf_counter() - started)
+               (b"x-request-id", request_id.encode()), *extra, *pipeline.asgi_security]
+    path = scope["path"]  # the route: only the two paths above come here
+    pipeline.finish(scope["method"], path, path, scope["query_string"], request_id, None,
+                    status, started)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body",
                 "body": b"" if scope["method"] == "HEAD" else body})
@@ -92,12 +91,3 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
-
-
-def _observe(svc: Services, scope: dict[str, Any], request_id: str, status: int,
-             elapsed: float) -> None:
-    """The request metric and the access log line, before the response goes out (as the
-    framework's after-request hook does)."""
-    svc.metrics.observe_request(scope["method"], scope["path"], status, elapsed)
-    log_request_completed(scope["method"], scope["path"], scope["query_string"], request_id,
-                          None, status, elapsed)

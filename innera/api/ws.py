@@ -6,11 +6,14 @@ cost every socket Quart-trio's websocket machinery (a context, a nursery and tas
 for nothing this endpoint uses.
 
 Authentication: ``Authorization: Bearer <access token>`` or ``?access_token=``, checked as
-every HTTP route checks it (``innera.auth.sessions.session_user``: the batched "still
-active?" query, session generation included). A missing, invalid or expired token, a session
-that ended, or an inactive user, is refused during the handshake with an HTTP 401 (the ASGI
-``websocket.http.response`` extension, which Hypercorn supports; without it the handshake is
-closed with 4001 "Unauthorized").
+every HTTP route checks it (:func:`innera.auth.authentication.authenticate`: the batched
+"still active?" query, session generation included). The token is verified first (no I/O:
+its user is what the handshake rate limit counts and whose channel the socket subscribes
+to); the query runs once the channel is subscribed. A missing, invalid or expired token, a
+session that ended, or an inactive user, is refused during the handshake with an HTTP 401
+(the ASGI ``websocket.http.response`` extension, which Hypercorn supports; without it the
+handshake is closed with 4001 "Unauthorized"). Refusals carry the error contract's body
+(:mod:`innera.api.pipeline`), with ``requestId`` null.
 
 Limits: a handshake with a valid token is counted against ``RATE_LIMIT_WS`` for its user and,
 separately, for its client IP (an IPv6 client by its /64); past either it is refused with HTTP
@@ -49,22 +52,20 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 import trio
 
 from innera import json_input
+from innera.api.pipeline import asgi_json_headers, error_json, report_socket_error, socket_scope
 from innera.auth.access_tokens import AccessClaims, bearer_token
-from innera.auth.sessions import session_user
-from innera.errors import Unauthorized, error_body
+from innera.auth.authentication import authenticate
+from innera.errors import Unauthorized
 from innera.guards.client_ip import client_ip, rate_limit_client
 from innera.guards.ratelimit import Decision
-from innera.observability import sentry
 from innera.realtime.hub import TOKEN_EXPIRED, UNAUTHORIZED, Socket
-
-if TYPE_CHECKING:
-    from innera.services import Services
+from innera.services import Services
 
 log = logging.getLogger("innera.realtime")
 
@@ -109,10 +110,9 @@ async def _refuse(scope: Message, send: Send, message: str) -> None:
         await send({"type": "websocket.close", "code": UNAUTHORIZED[0],
                     "reason": UNAUTHORIZED[1]})
         return
-    body = json.dumps(error_body("unauthorized", message, None)).encode()
-    await send({"type": "websocket.http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b"Bearer")]})
+    body = error_json("unauthorized", message, None)
+    await send({"type": "websocket.http.response.start", "status": 401,
+                "headers": [*asgi_json_headers(body), (b"www-authenticate", b"Bearer")]})
     await send({"type": "websocket.http.response.body", "body": body})
 
 
@@ -140,9 +140,8 @@ async def _refuse_rate_limited(scope: Message, send: Send, decision: Decision) -
                     "reason": RATE_LIMITED[1]})
         return
     message = f"Too many WebSocket handshakes; retry in {decision.reset_s} s"
-    body = json.dumps(error_body("rate_limited", message, None)).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()),
+    body = error_json("rate_limited", message, None)
+    headers = [*asgi_json_headers(body),
                *((name.lower().encode(), value.encode())
                  for name, value in decision.headers().items())]
     await send({"type": "websocket.http.response.start", "status": 429, "headers": headers})
@@ -182,13 +181,13 @@ async def serve(svc: Services, scope: Message, receive: Receive, send: Send) -> 
     expires_at = trio.current_time() + remaining
     user_id = claims.user_id
 
-    with sentry.task_scope(task="websocket", user_id=user_id):
+    with socket_scope(user_id):
         async with svc.hub.connection(user_id) as sock:
             await svc.hub.wait_subscribed(user_id, SUBSCRIBE_WAIT_S)
             # checked once the user's channel is subscribed: an account deleted, or sessions
             # ended, after this check reach this socket through the channel's close message
             try:
-                await session_user(svc, claims)
+                await authenticate(svc.active_users, claims)
             except Unauthorized as exc:
                 await _refuse(scope, send, exc.message)
                 return
@@ -198,8 +197,7 @@ async def serve(svc: Services, scope: Message, receive: Receive, send: Send) -> 
                 with sock.scope:
                     await _serve(sock, receive, send, expires_at)
             except Exception as exc:
-                log.exception("websocket of user %s failed", user_id)
-                sentry.capture_task_exception(exc, task="websocket")
+                report_socket_error(exc, user_id)
                 sock.close(*INTERNAL_ERROR)
             if sock.close_code is not None:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):

@@ -1,5 +1,6 @@
 """Authentication core: password hashing (:mod:`.passwords`), access tokens
-(:mod:`.access_tokens`), rotating refresh tokens (:mod:`.refresh_tokens`) and
+(:mod:`.access_tokens`), a verified token → its active user (:mod:`.authentication`),
+sessions (:mod:`.sessions`), rotating refresh tokens (:mod:`.refresh_tokens`) and
 re-authentication tokens (:mod:`.reauth`)."""
 
 from innera.auth.access_tokens import AccessTokens, load_jwt_secret, load_jwt_secret_async

@@ -7,24 +7,24 @@ The client is a User-Agent *family* (``"Innera iOS"``, ``"Firefox"``, ``"curl"``
 the header itself: enough to recognise a device, nothing that fingerprints it. It is derived
 from the first :data:`UA_MAX_CHARS` characters with plain substring tests (no pattern that
 could backtrack on a hostile header).
+
+Whether a token's session is still live, on every request, is :mod:`innera.auth.authentication`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from innera.accounts import User, end_sessions
-from innera.auth.access_tokens import AccessClaims
-from innera.errors import Unauthorized
+from innera.accounts import end_sessions
+from innera.db.pool import Pool
 from innera.realtime.events import close_user_everywhere
+from innera.realtime.hub import Hub
+from innera.redis import Redis
 
-if TYPE_CHECKING:
-    from innera.services import Services
-
-__all__ = ["SESSION_ENDED", "UA_MAX_CHARS", "Session", "client_family", "end_all_sessions",
-           "session_user"]
+__all__ = ["SESSION_ENDED", "UA_MAX_CHARS", "Session", "SessionOwners", "client_family",
+           "end_all_sessions"]
 
 UA_MAX_CHARS = 256
 
@@ -76,8 +76,30 @@ class Session:
 SESSION_ENDED = (4001, "Session ended")
 
 
-async def end_all_sessions(svc: Services, user_id: str, *, generation_raised: bool = False
-                           ) -> None:
+class _RefreshFamilies(Protocol):
+    async def revoke_user(self, user_id: str) -> None: ...
+
+
+class SessionOwners(Protocol):
+    """Where a user's sessions live, which :func:`end_all_sessions` ends them in: the users
+    table (``db``), the refresh-token families (``refresh_tokens``), this instance's sockets
+    (``hub``) and every instance's (through ``redis``). ``innera.services.Services`` is one."""
+
+    @property
+    def db(self) -> Pool: ...
+
+    @property
+    def redis(self) -> Redis: ...
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def refresh_tokens(self) -> _RefreshFamilies: ...
+
+
+async def end_all_sessions(svc: SessionOwners, user_id: str, *,
+                           generation_raised: bool = False) -> None:
     """End every session of the user at once: the session generation goes up (unless the
     caller already raised it, as a password change does in the same statement), so every
     earlier access token and re-auth token fails; every refresh-token family is revoked; and
@@ -87,16 +109,3 @@ async def end_all_sessions(svc: Services, user_id: str, *, generation_raised: bo
     await svc.refresh_tokens.revoke_user(user_id)
     svc.hub.close_user(user_id, *SESSION_ENDED)  # this instance's, even without Redis
     await close_user_everywhere(svc.redis, user_id, *SESSION_ENDED)
-
-
-async def session_user(svc: Services, claims: AccessClaims) -> User:
-    """The active user of a verified access token whose session has not ended, else
-    :class:`Unauthorized`. One batched query (:class:`innera.accounts.ActiveUsers`) answers
-    both: whether the account is active, and its session generation. Shared by every HTTP
-    route and the WebSocket handshake."""
-    user = await svc.active_users.get(claims.user_id)
-    if user is None:
-        raise Unauthorized("This account is no longer active")
-    if claims.generation != user.session_generation:
-        raise Unauthorized("This session has ended; sign in again")
-    return user

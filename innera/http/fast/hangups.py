@@ -12,7 +12,7 @@ which ends the request's work (PostgreSQL queries are cancelled by the driver) a
 connection. The cost per request is two ``epoll_ctl`` calls.
 
 The http scope says so with the extension :data:`EXTENSION`, so an app can leave a body-less
-request without a watcher of its own (``innera/framework.py``). Without epoll (not Linux)
+request without a watcher of its own (``innera/api/framework.py``). Without epoll (not Linux)
 there is no watcher and no extension.
 """
 

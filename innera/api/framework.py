@@ -5,9 +5,15 @@ in py-spy profiles of the server under load (``bench/http_load.py --sample``); w
 a hook or an error handler sees is Quart's behaviour unchanged. :class:`TrimmedQuart` is the
 app class; ``innera/app.py`` builds innera's app on it.
 
+This module is the one importer of :mod:`innera.compat.quart` and :mod:`innera.compat.werkzeug`
+(the Quart, Quart-trio and Werkzeug internals the trims rely on); what the request pipeline
+needs of them (:data:`current_g`, :data:`current_request`, :func:`extend_headers`) it takes
+from here.
+
 - :class:`BodylessFastPath`: a request without a body runs in the server's task, not in a
   nursery of two, when the server cancels it if the client hangs up; requests are built with
-  :class:`RequestHeaders`; a body held in memory is sent as one message.
+  :class:`~innera.compat.werkzeug.RequestHeaders` (werkzeug's, without an exception raised
+  and caught per missing header); a body held in memory is sent as one message.
 - :class:`RouteMap`: the per-request URL adapter is made without the host work innera has no
   use for (no ``SERVER_NAME``, subdomains or host matching: routes match on method and path).
 - :class:`NoSessions`: no cookie session (clients send bearer tokens).
@@ -18,51 +24,31 @@ app class; ``innera/app.py`` builds innera's app on it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 
 import trio
-from quart.asgi import _normalise_path
 from quart.routing import QuartMap
 from quart.sessions import NullSession, SessionInterface
 from quart.utils import encode_headers
 from quart.wrappers.response import DataBody
 from quart_trio import QuartTrio
-from quart_trio.asgi import TrioASGIHTTPConnection
-from werkzeug.datastructures import Headers
 from werkzeug.routing import MapAdapter
 
+from innera.compat.quart import (
+    HTTPConnectionBase,
+    current_g,
+    current_request,
+    normalise_path,
+)
+from innera.compat.werkzeug import RequestHeaders, extend_headers
 from innera.http.fast import HANGUP_EXTENSION
 
-__all__ = ["BodylessFastPath", "NoSessions", "RequestHeaders", "RouteMap", "TrimmedQuart"]
+__all__ = ["BodylessFastPath", "NoSessions", "RequestHeaders", "RouteMap", "TrimmedQuart",
+           "current_g", "current_request", "extend_headers"]
 
 
-class RequestHeaders(Headers):
-    """werkzeug's Headers, whose ``get`` and ``in`` answer a missing name without raising
-    and catching a BadRequestKeyError (werkzeug builds one per miss, and every GET misses
-    Content-Length and Transfer-Encoding while its request object is made)."""
-
-    def get(self, key: str, default: Any = None, type: Any = None) -> Any:
-        wanted = key.lower()
-        for name, value in self._list:
-            if name.lower() == wanted:
-                if type is None:
-                    return value
-                try:
-                    return type(value)
-                except ValueError:
-                    return default
-        return default
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        wanted = key.lower()
-        return any(name.lower() == wanted for name, _ in self._list)
-
-
-class BodylessFastPath(TrioASGIHTTPConnection):
+class BodylessFastPath(HTTPConnectionBase):
     """Quart-trio runs each request as a nursery of two tasks: one feeds the body in and then
     waits for ``http.disconnect`` (to cancel the other if the client leaves), the other runs
     the app. A request that has no body (no ``Content-Length`` above 0, no
@@ -75,49 +61,49 @@ class BodylessFastPath(TrioASGIHTTPConnection):
     async def __call__(self, receive: Any, send: Any) -> None:
         if HANGUP_EXTENSION in self.scope.get("extensions", ()) \
                 and not _has_body(self.scope["headers"]):
-            request = self._create_request_from_scope(send)
+            request = self.create_request(send)
             request.body.set_complete()
             response = await self.app.handle_request(request)
             timeout = getattr(response, "timeout", Ellipsis)
             if timeout is Ellipsis:
                 timeout = self.app.config["RESPONSE_TIMEOUT"]
             if timeout is None:  # innera's setting: the server bounds its sends
-                await self._send_response(send, response)
+                await self.send_response(send, response)
             else:
                 with trio.move_on_after(timeout):
-                    await self._send_response(send, response)
+                    await self.send_response(send, response)
         else:
             await super().__call__(receive, send)
 
-    def _create_request_from_scope(self, send: Any) -> Any:
+    def create_request(self, send: Any) -> Any:
         """Quart's, with :class:`RequestHeaders` filled in one step (the servers have
         already refused header values holding CR or LF, which werkzeug checks per add)."""
         scope, config = self.scope, self.app.config
-        headers = RequestHeaders()
-        headers._list = [("Remote-Addr", (scope.get("client") or ["<local>"])[0])]
-        headers._list += [(name.decode("latin1").title(), value.decode("latin1"))
-                          for name, value in scope["headers"]]
+        pairs = [("Remote-Addr", (scope.get("client") or ["<local>"])[0])]
+        pairs += [(name.decode("latin1").title(), value.decode("latin1"))
+                  for name, value in scope["headers"]]
+        headers = RequestHeaders.from_pairs(pairs)
         if scope["http_version"] < "1.1" and "host" not in headers:
-            headers._list.append(("Host", config["SERVER_NAME"] or ""))
+            extend_headers(headers, [("Host", config["SERVER_NAME"] or "")])
         path = scope["path"]
         if path[:1] != "/":
             path = urlparse(path).path
         root_path = scope.get("root_path", "")
         if root_path:
-            path = _normalise_path(path, root_path)
+            path = normalise_path(path, root_path)
         return self.app.request_class(
             scope["method"], scope["scheme"], path, scope["query_string"], headers,
             root_path, scope["http_version"],
             max_content_length=config["MAX_CONTENT_LENGTH"],
             body_timeout=config["BODY_TIMEOUT"],
-            send_push_promise=partial(self._send_push_promise, send), scope=scope)
+            send_push_promise=self.push_promise_sender(send), scope=scope)
 
-    async def _send_response(self, send: Any, response: Any) -> None:
+    async def send_response(self, send: Any, response: Any) -> None:
         """A body held in memory (every JSON answer) goes as one final body message; Quart
         iterates it into a body message and an empty last one."""
         body = getattr(response, "response", None)
         if not isinstance(body, DataBody):  # files, streams
-            await super()._send_response(send, response)
+            await super().send_response(send, response)
             return
         data = body.data
         if (body.begin, body.end) != (0, len(data)):  # a Range request
