@@ -131,7 +131,7 @@ class Router:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == ws.PATH:
-            await ws.serve(self.svc, scope, receive, send)
+            await ws.serve(self.svc, self.pipeline, scope, receive, send)
         elif plain.handles(scope):
             await plain.serve(self.svc, self.pipeline, scope, send)
         else:

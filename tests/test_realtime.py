@@ -343,7 +343,8 @@ async def handshake(url: str, token: str, forwarded_for: str | None = None
         with trio.fail_after(5):
             event = await client.next_event()
             if isinstance(event, AcceptConnection):
-                return 101, {}, b""
+                return 101, {name.decode().lower(): value.decode()
+                             for name, value in event.extra_headers}, b""
             assert isinstance(event, RejectConnection), event
             body = b""
             while event.has_body:
@@ -356,6 +357,26 @@ async def handshake(url: str, token: str, forwarded_for: str | None = None
                 {name.decode().lower(): value.decode() for name, value in event.headers}, body)
     finally:
         await client.aclose()
+
+
+async def test_a_handshake_follows_the_request_pipeline(server: RunningServer) -> None:
+    """Accepted or refused, a handshake is answered with its request id and the security
+    headers, a refusal's body carries that id, and each handshake is one request in the
+    metrics (its duration the handshake's, not the socket's)."""
+    account = await signup(server.client)
+    status, headers, _ = await handshake(server.url, account.access)
+    assert status == 101
+    assert uuid.UUID(headers["x-request-id"]).version == 4
+    assert headers["x-content-type-options"] == "nosniff"
+
+    status, headers, body = await handshake(server.url, "not-a-jwt")
+    assert status == 401 and headers["x-content-type-options"] == "nosniff"
+    assert json.loads(body)["requestId"] == headers["x-request-id"]
+
+    metrics = (await server.client.get("/metrics")).text
+    for code in (101, 401):
+        assert (f'http_requests_total{{method="GET",route="/v1/ws",status_code="{code}"}} 1.0'
+                in metrics), metrics
 
 
 async def test_past_the_socket_cap_the_oldest_socket_is_closed_with_4008(

@@ -5,14 +5,15 @@ Three entries serve requests and all of them follow these rules through this mod
 
 - the Quart app (``innera/app.py``): its before/after-request hooks and error handlers;
 - the framework-free routes ``/health`` and ``/metrics`` (:mod:`innera.api.plain`);
-- the WebSocket endpoint ``/v1/ws`` (:mod:`innera.api.ws`): its handshake refusals and the
+- the WebSocket endpoint ``/v1/ws`` (:mod:`innera.api.ws`): its handshake (request id, security
+  headers, metric and log line; refusals in the error contract) and the
   Sentry scope of each socket.
 
 The rules:
 
 1. a fresh request id (UUID4) per HTTP request, bound to every log line of the request
    (:meth:`Pipeline.begin`) and echoed as ``X-Request-Id``; errors carry it as
-   ``requestId`` (:func:`error_json`; a WebSocket refusal has none: ``null``);
+   ``requestId`` (:func:`error_json`), a WebSocket handshake's refusal too;
 2. the security headers on every HTTP response (:data:`SECURITY_HEADERS`; ``Cache-Control:
    no-store`` under ``/v1/``; HSTS in production, where TLS ends at the load balancer);
    CORS for the origins in ``CORS_ORIGINS`` (:meth:`Pipeline.complete`; a request with an

@@ -13,7 +13,7 @@ to); the query runs once the channel is subscribed. A missing, invalid or expire
 session that ended, or an inactive user, is refused during the handshake with an HTTP 401
 (the ASGI ``websocket.http.response`` extension, which Hypercorn supports; without it the
 handshake is closed with 4001 "Unauthorized"). Refusals carry the error contract's body
-(:mod:`innera.api.pipeline`), with ``requestId`` null.
+(:mod:`innera.api.pipeline`) with the handshake's ``requestId``.
 
 Limits: a handshake with a valid token is counted against ``RATE_LIMIT_WS`` for its user and,
 separately, for its client IP (an IPv6 client by its /64); past either it is refused with HTTP
@@ -58,7 +58,13 @@ from urllib.parse import parse_qs
 import trio
 
 from innera import json_input
-from innera.api.pipeline import asgi_json_headers, error_json, report_socket_error, socket_scope
+from innera.api.pipeline import (
+    Pipeline,
+    asgi_json_headers,
+    error_json,
+    report_socket_error,
+    socket_scope,
+)
 from innera.auth.access_tokens import AccessClaims, bearer_token
 from innera.auth.authentication import authenticate
 from innera.errors import Unauthorized
@@ -104,16 +110,26 @@ def _token(scope: Message) -> str:
     return (query.get("access_token") or [""])[0].strip()
 
 
-async def _refuse(scope: Message, send: Send, message: str) -> None:
-    """Answer the handshake with HTTP 401 (or close with 4001 without the extension)."""
+def _refusal_headers(pipeline: Pipeline, body: bytes, request_id: str
+                     ) -> list[tuple[bytes, bytes]]:
+    return [*asgi_json_headers(body), (b"x-request-id", request_id.encode()),
+            *pipeline.asgi_security]
+
+
+async def _refuse(pipeline: Pipeline, scope: Message, send: Send, request_id: str,
+                  message: str) -> int:
+    """Answer the handshake with HTTP 401 (or close with 4001 without the extension); the
+    status answered."""
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": UNAUTHORIZED[0],
                     "reason": UNAUTHORIZED[1]})
-        return
-    body = error_json("unauthorized", message, None)
+        return 403  # what the server answers a handshake closed before it was accepted
+    body = error_json("unauthorized", message, request_id)
     await send({"type": "websocket.http.response.start", "status": 401,
-                "headers": [*asgi_json_headers(body), (b"www-authenticate", b"Bearer")]})
+                "headers": [*_refusal_headers(pipeline, body, request_id),
+                            (b"www-authenticate", b"Bearer")]})
     await send({"type": "websocket.http.response.body", "body": body})
+    return 401
 
 
 def _verify_token(svc: Services, scope: Message) -> tuple[AccessClaims, float]:
@@ -132,54 +148,70 @@ def _client_ip(svc: Services, scope: Message) -> str:
     return client_ip(peer[0] if peer else None, forwarded, svc.settings.server.trust_proxy)
 
 
-async def _refuse_rate_limited(scope: Message, send: Send, decision: Decision) -> None:
+async def _refuse_rate_limited(pipeline: Pipeline, scope: Message, send: Send,
+                               request_id: str, decision: Decision) -> int:
     """Answer the handshake with HTTP 429 and the rate limit headers (or close with 4029
-    without the extension)."""
+    without the extension); the status answered."""
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": RATE_LIMITED[0],
                     "reason": RATE_LIMITED[1]})
-        return
+        return 403
     message = f"Too many WebSocket handshakes; retry in {decision.reset_s} s"
-    body = error_json("rate_limited", message, None)
-    headers = [*asgi_json_headers(body),
+    body = error_json("rate_limited", message, request_id)
+    headers = [*_refusal_headers(pipeline, body, request_id),
                *((name.lower().encode(), value.encode())
                  for name, value in decision.headers().items())]
     await send({"type": "websocket.http.response.start", "status": 429, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
+    return 429
 
 
-async def _within_handshake_rate(svc: Services, scope: Message, send: Send, user_id: str
-                                 ) -> bool:
+async def _handshake_rate(svc: Services, scope: Message, user_id: str) -> Decision | None:
     """Count this handshake against ``RATE_LIMIT_WS`` for ``user_id`` and for the client IP;
-    when either is spent, answer 429 and return ``False``."""
+    the refusing decision with the longest wait when either is spent, else ``None``."""
     limit, window = svc.settings.limits.rate_limit_ws
     refused: list[Decision] = []
     for client in (f"user:{user_id}", f"ip:{rate_limit_client(_client_ip(svc, scope))}"):
         decision = await svc.rate_limiter.hit(PATH, client, limit, window)
         if decision is not None and not decision.allowed:  # None: Redis down, fail open
             refused.append(decision)
-    if not refused:
-        return True
-    await _refuse_rate_limited(scope, send, max(refused, key=lambda d: d.reset_s))
-    return False
+    return max(refused, key=lambda d: d.reset_s) if refused else None
 
 
-async def serve(svc: Services, scope: Message, receive: Receive, send: Send) -> None:
-    """The ASGI application of one ``/v1/ws`` socket."""
-    with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake:
-        if (await receive())["type"] != "websocket.connect":
+async def serve(svc: Services, pipeline: Pipeline, scope: Message, receive: Receive,
+                send: Send) -> None:
+    """The ASGI application of one ``/v1/ws`` socket. The handshake follows the request
+    pipeline: a request id (``X-Request-Id`` on the answer, bound to the socket's log lines),
+    the security headers, and one metric and access-log line for the handshake itself
+    (101 when accepted; its duration is the handshake's, not the socket's)."""
+    started = time.perf_counter()
+    request_id = pipeline.begin()
+    user_id: str | None = None
+    status = 408  # the client sent no handshake within HANDSHAKE_TIMEOUT_S
+    try:
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            if (await receive())["type"] != "websocket.connect":
+                status = 499  # gone before the handshake
+                return
+            try:
+                claims, remaining = _verify_token(svc, scope)
+            except Unauthorized as exc:
+                status = await _refuse(pipeline, scope, send, request_id, exc.message)
+                return
+            user_id = claims.user_id
+            refused = await _handshake_rate(svc, scope, user_id)
+            if refused is not None:
+                status = await _refuse_rate_limited(pipeline, scope, send, request_id, refused)
+                return
+            status = 0  # past the handshake's checks
+        if status:
             return
-        try:
-            claims, remaining = _verify_token(svc, scope)
-        except Unauthorized as exc:
-            await _refuse(scope, send, exc.message)
-            return
-        if not await _within_handshake_rate(svc, scope, send, claims.user_id):
-            return
-    if handshake.cancelled_caught:
-        return
+    finally:
+        if status:
+            pipeline.finish("GET", PATH, PATH, scope.get("query_string", b""), request_id,
+                            user_id, status, started)
     expires_at = trio.current_time() + remaining
-    user_id = claims.user_id
+    assert user_id is not None
 
     with socket_scope(user_id):
         async with svc.hub.connection(user_id) as sock:
@@ -189,10 +221,16 @@ async def serve(svc: Services, scope: Message, receive: Receive, send: Send) -> 
             try:
                 await authenticate(svc.active_users, claims)
             except Unauthorized as exc:
-                await _refuse(scope, send, exc.message)
+                status = await _refuse(pipeline, scope, send, request_id, exc.message)
+                pipeline.finish("GET", PATH, PATH, scope.get("query_string", b""), request_id,
+                                user_id, status, started)
                 return
             svc.hub.admit(sock)  # past WS_MAX_CONNECTIONS_PER_USER: the oldest closes (4008)
-            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.accept",
+                        "headers": [(b"x-request-id", request_id.encode()),
+                                    *pipeline.asgi_security]})
+            pipeline.finish("GET", PATH, PATH, scope.get("query_string", b""), request_id,
+                            user_id, 101, started)
             try:
                 with sock.scope:
                     await _serve(sock, receive, send, expires_at)
