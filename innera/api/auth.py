@@ -3,31 +3,19 @@
 Every sign-in starts a session (a refresh-token family, ``GET /v1/me/sessions``). Its access
 tokens carry the session (``sid``) and the user's session generation (``sg``): signing out
 everywhere (``POST /v1/auth/logout`` with ``{"all": true}``), a password change and an account
-deletion end every earlier token at once (see ``innera/auth/sessions.py``)."""
+deletion end every earlier token at once. The rules are in ``innera/auth/credentials.py``."""
 
 from __future__ import annotations
-
-import uuid
 
 from pydantic import Field, field_validator
 from quart import Blueprint, g, request
 
-from innera.accounts import (
-    User,
-    create_user,
-    find_for_login,
-    get_active_user,
-    is_valid_email,
-    normalise_email,
-    password_hash_of,
-    rehash_password,
-)
+from innera.accounts import is_valid_email, normalise_email
 from innera.api.context import services
 from innera.api.operation import operation
 from innera.api.schemas import Model, UserOut
-from innera.auth.errors import InvalidCredentials
-from innera.auth.sessions import client_family, end_all_sessions
-from innera.errors import Unauthorized
+from innera.auth import credentials
+from innera.auth.sessions import client_family
 
 blueprint = Blueprint("auth", __name__, url_prefix="/v1/auth")
 
@@ -87,30 +75,16 @@ def _client() -> str:
     return client_family(request.headers.get("user-agent"))
 
 
-async def issue_session(user: User, *, family_id: str | None = None,
-                        refresh_token: str | None = None) -> AuthOut:
-    """Tokens for ``user``: a new session, or (``refresh_token`` and its ``family_id``) the
-    session a refresh continues."""
-    svc = services()
-    if refresh_token is None:
-        family_id = str(uuid.uuid4())
-        refresh_token = await svc.refresh_tokens.issue(user.id, family_id, client=_client())
-    access, expires_in = svc.access_tokens.issue(
-        user.id, generation=user.session_generation, session_id=family_id)
-    return AuthOut(user=UserOut(**user.public()), accessToken=access,
-                   refreshToken=refresh_token, expiresIn=expires_in)
+def _out(signed_in: credentials.SignedIn) -> AuthOut:
+    return AuthOut(user=UserOut(**signed_in.user.public()), accessToken=signed_in.access_token,
+                   refreshToken=signed_in.refresh_token, expiresIn=signed_in.expires_in)
 
 
 @operation(blueprint, "POST", "/signup", summary="Create an account", body=SignupIn,
            response=AuthOut, status=201, auth=False, rate="auth",
            errors=(409, 422, 429, 503))
 async def signup(body: SignupIn) -> AuthOut:
-    svc = services()
-    password_hash = await svc.passwords.hash(body.password)
-    async with svc.db.connection() as conn, conn.transaction():
-        user = await create_user(conn, body.email, password_hash)
-        await svc.data_keys.create(conn, user.id)  # the user's DEK, wrapped by the MEK
-    return await issue_session(user)
+    return _out(await credentials.sign_up(services(), body.email, body.password, _client()))
 
 
 @operation(blueprint, "POST", "/login", summary="Sign in with email and password",
@@ -118,21 +92,7 @@ async def signup(body: SignupIn) -> AuthOut:
            body=Credentials, response=AuthOut, auth=False, rate="auth",
            errors=(401, 422, 429, 503))
 async def login(body: Credentials) -> AuthOut:
-    svc = services()
-    await svc.login_attempts.admit(body.email)  # 429 while the account backs off: no hash
-    found = await find_for_login(svc.db, body.email)
-    if found is None:
-        await svc.passwords.burn()  # the same time as a wrong password
-        await svc.login_attempts.failed(body.email)  # unknown emails count alike
-        raise InvalidCredentials()
-    user, stored = found
-    if not await svc.passwords.verify(stored, body.password):
-        await svc.login_attempts.failed(body.email)
-        raise InvalidCredentials()
-    await svc.login_attempts.succeeded(body.email)
-    if svc.passwords.needs_rehash(stored):  # compare-and-set: never over a changed password
-        await rehash_password(svc.db, user.id, stored, await svc.passwords.hash(body.password))
-    return await issue_session(user)
+    return _out(await credentials.sign_in(services(), body.email, body.password, _client()))
 
 
 @operation(blueprint, "POST", "/refresh",
@@ -141,14 +101,7 @@ async def login(body: Credentials) -> AuthOut:
                        "whole family (theft detection).",
            body=RefreshIn, response=AuthOut, auth=False, rate="auth", errors=(401, 422, 429))
 async def refresh(body: RefreshIn) -> AuthOut:
-    svc = services()
-    user_id, new_token, family_id = await svc.refresh_tokens.rotate(body.refreshToken,
-                                                                    client=_client())
-    user = await get_active_user(svc.db, user_id)
-    if user is None:
-        await svc.refresh_tokens.revoke(new_token)
-        raise Unauthorized("This account is no longer active")
-    return await issue_session(user, family_id=family_id, refresh_token=new_token)
+    return _out(await credentials.refresh(services(), body.refreshToken, _client()))
 
 
 @operation(blueprint, "POST", "/logout", summary="Sign out: end this session, or every one",
@@ -159,13 +112,7 @@ async def refresh(body: RefreshIn) -> AuthOut:
                        "or expired token changes nothing (204 all the same).",
            body=LogoutIn, status=204, auth=False, rate="auth", errors=(422, 429))
 async def logout(body: LogoutIn) -> None:
-    svc = services()
-    if body.all:
-        user_id = await svc.refresh_tokens.owner(body.refreshToken)
-        if user_id is not None:
-            await end_all_sessions(svc, user_id)
-            return
-    await svc.refresh_tokens.revoke(body.refreshToken)
+    await credentials.sign_out(services(), body.refreshToken, everywhere=body.all)
 
 
 @operation(blueprint, "POST", "/reauth",
@@ -174,12 +121,5 @@ async def logout(body: LogoutIn) -> None:
                        + THROTTLE_DESCRIPTION,
            body=PasswordIn, response=ReauthOut, rate="auth", errors=(401, 422, 429, 503))
 async def reauth(body: PasswordIn) -> ReauthOut:
-    svc = services()
-    await svc.login_attempts.admit(g.user.email)  # the account's counter, shared with login
-    stored = await password_hash_of(svc.db, g.user_id)
-    if stored is None or not await svc.passwords.verify(stored, body.password):
-        await svc.login_attempts.failed(g.user.email)
-        raise InvalidCredentials("The password is wrong")
-    await svc.login_attempts.succeeded(g.user.email)
-    token = await svc.reauth.issue(g.user_id, g.user.session_generation)
-    return ReauthOut(reauthToken=token, expiresIn=svc.reauth.ttl_s)
+    token, ttl_s = await credentials.confirm_password(services(), g.user, body.password)
+    return ReauthOut(reauthToken=token, expiresIn=ttl_s)

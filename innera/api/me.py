@@ -6,14 +6,11 @@ from pydantic import Field
 from quart import Blueprint, g
 
 from innera.account_deletion import delete_account
-from innera.accounts import change_password as store_new_password
-from innera.accounts import password_hash_of
 from innera.api.context import services
 from innera.api.jobs import JobOut, job_out
 from innera.api.operation import operation
 from innera.api.schemas import Model, UserOut
-from innera.auth.errors import InvalidCredentials
-from innera.auth.sessions import end_all_sessions
+from innera.auth import credentials
 from innera.errors import NotFound, Unauthorized
 from innera.ids import canonical_uuid
 from innera.timestamps import iso_utc
@@ -53,16 +50,8 @@ async def get_me() -> UserOut:
                        "on every instance. Sign in again with the new password.",
            body=PasswordChangeIn, status=204, reauth=True, errors=(401, 403, 422, 429))
 async def change_password(body: PasswordChangeIn) -> None:
-    svc = services()
-    stored = await password_hash_of(svc.db, g.user_id)
-    if stored is None or not await svc.passwords.verify(stored, body.currentPassword):
-        raise InvalidCredentials("The current password is wrong")
-    new_hash = await svc.passwords.hash(body.newPassword)
-    # compare-and-set on the hash just verified: a concurrent change (or a login rehashing
-    # the old password) cannot interleave
-    if await store_new_password(svc.db, g.user_id, stored, new_hash) is None:
-        raise InvalidCredentials("The password was changed meanwhile; sign in again")
-    await end_all_sessions(svc, g.user_id, generation_raised=True)
+    await credentials.change_password(services(), g.user_id, body.currentPassword,
+                                      body.newPassword)
 
 
 @operation(blueprint, "GET", "/sessions", summary="The account's sessions",
