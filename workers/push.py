@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
-from innera.notifications.push_jobs import PUSH_QUEUE
+from innera.notifications.push_jobs import PUSH_JOBS, PUSH_QUEUE
 from innera.notifications.push_targets import (
     devices_of_notification,
     forget_device,
@@ -130,7 +130,7 @@ class _PushHandler:
     def __init__(self, svc: Services, provider: PushProvider) -> None:
         self.svc = svc
         self.provider = provider
-        self.queue = JobQueue(svc.redis, QUEUE)
+        self.queue = JobQueue(svc.redis, QUEUE, attempts=PUSH_JOBS.attempts)
         self.mark_script: Script[str] = svc.redis.client.register_script(_MARK_SENT)
         # Built once: loading the CA bundle blocks for ~15 ms.
         self.ssl_context = httpx.create_ssl_context(trust_env=False)

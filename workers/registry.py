@@ -18,17 +18,16 @@ from innera.exports import EXPORT_JOB
 from innera.imports import IMPORT_JOB
 from innera.jobs.kinds import JobKind, QueueSpec
 from innera.key_rotation import KEY_ROTATION_JOB
+from innera.notifications.push_jobs import PUSH_JOBS
 from innera.queue.worker import Handler
 from workers import account_deletion, exports, imports, key_rotation, push
 
 if TYPE_CHECKING:
     from innera.services import Services
 
-#: device pushes: short handlers, many at once
-PUSH_QUEUE = QueueSpec(push.QUEUE, concurrency=8, timeout_s=60)
 
 HANDLERS: dict[JobKind | QueueSpec, Callable[[Services], Handler]] = {
-    PUSH_QUEUE: push.make_handler,
+    PUSH_JOBS: push.make_handler,
     EXPORT_JOB: exports.make_handler,
     IMPORT_JOB: imports.make_handler,
     ACCOUNT_DELETION_JOB: account_deletion.make_handler,

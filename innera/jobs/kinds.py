@@ -25,8 +25,7 @@ class QueueSpec:
     concurrency: int = 1
     #: a handler running longer is cancelled (the attempt fails and is retried)
     timeout_s: float = 600.0
-    #: attempts stored on each job enqueued through its kind (None: the queue's default,
-    #: ``innera.queue.jobs.ATTEMPTS``)
+    #: attempts stored on each job enqueued on this queue (None: the queue's default, 5)
     attempts: int | None = None
     #: retry ``n`` waits ``backoff_base_s × 2^(n-1)`` (capped, with jitter)
     backoff_base_s: float = 1.0

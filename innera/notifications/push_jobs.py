@@ -9,14 +9,17 @@ from typing import Any
 
 import trio
 
+from innera.jobs.kinds import QueueSpec
 from innera.notifications.deadlines import REDIS_TIMEOUT_S
 from innera.queue.jobs import JobQueue
 from innera.redis import UNAVAILABLE_ERRORS, Redis
 
 log = logging.getLogger("innera.notifications")
 
-#: The queue of push jobs.
-PUSH_QUEUE = "push-notifications"
+#: The queue of push jobs: short handlers, many at once; a device unreachable for a while is
+#: retried 8 times.
+PUSH_JOBS = QueueSpec("push-notifications", concurrency=8, timeout_s=60, attempts=8)
+PUSH_QUEUE = PUSH_JOBS.name
 
 
 async def enqueue_push(redis: Redis, notification: dict[str, Any], *, push_provider: str
@@ -34,7 +37,7 @@ async def enqueue_push(redis: Redis, notification: dict[str, Any], *, push_provi
     try:
         with trio.move_on_after(REDIS_TIMEOUT_S) as scope:
             scope.shield = True
-            await JobQueue(redis, PUSH_QUEUE).enqueue(
+            await JobQueue(redis, PUSH_QUEUE, attempts=PUSH_JOBS.attempts).enqueue(
                 {"notification_id": notification["id"]}, job_id=job_id)
         if scope.cancelled_caught:
             raise TimeoutError(f"enqueue took over {REDIS_TIMEOUT_S:g} s")

@@ -19,7 +19,6 @@ from innera.queue import scripts
 from innera.redis import Redis
 
 DEFAULT_ATTEMPTS = 5
-ATTEMPTS = {"push-notifications": 8, "account-deletion": 10}
 KEEP_COMPLETED = 1000
 COMPLETED_AGE_S = 86_400.0
 KEEP_FAILED = 10_000
@@ -106,8 +105,9 @@ def _int(value: Any) -> int | None:
 
 
 class JobQueue:
-    """One named queue. ``attempts`` defaults per queue (:data:`ATTEMPTS`, else 5);
-    retry ``n`` waits ``backoff_base_s × 2^(n-1)`` (capped at 1 h) with equal jitter."""
+    """One named queue. ``attempts``: each queue's are stated once, in its
+    ``innera.jobs.kinds.QueueSpec`` (else 5); retry ``n`` waits ``backoff_base_s × 2^(n-1)``
+    (capped at 1 h) with equal jitter."""
 
     def __init__(
         self,
@@ -126,7 +126,7 @@ class JobQueue:
             raise ValueError(f"bad queue name {name!r}")
         self.redis = redis
         self.name = name
-        self.attempts = attempts if attempts is not None else ATTEMPTS.get(name, DEFAULT_ATTEMPTS)
+        self.attempts = attempts if attempts is not None else DEFAULT_ATTEMPTS
         self.backoff_base_s = backoff_base_s
         self.lease_s = lease_s
         self.keep_completed = keep_completed

@@ -14,6 +14,7 @@ from innera.jobs import tables
 from innera.jobs.kinds import JobKind, QueueSpec
 from innera.jobs.submission import submission, submit
 from innera.key_rotation import KEY_ROTATION_JOB
+from innera.notifications.push_jobs import PUSH_JOBS
 from innera.queue.jobs import JobQueue
 from innera.redis import Redis
 from workers.registry import JOB_KINDS
@@ -145,6 +146,9 @@ def test_the_kinds_as_they_were() -> None:
          1.0),
         ("key_rotation_jobs", "key-rotation", "key-rotation", True, 1, 3600, 5, 1.0),
     ]
+    # the push queue has no table: its spec is declared beside its submission
+    assert (PUSH_JOBS.name, PUSH_JOBS.concurrency, PUSH_JOBS.timeout_s, PUSH_JOBS.attempts) == (
+        "push-notifications", 8, 60, 8)
     with pytest.raises(ValueError):
         tables.parse_queue_job_id(JOB_KINDS, "users:" + str(uuid.uuid4()))
 

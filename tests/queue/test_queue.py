@@ -73,8 +73,7 @@ async def test_enqueue_claim_complete(redis: Redis) -> None:
     assert await status(q, job_id) == "completed"
     assert not await q.complete(job)  # not active any more
     assert await q.get("nope") is None
-    assert JobQueue(redis, "push-notifications").attempts == 8
-    assert JobQueue(redis, "account-deletion").attempts == 10
+    assert JobQueue(redis, "any").attempts == 5  # a kind states its own (tests/jobs)
 
 
 async def test_dedupe_by_id(redis: Redis) -> None:
