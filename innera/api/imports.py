@@ -22,10 +22,6 @@ this route a body bounded by IMPORT_MAX_BYTES instead (:func:`is_import_upload`)
 
 from __future__ import annotations
 
-import logging
-import uuid
-
-import trio
 from quart import Blueprint, Response, g, request
 
 from innera.api.bodies import body_chunks, storage_errors
@@ -33,41 +29,19 @@ from innera.api.context import services
 from innera.api.guards import request_body
 from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation
-from innera.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
+from innera.imports import (
+    IMPORT_JOB,
+    accepted_content_type,
+    check_declared_size,
+    start_import,
 )
-from innera.imports import IMPORT_JOB, submit_import, upload_key
 from innera.storage import TRANSFER_TIMEOUT_S
 
-log = logging.getLogger("innera.api.imports")
-
 blueprint = Blueprint("imports", __name__, url_prefix="/v1/imports")
-
-CONTENT_TYPES = ("application/zip", "application/json")
-#: what some clients send for a zip (Windows browsers), stored as ``application/zip``
-ZIP_ALIASES = frozenset({"application/x-zip-compressed", "application/x-zip"})
-#: bound on removing a stored file after a failed submit
-CLEANUP_TIMEOUT_S = 10.0
-
-
-class EmptyUpload(BadRequest):
-    code, message = "empty_upload", "The body is empty: send the file to import"
-
 
 def is_import_upload(method: str, path: str) -> bool:
     """The request is an import upload (its body may exceed MAX_BODY_BYTES)."""
     return method == "POST" and path.rstrip("/") == blueprint.url_prefix
-
-
-async def _remove(key: str) -> None:
-    """Delete a stored upload, whatever happens around (shielded, bounded, logged)."""
-    with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT_S):
-        try:
-            await services().storage.delete(key)
-        except Exception:
-            log.warning("could not delete the import upload %s", key, exc_info=True)
 
 
 @operation(blueprint, "POST", "", summary="Import entries from a file (as a job)",
@@ -82,36 +56,16 @@ async def _remove(key: str) -> None:
            timeout_s=TRANSFER_TIMEOUT_S, streams_body=True)
 async def create_import() -> Response:
     svc = services()
-    content_type = request.mimetype.lower()
-    if content_type in ZIP_ALIASES:
-        content_type = "application/zip"
-    if content_type not in CONTENT_TYPES:
-        raise UnsupportedMediaType(
-            "Send the file as application/zip (an innera or Day One export) or "
-            "application/json (a Day One Journal.json)",
-            details={"contentType": content_type or None, "accepted": list(CONTENT_TYPES)})
+    content_type = accepted_content_type(request.mimetype)
     maximum = svc.settings.jobs.import_max_bytes
-    length = request.content_length
-    if length is not None and length > maximum:
-        raise PayloadTooLarge(f"The file is larger than the limit ({maximum} bytes)")
-    if length == 0:
-        raise EmptyUpload()
-    job_id = uuid.uuid4()
-    key = upload_key(g.user_id, str(job_id))
-    with storage_errors():  # put_stream stores nothing when it fails
-        size = await svc.storage.put_stream(key, body_chunks(request_body()),
-                                            content_type=content_type, max_bytes=maximum)
-    try:
-        if size == 0:
-            raise EmptyUpload()
-        row = await submit_import(svc.db, svc.redis, g.user_id, job_id,
-                                  content_type=content_type, size=size)
-    except BaseException:
-        await _remove(key)
-        raise
+    check_declared_size(request.content_length, maximum)
+    with storage_errors():
+        row = await start_import(svc.db, svc.redis, svc.storage, g.user_id,
+                                 body_chunks(request_body()), content_type=content_type,
+                                 max_bytes=maximum)
     return Response(job_out(row).model_dump_json(), status=202,
                     content_type="application/json",
-                    headers={"Location": f"{blueprint.url_prefix}/{job_id}"})
+                    headers={"Location": f"{blueprint.url_prefix}/{row['id']}"})
 
 
 @operation(blueprint, "GET", "/<job_id>", summary="An import job",
