@@ -2,7 +2,8 @@
 
 - ``tests/fixtures/postgres.py``: a fresh, migrated PostgreSQL database per test;
 - ``tests/fixtures/redis.py``: a private, flushed Redis keyspace per test;
-- ``tests/fixtures/server.py``: the real server on a real socket (in-process or subprocess).
+- ``tests/fixtures/server.py``: the real server on a real socket (in-process or subprocess);
+- ``tests/fixtures/repository.py``: nothing outside the repository is read.
 """
 
 pytest_plugins = [
@@ -12,4 +13,5 @@ pytest_plugins = [
     "tests.fixtures.proxy",
     "tests.fixtures.s3",
     "tests.fixtures.push_provider",
+    "tests.fixtures.repository",
 ]
