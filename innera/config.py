@@ -81,15 +81,21 @@ class ServerSettings(_Section):
 
 @dataclass(frozen=True, repr=False)
 class DatabaseSettings(_Section):
-    """PostgreSQL: the URL (``None``: embedded), the pool, TLS and the sizing rule's
-    instance count. ``sslmode`` ``None`` leaves TLS to the URL (``?sslmode=`` always wins)."""
+    """PostgreSQL: the URL (``None``: embedded) and the direct one for session-level work
+    (``migration_url``; ``None``: ``url``), the pool, server-side prepared statements, TLS and
+    the sizing rule's instance count. ``sslmode`` ``None`` leaves TLS to the URL
+    (``?sslmode=`` always wins); ``ssl_root_cert`` is ``"system"`` or a bundle file's absolute
+    path, used when TLS is verified (``?sslrootcert=`` wins)."""
 
     url: str | None
+    migration_url: str | None
     pool_max: int
     pool_min: int
     idle_timeout_s: float
     connection_timeout_s: float
+    prepared_statements: bool
     sslmode: str | None
+    ssl_root_cert: str
     instances: int
 
 
@@ -499,6 +505,32 @@ class SslMode(Parser):
         return "false" if value in (None, "disable") else "true"
 
 
+class RootCert(Parser):
+    """``system`` (the operating system's trust store), or a readable file holding at least
+    one PEM certificate (made absolute). A file that cannot serve is a problem now rather
+    than a refused connection later."""
+
+    def parse(self, name: str, read: _Reader) -> str:
+        value = read.raw(name) or "system"
+        if value.lower() == "system":
+            return "system"
+        path = Path(value).expanduser().absolute()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            read.problems.append(f"{name}={value}: no such file (a CA bundle in PEM, or "
+                                 "`system` for the operating system's trust store)")
+        except IsADirectoryError:
+            read.problems.append(f"{name}={value} is a directory: name the CA bundle file")
+        except OSError as exc:
+            read.problems.append(f"{name}={value} cannot be read: {exc.strerror}")
+        else:
+            if b"-----BEGIN CERTIFICATE-----" not in data:
+                read.problems.append(f"{name}={value} holds no PEM certificate "
+                                     "(-----BEGIN CERTIFICATE-----)")
+        return str(path)
+
+
 _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 
 
@@ -580,6 +612,9 @@ VARIABLES: tuple[Variable, ...] = (
     # db
     _V("DATABASE_URL", None, "db", "url", Url(("postgresql", "postgres")),
        "PostgreSQL URL; unset outside production starts an embedded PostgreSQL", True),
+    _V("DATABASE_MIGRATION_URL", None, "db", "migration_url", Url(("postgresql", "postgres")),
+       "direct PostgreSQL URL (not through PgBouncer) for migrations and their session-level "
+       "advisory lock; unset: DATABASE_URL", True),
     _V("DB_POOL_MAX", "20", "db", "pool_max", Integer(1, 10_000),
        "most pooled PostgreSQL connections per instance"),
     _V("DB_POOL_MIN", "5", "db", "pool_min", Integer(0, 10_000),
@@ -588,10 +623,17 @@ VARIABLES: tuple[Variable, ...] = (
        "idle time after which a pooled connection closes"),
     _V("DB_CONNECTION_TIMEOUT_MS", "5000", "db", "connection_timeout_s", Millis(1),
        "longest wait for a pooled connection before answering 503 database_unavailable"),
+    _V("DB_PREPARED_STATEMENTS", "true", "db", "prepared_statements", Flag(),
+       "`false` stops server-side prepared statements (needed behind PgBouncer in "
+       "transaction mode)"),
     _V("DB_SSL", None, "db", "sslmode", SslMode(),
        "`false` turns TLS to PostgreSQL off; unset: on (verified) in production only"),
     _V("DB_SSL_REJECT_UNAUTHORIZED", "true", "db", "sslmode", SslMode(verify=True),
        "`false` encrypts without verifying the server certificate (production)"),
+    _V("DB_SSL_ROOT_CERT", "system", "db", "ssl_root_cert", RootCert(),
+       "CA bundle (PEM file) the PostgreSQL server certificate is verified against, or "
+       "`system` for the operating system's trust store; used when TLS is verified "
+       "(`?sslrootcert=` in the URL wins)"),
     _V("INNERA_INSTANCES", "1", "db", "instances", Integer(1),
        "instances sharing the database; warns when DB_POOL_MAX × this > "
        "max_connections − 10"),
@@ -729,6 +771,12 @@ def _check_consistency(s: Settings, problems: list[str]) -> None:
         problems.append("REDIS_SENTINEL_MASTER is required when REDIS_SENTINELS is set")
     if redis.sentinel_master and not redis.sentinels:
         problems.append("REDIS_SENTINELS is required when REDIS_SENTINEL_MASTER is set")
+    if db.migration_url and not db.url:
+        problems.append("DATABASE_MIGRATION_URL needs DATABASE_URL (the embedded PostgreSQL "
+                        "has no pooler to bypass)")
+    for name, url in (("DATABASE_URL", db.url), ("DATABASE_MIGRATION_URL", db.migration_url)):
+        if url:
+            _check_tls(name, url, db, problems)
     if s.push.provider in ("fcm", "webhook") and not s.push.url:
         problems.append(f"PUSH_URL is required when PUSH_PROVIDER={s.push.provider}")
     if s.crypto.mek and s.crypto.mek_file:
@@ -753,3 +801,29 @@ def _check_consistency(s: Settings, problems: list[str]) -> None:
                 )
         if s.auth.jwt_secret and len(s.auth.jwt_secret) < 32:
             problems.append("JWT_SECRET must be at least 32 characters in production")
+
+
+def _check_tls(name: str, url: str, db: DatabaseSettings, problems: list[str]) -> None:
+    """The CA bundle a verified connection to ``url`` would use must exist; and the
+    operating system's trust store only goes with ``verify-full`` (under ``verify-ca`` any
+    certificate a public CA issued, for any host, would pass: libpq refuses that pairing)."""
+    from innera.db.tls import SYSTEM, VERIFIED_MODES, system_ca_bundle, url_tls_params
+
+    try:
+        url_mode, url_root = url_tls_params(url)
+    except ValueError:  # unparsable: libpq says why when connecting
+        return
+    sslmode = url_mode or db.sslmode
+    if sslmode not in VERIFIED_MODES:
+        return
+    if (url_root or db.ssl_root_cert) != SYSTEM:
+        return
+    where = f"?sslrootcert=system in {name}" if url_root else "DB_SSL_ROOT_CERT=system"
+    if sslmode == "verify-ca":
+        problems.append(f"sslmode=verify-ca with {where} would accept a certificate any public "
+                        "CA issued for any host: use sslmode=verify-full, or name your "
+                        "provider's CA bundle in DB_SSL_ROOT_CERT")
+    elif system_ca_bundle() is None:
+        problems.append(f"{where}: the operating system has no CA bundle (install "
+                        "ca-certificates, or set SSL_CERT_FILE or DB_SSL_ROOT_CERT to a bundle "
+                        "file)")

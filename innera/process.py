@@ -9,7 +9,8 @@
       └── services, started in order, each supervised by a nursery of its own, and
           stopped in the reverse order (an exit stack):
             1. embedded PostgreSQL / Valkey     (only when DATABASE_URL / REDIS_URL are unset)
-            2. PostgreSQL pool                  (+ migrations, max_connections sizing check)
+            2. PostgreSQL pool                  (+ migrations, on DATABASE_MIGRATION_URL when
+                                                set; max_connections sizing check)
             3. Redis client; then the auth and guard services built on both (a supervised
                cleaner task when refresh tokens live in PostgreSQL)
             4. pub/sub listener, WebSocket hub  (realtime issue)
@@ -56,6 +57,7 @@ from innera.config import DatabaseSettings, Settings, StorageSettings
 from innera.crypto.data_keys import DataKeys
 from innera.crypto.entry_cipher import EntryCipher
 from innera.crypto.keyring import LocalKeyProvider, load_keyring_async
+from innera.db.connect_options import connect_options
 from innera.db.health import max_connections
 from innera.db.migrate import migrate
 from innera.db.pool import Pool
@@ -105,7 +107,8 @@ async def supervised(fn: Callable[..., Awaitable[Any]], *args: Any) -> AsyncIter
 async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations: bool,
                         metrics: Metrics | None = None) -> Pool:
     """Embedded PostgreSQL when DATABASE_URL is unset, then the pool (sizing check and,
-    when asked, migrations under an advisory lock)."""
+    when asked, migrations under an advisory lock: through DATABASE_MIGRATION_URL, a direct
+    connection, when set)."""
     database_url = settings.db.url
     if database_url is None:
         from innera import embedded
@@ -113,22 +116,35 @@ async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations
         settings.server.data_dir.mkdir(parents=True, exist_ok=True)
         database_url = await stack.enter_async_context(
             supervised(embedded.run_embedded_postgres, settings.server.data_dir))
+    options = connect_options(settings.db, database_url)
     pool = Pool(
         database_url,
         min_size=settings.db.pool_min,
         max_size=settings.db.pool_max,
         idle_timeout_s=settings.db.idle_timeout_s,
         acquire_timeout_s=settings.db.connection_timeout_s,
-        connect_kwargs=db_connect_kwargs(settings.db, database_url),
+        connect_kwargs=options.kwargs,
+        explain_connect_error=options.explain,
     )
     await stack.enter_async_context(supervised(pool.run))
     if metrics is not None:
         metrics.watch_pool(pool)
     await check_pool_sizing(pool, settings.db)
     if migrations:
-        applied = await migrate(pool)
+        applied = await run_migrations(pool, settings.db)
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
     return pool
+
+
+async def run_migrations(pool: Pool, db: DatabaseSettings) -> list[str]:
+    """Migrations hold a session-level advisory lock across several transactions, which a
+    pooler in transaction mode would hand to other clients: with DATABASE_MIGRATION_URL they
+    run on a direct connection of their own, else on one of the pool's."""
+    if db.migration_url is None:
+        return await migrate(pool)
+    conn = await connect_options(db, db.migration_url, "DATABASE_MIGRATION_URL").connect()
+    async with conn:
+        return await migrate(conn)
 
 
 async def open_redis(stack: AsyncExitStack, settings: Settings, metrics: Metrics) -> Redis:
@@ -326,23 +342,14 @@ def force_exit(reason: str) -> None:
     os._exit(EXIT_FAILED)
 
 
-def db_connect_kwargs(db: DatabaseSettings, database_url: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "connect_timeout": max(1, round(db.connection_timeout_s)),
-        "application_name": "innera",
-        # a PostgreSQL that vanishes from the network (no RST) is detected in about 30 s
-        # instead of the kernel's default of hours: keepalives while idle, and a bound on
-        # unacknowledged sends while a query is on the wire.
-        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-        "keepalives_count": 3, "tcp_user_timeout": 30_000,
-    }
-    if db.sslmode and "sslmode=" not in database_url:
-        kwargs["sslmode"] = db.sslmode
-    return kwargs
-
-
 async def check_pool_sizing(pool: Pool, db: DatabaseSettings) -> None:
-    """The spec's sizing rule: pool max × instances ≤ max_connections − 10."""
+    """The spec's sizing rule: pool max × instances ≤ max_connections − 10. Not with
+    DATABASE_MIGRATION_URL: the pool then goes through a pooler (PgBouncer), whose own pool
+    size, not DB_POOL_MAX, bounds the server connections (README, "Behind PgBouncer")."""
+    if db.migration_url is not None:
+        log.info("DATABASE_MIGRATION_URL is set: the pool is taken to go through a pooler; "
+                 "size the pooler's pool against max_connections (DB_POOL_MAX is not checked)")
+        return
     limit = await max_connections(pool)
     wanted = db.pool_max * db.instances
     if wanted > limit - 10:

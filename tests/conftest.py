@@ -3,6 +3,9 @@
 - ``tests/fixtures/postgres.py``: a fresh, migrated PostgreSQL database per test;
 - ``tests/fixtures/redis.py``: a private, flushed Redis keyspace per test;
 - ``tests/fixtures/server.py``: the real server on a real socket (in-process or subprocess);
+- ``tests/fixtures/tls_postgres.py``: a PostgreSQL of their own speaking TLS only, with a
+  certificate from a private CA; ``tests/fixtures/pgbouncer.py``: PgBouncer in transaction
+  mode in front of the shared PostgreSQL;
 - ``tests/fixtures/repository.py``: nothing outside the repository is read.
 """
 
@@ -13,5 +16,7 @@ pytest_plugins = [
     "tests.fixtures.proxy",
     "tests.fixtures.s3",
     "tests.fixtures.push_provider",
+    "tests.fixtures.tls_postgres",
+    "tests.fixtures.pgbouncer",
     "tests.fixtures.repository",
 ]

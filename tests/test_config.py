@@ -29,6 +29,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.server.max_body_bytes == 1024 * 1024
     assert s.embedded_postgres and s.embedded_redis and s.local_storage
     assert s.db.sslmode is None
+    assert s.db.ssl_root_cert == "system" and s.db.prepared_statements is True
+    assert s.db.migration_url is None
 
 
 def test_node_env_is_the_fallback_for_innera_env() -> None:
@@ -52,12 +54,44 @@ def test_node_env_is_the_fallback_for_innera_env() -> None:
         ({"SHUTDOWN_TIMEOUT_S": "-1"}, "SHUTDOWN_TIMEOUT_S='-1' must be a number above 0"),
         ({"REDIS_SENTINELS": "a:1"}, "REDIS_SENTINEL_MASTER is required"),
         ({"REDIS_SENTINELS": "nope", "REDIS_SENTINEL_MASTER": "m"}, "'nope' is not host:port"),
+        ({"DB_PREPARED_STATEMENTS": "sometimes"},
+         "DB_PREPARED_STATEMENTS='sometimes' is not a boolean"),
+        ({"DATABASE_URL": "postgresql://a@db/x", "DATABASE_MIGRATION_URL": "mysql://a@db/x"},
+         "DATABASE_MIGRATION_URL must be a URL starting with postgresql://"),
+        ({"DATABASE_MIGRATION_URL": "postgresql://a@db/x"},
+         "DATABASE_MIGRATION_URL needs DATABASE_URL"),
+        ({"DB_SSL_ROOT_CERT": "/nonexistent/rds-global-bundle.pem"},
+         "DB_SSL_ROOT_CERT=/nonexistent/rds-global-bundle.pem: no such file"),
+        ({**PROD, "DATABASE_URL": "postgresql://a@db/x?sslmode=verify-ca"},
+         "sslmode=verify-ca with DB_SSL_ROOT_CERT=system would accept a certificate any "
+         "public CA issued"),
+        ({**PROD, "DATABASE_URL": "postgresql://a@db/x?sslmode=verify-ca&sslrootcert=system"},
+         "sslmode=verify-ca with ?sslrootcert=system in DATABASE_URL"),
     ],
 )
 def test_an_invalid_value_names_the_variable(environ: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ)
     assert fragment in str(info.value)
+
+
+def test_db_ssl_root_cert_names_a_readable_pem_bundle_or_system(tmp_path: Path) -> None:
+    bundle = tmp_path / "global-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert load_settings({"DB_SSL_ROOT_CERT": str(bundle)}).db.ssl_root_cert == str(bundle)
+    assert load_settings({"DB_SSL_ROOT_CERT": "System"}).db.ssl_root_cert == "system"
+    # a named bundle goes with verify-ca too (only the whole system store does not)
+    load_settings({**PROD, "DATABASE_URL": "postgresql://a@db/x?sslmode=verify-ca",
+                   "DB_SSL_ROOT_CERT": str(bundle)})
+
+    not_pem = tmp_path / "bundle.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x0a")
+    for value, fragment in ((str(tmp_path), "is a directory: name the CA bundle file"),
+                            (str(not_pem), "holds no PEM certificate")):
+        with pytest.raises(ConfigError) as info:
+            load_settings({"DB_SSL_ROOT_CERT": value})
+        assert f"DB_SSL_ROOT_CERT={value}" in str(info.value)
+        assert fragment in str(info.value)
 
 
 def test_every_problem_is_reported_at_once() -> None:

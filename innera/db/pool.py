@@ -16,7 +16,8 @@
   request.
 
 Lifetime: the process runs ``await nursery.start(pool.run)``; ``run`` opens the first
-connections (raising :class:`DatabaseUnavailable` if PostgreSQL cannot be reached), then
+connections (raising :class:`DatabaseUnavailable` if PostgreSQL cannot be reached, with the
+reason ``explain_connect_error`` gives, e.g. why a certificate was refused), then
 maintains the pool until it is cancelled, when it closes every connection (bounded).
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import select
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -87,6 +88,7 @@ class Pool:
         acquire_timeout_s: float = 5.0,
         connect_kwargs: dict[str, Any] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        explain_connect_error: Callable[[psycopg.Error], Awaitable[str]] | None = None,
         name: str = "innera",
     ) -> None:
         if max_size < 1 or not 0 <= min_size <= max_size:
@@ -106,6 +108,7 @@ class Pool:
             kwargs["application_name"] = name
         self._connect_kwargs = kwargs
         self._on_error = on_error or _default_on_error
+        self._explain = explain_connect_error
         self._state = _NEW
         self._idle: deque[tuple[TrioConnection[Any], float]] = deque()  # oldest on the left
         self._active: set[TrioConnection[Any]] = set()
@@ -304,8 +307,9 @@ class Pool:
             for conn in opened:
                 conn.terminate()
             if errors:
-                raise DatabaseUnavailable(
-                    f"Cannot connect to PostgreSQL: {str(errors[0]).strip()}") from errors[0]
+                error = errors[0]
+                detail = await self._explain(error) if self._explain else str(error).strip()
+                raise DatabaseUnavailable(f"Cannot connect to PostgreSQL: {detail}") from error
             raise DatabaseUnavailable(
                 f"Cannot connect to PostgreSQL: no connection after "
                 f"{self.acquire_timeout_s:g} s")
