@@ -50,6 +50,15 @@ every server in turn (order reversed every other round) and runs every workload 
 ``--duration`` s after 0.5 s of warm-up; the first server is compared with each other one.
 The database, the Redis server and the temporary files go at the end, also on Ctrl-C.
 
+``--pgbouncer``: the servers reach PostgreSQL through a private PgBouncer (the Debian
+``pgbouncer`` on PATH, ``pool_mode = transaction``, ``default_pool_size`` 10, trust auth)
+started for the run, configured as the README says for transaction mode
+(``DB_PREPARED_STATEMENTS=false``, ``DATABASE_MIGRATION_URL`` straight to PostgreSQL): what
+the pooler costs (its process's CPU per request is reported as ``pgbouncer``).
+``--server-env KEY=VALUE`` (repeatable) sets a variable of every server last, e.g.
+``DB_PREPARED_STATEMENTS=true`` behind PgBouncer (the failure it prevents), or
+``DB_PREPARED_STATEMENTS=false`` without it (what turning them off costs by itself).
+
 Closed loop: every connection sends its next request when the previous one is answered, so
 the server runs flat out and latencies include queueing behind ``--connections`` requests:
 read p99 as the shape under saturation, not as the latency at a planned load.
@@ -60,6 +69,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -74,11 +84,12 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import mean
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import trio
@@ -216,6 +227,59 @@ def private_redis(directory: Path, *extra: str) -> Iterator[tuple[str, subproces
         stop_process(proc, signal.SIGTERM, 10)
 
 
+# --- PgBouncer: a private one ---------------------------------------------------------------
+
+
+@contextmanager
+def private_pgbouncer(directory: Path, database_url: str
+                      ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A PgBouncer of this run in transaction mode, in front of ``database_url``'s server:
+    ``(the database URL through it, process)``. As root it runs as ``postgres`` (PgBouncer
+    refuses root)."""
+    if shutil.which("pgbouncer") is None:
+        raise SystemExit("pgbouncer is not on PATH (apt-get install pgbouncer)")
+    parts = urlsplit(database_url)
+    user = parts.username or "postgres"
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "users.txt").write_text(f'"{user}" ""\n')
+    ini = directory / "pgbouncer.ini"
+    ini.write_text(
+        "[databases]\n"
+        f"* = host={parts.hostname or '127.0.0.1'} port={parts.port or 5432}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {directory / 'users.txt'}\n"
+        "pool_mode = transaction\ndefault_pool_size = 10\nmax_client_conn = 1000\n"
+        "ignore_startup_parameters = extra_float_digits,options\n")
+    argv = ["pgbouncer", str(ini)]
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+        for path in directory.iterdir():
+            shutil.chown(path, "postgres")
+        argv[1:1] = ["-u", "postgres"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"pgbouncer did not start (exit code {proc.poll()})"
+                                     ) from None
+                time.sleep(0.05)
+        yield urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}")), proc
+    finally:
+        stop_process(proc, signal.SIGTERM, 10)
+
+
+def pgbouncer_version() -> str:
+    out = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "pgbouncer"
+
+
 # --- seeding --------------------------------------------------------------------------------
 
 
@@ -322,12 +386,15 @@ def connections_for(workload: str, args: argparse.Namespace) -> int:
 # --- measuring --------------------------------------------------------------------------------
 
 
-def backend_pids(database_url: str) -> list[int]:
-    """The server's PostgreSQL backends: connections to the bench database named innera."""
+def backend_pids(database_url: str, application_name: str | None = "innera") -> list[int]:
+    """The server's PostgreSQL backends: connections to the bench database (named innera,
+    unless ``application_name`` is None: PgBouncer's connections)."""
     name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(ADMIN) as c:
-        rows = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                         "AND application_name = 'innera'", (name,)).fetchall()
+        rows = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND "
+                         "(%s::text IS NULL OR application_name = %s) AND pid <> "
+                         "pg_backend_pid()", (name, application_name, application_name)
+                         ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -395,8 +462,11 @@ def run_load(server: subprocess.Popen[bytes], port: int, workload: str, accounts
     return json.loads(out), sampler.samples if sampler else []
 
 
-def measure(args: argparse.Namespace, env: dict[str, str], database_url: str, redis_pid: int,
-            accounts: list[Account], workdir: Path) -> dict[tuple[str, str], Result]:
+def measure(args: argparse.Namespace, env: dict[str, str], database_url: str,
+            watched: dict[str, int], accounts: list[Account], workdir: Path
+            ) -> dict[tuple[str, str], Result]:
+    """Every (workload, server) over the rounds. ``watched``: processes whose CPU is measured
+    beside the PostgreSQL backends (``{"redis": pid}``, and PgBouncer's)."""
     results: dict[tuple[str, str], Result] = {}
     failed: set[str] = set()
     for round_ in range(args.rounds):
@@ -413,7 +483,12 @@ def measure(args: argparse.Namespace, env: dict[str, str], database_url: str, re
                 continue
             proc, port = started
             try:
-                watch = {"postgres": backend_pids(database_url), "redis": [redis_pid]}
+                if "pgbouncer" in watched:
+                    # PgBouncer opens its server connections on demand: warm them first
+                    run_load(proc, port, "mix", accounts, {}, args, workdir)
+                backends = backend_pids(database_url,
+                                        None if "pgbouncer" in watched else "innera")
+                watch = {"postgres": backends, **{k: [v] for k, v in watched.items()}}
                 for workload in args.only:
                     report, samples = run_load(proc, port, workload, accounts, watch, args,
                                                workdir)
@@ -436,9 +511,11 @@ def print_tables(args: argparse.Namespace, results: dict[tuple[str, str], Result
     print(f"\nCPU per request (ms): server process / its PostgreSQL backends / its Redis; "
           f"{args.connections} connections ({min(args.connections, SEARCH_CONNECTIONS)} for "
           f"search), {args.rounds} × {args.duration:g} s")
+    bouncer = ("pgbouncer",) if args.pgbouncer else ()
     print(f"{'workload':<9}{'server':<24}{'srv ms':>8}{'pg ms':>7}{'redis ms':>9}"
-          f"{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'srv':>5}{'gen':>5}  {'errors':<7}"
-          "srv ms per round")
+          + "".join(f"{'bouncer ms':>11}" for _ in bouncer)
+          + f"{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'srv':>5}{'gen':>5}  {'errors':<7}"
+            "srv ms per round")
     for workload in WORKLOADS:
         for server in args.servers:
             r = results.get((workload, server))
@@ -450,9 +527,11 @@ def print_tables(args: argparse.Namespace, results: dict[tuple[str, str], Result
             gen = mean(r.loadgen_cpu)
             errors = ", ".join(f"{k}: {v}" for k, v in r.errors.most_common()) or "0"
             print(f"{workload:<9}{server:<24}{r.cpu_ms():>8.2f}{r.cpu_ms('postgres'):>7.2f}"
-                  f"{r.cpu_ms('redis'):>9.3f}{r.rate:>8,.0f}{p50:>8.1f}{p99:>8.1f}"
+                  f"{r.cpu_ms('redis'):>9.3f}"
+                  + "".join(f"{r.cpu_ms(b):>11.3f}" for b in bouncer)
+                  + f"{r.rate:>8,.0f}{p50:>8.1f}{p99:>8.1f}"
                   f"{mean(r.server_share):>5.0%}{gen:>5.0%}"
-                  f"{'!' if gen >= GENERATOR_BOUND else ' '} {errors:<7}"
+                  f"{'!' if gen >= GENERATOR_BOUND else ' '} {errors:<7} "
                   f"{' / '.join(f'{x:.2f}' for x in r.cpu_per_round)}")
     for server in args.servers:
         mix = results.get(("mix", server))
@@ -468,7 +547,8 @@ def print_tables(args: argparse.Namespace, results: dict[tuple[str, str], Result
                   f"{titles[name]}")
         singles = {name: results.get((name, server)) for name in ROUTES}
         if all(s is not None and s.count for s in singles.values()):
-            for what in ("server", "postgres", "redis"):
+            for what in ("server", "postgres", "redis", *(("pgbouncer",) if
+                                                          args.pgbouncer else ())):
                 predicted = sum(share / 100 * singles[name].cpu_ms(what)  # type: ignore[union-attr]
                                 for name, share, _ in MIX)
                 print(f"{what} CPU per request: mix measured {mix.cpu_ms(what):.3f} ms, "
@@ -499,6 +579,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--entries", type=int, default=100, help="entries per account")
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="the servers reach PostgreSQL through a private PgBouncer in "
+                             "transaction mode")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable of every server (last word: after "
+                             "--pgbouncer's); repeatable")
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
                         metavar="NAME", help=f"a subset of: {', '.join(WORKLOADS)}")
     args = parser.parse_args()
@@ -510,7 +596,14 @@ def main() -> None:
           "loadgen.py process; DB_POOL_MIN = DB_POOL_MAX = 20", flush=True)
     with tempfile.TemporaryDirectory(prefix="innera-mixed-bench-") as tmp, \
             database() as database_url, \
-            private_redis(Path(tmp) / "redis") as (redis_url, redis_proc):
+            private_redis(Path(tmp) / "redis") as (redis_url, redis_proc), \
+            (private_pgbouncer(Path(tmp) / "pgbouncer", database_url) if args.pgbouncer
+             else nullcontext((database_url, None))) as (server_database_url, bouncer):
+        watched = {"redis": redis_proc.pid}
+        if bouncer is not None:
+            watched["pgbouncer"] = bouncer.pid
+            print(f"through {pgbouncer_version()}, transaction mode, default_pool_size 10",
+                  flush=True)
         env = server_env(database_url, redis_url, Path(tmp) / "data")
         env.update(DB_POOL_MIN=str(POOL_MAX), DB_POOL_MAX=str(POOL_MAX))
         started = time.perf_counter()
@@ -519,7 +612,15 @@ def main() -> None:
               f"{NOTIFICATIONS} notifications ({UNREAD} unread) each in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
         print(*table_sizes(database_url), sep="\n", flush=True)
-        results = measure(args, env, database_url, redis_proc.pid, accounts, Path(tmp))
+        env["DATABASE_URL"] = server_database_url
+        if bouncer is not None:
+            env.update(DB_PREPARED_STATEMENTS="false", DATABASE_MIGRATION_URL=database_url)
+        for pair in args.server_env:
+            key, _, value = pair.partition("=")
+            env[key] = value
+        if args.server_env:
+            print(f"server environment: {', '.join(args.server_env)}", flush=True)
+        results = measure(args, env, database_url, watched, accounts, Path(tmp))
         print_tables(args, results)
 
 
