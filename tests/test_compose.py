@@ -16,6 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+MONITORING_COMPOSE = ROOT / "conf" / "prometheus" / "compose.monitoring.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 #: the Compose specification's JSON schema as check-jsonschema ships it
 #: (``check-jsonschema --builtin-schema vendor.compose-spec``): nothing outside the repository
@@ -31,6 +32,28 @@ def compose_errors(document: Any) -> list[str]:
     validator_class.check_schema(schema)
     errors = sorted(validator_class(schema).iter_errors(document), key=lambda e: list(e.path))
     return [f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors]
+
+#: The programs each image of the compose files is known to ship, for its healthcheck (no
+#: Docker engine here: each entry says where it is known from).
+IMAGE_COMMANDS: dict[str, frozenset[str]] = {
+    # Alpine images: busybox (sh, wget) and the server's own client programs.
+    "postgres:16-alpine": frozenset({"sh", "wget", "postgres", "psql", "pg_isready"}),
+    "redis:7-alpine": frozenset({"sh", "wget", "redis-server", "redis-cli"}),
+    # MinIO's release Dockerfile copies minio and mc into every image. curl is not listed:
+    # it left the image with RELEASE.2023-11-01 (minio/minio#18373, #18389) and what came
+    # back in 2024 (minio/minio#19383, "only available for amd64 builds for now") is a static
+    # binary downloaded at build time for some architectures only.
+    "minio/minio:RELEASE.2025-02-18T16-25-55Z": frozenset({"minio", "mc"}),
+    "minio/mc:RELEASE.2025-02-18T00-47-29Z": frozenset({"mc", "sh"}),
+    # our Dockerfile: python:3.11-slim (Debian: no curl, no wget)
+    "build: .": frozenset({"python", "sh", "innera"}),
+    # The Prometheus projects' images are built FROM quay.io/prometheus/busybox (wget).
+    "prom/prometheus:v2.53.0": frozenset({"sh", "wget", "prometheus", "promtool"}),
+    "prom/alertmanager:v0.27.0": frozenset({"sh", "wget", "alertmanager", "amtool"}),
+    "prom/node-exporter:v1.8.2": frozenset({"sh", "wget", "node_exporter"}),
+    # Grafana's image is Alpine-based (busybox wget).
+    "grafana/grafana:11.2.0": frozenset({"sh", "wget", "grafana", "grafana-cli"}),
+}
 
 SPEC_IMAGES = {
     "postgres": "postgres:16-alpine",
@@ -111,7 +134,39 @@ def test_minio(services: dict[str, Any]) -> None:
     minio = services["minio"]
     assert minio["ports"] == ["9000:9000", "9001:9001"]
     assert _words(minio["command"]) == ["server", "/data", "--console-address", ":9001"]
-    assert "/minio/health/live" in " ".join(minio["healthcheck"]["test"])
+    # MinIO's documented readiness check, with the mc every minio/minio image ships (see
+    # IMAGE_COMMANDS): not curl, which the image does not reliably have
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+
+
+def test_healthchecks_use_a_command_their_image_ships() -> None:
+    """A healthcheck whose program is missing from the image never passes: the service stays
+    "unhealthy" and everything that waits for it (the api waits for minio) never starts.
+    Every service with a healthcheck, in docker-compose.yml and the monitoring profile, runs
+    a program that IMAGE_COMMANDS says its image has; a new image needs its entry there."""
+    checked = []
+    for path in (COMPOSE, MONITORING_COMPOSE):
+        for name, service in yaml.safe_load(path.read_text(encoding="utf-8"))["services"].items():
+            test = service.get("healthcheck", {}).get("test")
+            if not test:
+                continue
+            image = service.get("image") or "build: ."
+            assert image in IMAGE_COMMANDS, (
+                f"{path.name}: {name}: no entry for {image!r} in IMAGE_COMMANDS: find out "
+                "which programs that image ships before relying on one in a healthcheck")
+            kind, *argv = [test] if isinstance(test, str) else test
+            if kind == "CMD-SHELL":
+                program = "sh"
+                argv = shlex.split(argv[0])
+                assert argv[0] in IMAGE_COMMANDS[image], (name, argv[0])
+            else:
+                assert kind == "CMD", (name, test)
+                program = argv[0]
+            assert program in IMAGE_COMMANDS[image], (
+                f"{path.name}: {name}: the healthcheck runs {program!r}, which {image} does "
+                f"not ship (it has {sorted(IMAGE_COMMANDS[image])})")
+            checked.append(name)
+    assert {"postgres", "redis", "minio", "api", "node-exporter"} <= set(checked)
 
 
 def test_createbuckets_creates_versioned_bucket(services: dict[str, Any]) -> None:

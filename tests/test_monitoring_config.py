@@ -2,9 +2,9 @@
 Alertmanager (routing by severity), Grafana (provisioning, dashboard), the `monitoring` Compose
 profile and the runbooks in docs/operations.md.
 
-promtool and amtool come from Debian's `prometheus` and `prometheus-alertmanager` packages; the
-tests that need them fail (never skip) when they are missing. No server or Docker engine is
-needed.
+promtool and amtool come from Debian's `prometheus` and `prometheus-alertmanager` packages, and
+node_exporter (the disk alert's metrics, scraped for real) from `prometheus-node-exporter`; the
+tests that need them fail (never skip) when they are missing. No Docker engine is needed.
 
 ``metric_names_used()`` / ``innera_metric_names_used()`` list the metric names the alerts and the
 dashboard query; a live test of GET /metrics can import them.
@@ -15,7 +15,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 
 INSTALL_HINT = (
     ".ci/run installs it: apt-get update && apt-get install -y --no-install-recommends "
-    "prometheus prometheus-alertmanager"
+    "prometheus prometheus-alertmanager prometheus-node-exporter"
 )
 
 # The metric contract of GET /metrics (route metrics use the fastify-metrics names).
@@ -397,7 +401,7 @@ def test_monitoring_compose_profile() -> None:
     assert "conf/prometheus/compose.monitoring.yml" in included
     monitoring = _yaml(MONITORING_COMPOSE)
     services = monitoring["services"]
-    assert set(services) == {"prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"prometheus", "alertmanager", "grafana", "node-exporter"}
     for name, service in services.items():
         assert service["profiles"] == ["monitoring"], name
         image, _, tag = service["image"].rpartition(":")
@@ -417,6 +421,7 @@ def test_monitoring_compose_profile() -> None:
     assert mounts["alertmanager"]["../alertmanager"] == "/etc/alertmanager"
     assert mounts["grafana"]["../grafana/provisioning"] == "/etc/grafana/provisioning"
     assert mounts["grafana"]["../grafana/dashboards"] == "/var/lib/grafana/dashboards"
+    assert mounts["node-exporter"] == {"/": "/host"}
     for source in [s for m in mounts.values() for s in m if s.startswith(".")]:
         assert (MONITORING_COMPOSE.parent / source).is_dir(), source
     env = services["grafana"]["environment"]
@@ -424,6 +429,134 @@ def test_monitoring_compose_profile() -> None:
     assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:-")
     named = {s for m in mounts.values() for s in m if not s.startswith((".", "/"))}
     assert named == set(monitoring["volumes"])
+
+
+def test_node_exporter_is_the_node_job_and_reads_the_hosts_filesystems() -> None:
+    """The `node` job scrapes the compose service node-exporter on the port node_exporter
+    listens on, and that service reports the host's filesystems (the DiskAlmostFull alert's
+    metrics) under the host's own mount points: the root mounted read-only at /host with
+    --path.rootfs=/host, the host's mount table through pid: host. It stays on the project
+    network (Prometheus finds it by name), with no port published."""
+    jobs = {job["job_name"]: job for job in _yaml(PROMETHEUS_YML)["scrape_configs"]}
+    node_targets = [t for sc in jobs["node"]["static_configs"] for t in sc["targets"]]
+    assert node_targets == ["node-exporter:9100"]
+    service = _yaml(MONITORING_COMPOSE)["services"]["node-exporter"]
+    assert service["image"].startswith("prom/node-exporter:v")
+    assert service["profiles"] == ["monitoring"]
+    command = service["command"]
+    assert "--path.rootfs=/host" in command
+    listen = [a for a in command if a.startswith("--web.listen-address")]
+    assert listen in ([], ["--web.listen-address=:9100"]), "the node job scrapes port 9100"
+    (mount,) = service["volumes"]
+    source, target, options = mount.split(":")
+    assert (source, target) == ("/", "/host") and "ro" in options.split(",")
+    assert service["pid"] == "host"
+    assert "network_mode" not in service and "ports" not in service
+
+
+def _scrape(url: str, deadline_s: float = 10.0) -> str:
+    """GET ``url`` until it answers (the exporter is starting) or ``deadline_s`` passes."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} \S+$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _series(exposition: str, metric: str) -> list[dict[str, str]]:
+    """The label sets of ``metric`` in a Prometheus text exposition."""
+    found = []
+    for line in exposition.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group(1) == metric:
+            found.append({k: bytes(v, "utf-8").decode("unicode_escape")
+                          for k, v in _LABEL.findall(match.group(2))})
+    return found
+
+
+def _selector(metric: str, labels: dict[str, str]) -> str:
+    """``metric{k="v", ...}`` (PromQL strings take JSON's escapes)."""
+    quoted = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in labels.items())
+    return f"{metric}{{{quoted}}}"
+
+
+def _render(template: str, labels: dict[str, str], value: str) -> str:
+    """The alert annotations' template language, as far as DiskAlmostFull uses it."""
+    text = re.sub(r"\{\{ *\$labels\.(\w+) *\}\}", lambda m: labels[m.group(1)], template)
+    return re.sub(r"\{\{ *\$value \| humanizePercentage *\}\}", value, text)
+
+
+def test_disk_alert_fires_on_the_series_node_exporter_exports(tmp_path: Path) -> None:
+    """The DiskAlmostFull expression selects what node_exporter really exports: a real
+    node_exporter (Debian's) is scraped, and promtool evaluates the alert over those very
+    series (their label sets, job="node" as Prometheus adds it, 90 % full). It must fire once
+    per filesystem the expression keeps, with that filesystem's labels in the alert and its
+    annotations; and alerts.test.yml must use only label names node_exporter gives."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exporter = subprocess.Popen(
+        [_tool("prometheus-node-exporter"), f"--web.listen-address=127.0.0.1:{port}",
+         "--collector.disable-defaults", "--collector.filesystem"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        exposition = _scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        exporter.terminate()
+        exporter.wait(10)
+    rule = next(r for r in _alert_rules() if r["alert"] == "DiskAlmostFull")
+    used = promql_metric_names(rule["expr"])
+    assert used == {"node_filesystem_avail_bytes", "node_filesystem_size_bytes"}
+    series = {m: _series(exposition, m) for m in sorted(used)}
+    assert all(series.values()), f"node_exporter exported none of {sorted(used)}"
+    label_names = {k for sets in series.values() for labels in sets for k in labels}
+    # the labels the rule selects on and the annotations print come from node_exporter
+    assert {"fstype", "mountpoint", "device"} <= label_names
+    excluded = re.search(r'fstype!~"([^"]+)"', rule["expr"])
+    assert excluded is not None
+    instance = "host:9100"
+    filesystems = [{"job": "node", "instance": instance, **labels}
+                   for labels in series["node_filesystem_avail_bytes"]]
+    kept = [fs for fs in filesystems if not re.fullmatch(excluded.group(1), fs["fstype"])]
+    assert kept, "node_exporter exported no filesystem the alert watches"
+    test_file = tmp_path / "disk_alert.test.yml"
+    test_file.write_text(yaml.safe_dump({
+        "rule_files": [str(ALERTS_YML)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                s for fs in filesystems for s in (
+                    {"series": _selector("node_filesystem_avail_bytes", fs), "values": "10x15"},
+                    {"series": _selector("node_filesystem_size_bytes", fs), "values": "100x15"})],
+            "alert_rule_test": [{
+                "alertname": "DiskAlmostFull",
+                "eval_time": "10m",
+                "exp_alerts": [{
+                    "exp_labels": {**fs, **rule["labels"]},
+                    "exp_annotations": {k: _render(v, fs, "90%")
+                                        for k, v in rule["annotations"].items()},
+                } for fs in kept],
+            }],
+        }],
+    }))
+    result = _run("promtool", "test", "rules", str(test_file))
+    assert "SUCCESS" in result.stdout
+    # the unit tests in alerts.test.yml speak node_exporter's labels, not invented ones
+    for case in _yaml(ALERTS_TEST_YML)["tests"]:
+        for item in case.get("input_series", []):
+            metric = item["series"].split("{", 1)[0]
+            if metric in used:
+                names = {k for k, _ in _LABEL.findall(item["series"])}
+                assert names - {"job", "instance"} <= label_names, item["series"]
 
 
 def test_monitoring_compose_file_validates_against_schema() -> None:
