@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,15 @@ import pytest
 import trio
 from psycopg.rows import dict_row
 
+from innera import key_rotation as rotation
 from innera.config import load_settings
+from innera.crypto.data_keys import DataKeys
+from innera.crypto.errors import KeyServiceUnavailable
+from innera.crypto.keyring import KeyProviders, Keyring, LocalKeyProvider, parse_keyring
+from innera.crypto.kms import open_kms_provider
 from innera.db.pool import Pool
 from innera.jobs import tables
+from innera.observability.metrics import Metrics
 from tests.fixtures.accounts import Account, new_email, signup
 from tests.fixtures.kms import Kms
 from tests.fixtures.proxy import Proxy
@@ -346,17 +353,17 @@ async def test_unusable_kms_settings_stop_the_start_with_a_message(
         database_url: str, redis_url: str, tmp_path: Path, kms: Kms,
         monkeypatch: pytest.MonkeyPatch) -> None:
     env = server_environ(database_url, redis_url, tmp_path / "data")
-    # a bare key id and no region anywhere: no KMS client can be made
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name)
+    # a bare key id and no region (boto3 reads AWS_DEFAULT_REGION, not AWS_REGION): no KMS
+    # client can be made
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
     out = await cli({**env, **keys(kms=kms.key.id)}, "serve")
     output = out.stdout + out.stderr
     assert out.returncode == 1, output
     assert f"no AWS KMS client for INNERA_MEK_KMS_KEY_ID key {kms.key.id}" in output
-    assert "set AWS_REGION" in output and "Traceback" not in output
+    assert "set AWS_DEFAULT_REGION" in output and "Traceback" not in output
 
     # version 1 both in the key the embedded default generated earlier and in KMS
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     secrets = tmp_path / "data" / "secrets"
     secrets.mkdir(parents=True)
     (secrets / "mek").write_text(f"1:{K1}\n")
@@ -388,3 +395,38 @@ async def test_signing_up_is_refused_cleanly_while_kms_is_unreachable_in_a_subpr
     assert len(lines) == 1, rest
     assert f"AWS KMS Encrypt with key {kms.key.arn} failed: EndpointConnectionError" in lines[0]
     assert "Traceback" not in rest
+
+
+async def test_a_rotation_to_kms_while_kms_is_unreachable_changes_nothing(
+        db_pool: Pool, kms: Kms, tcp_proxy: type[Proxy]) -> None:
+    """The rotation's work itself (as the worker runs it), on real providers: a KMS that
+    fails stops the batch in hand, and nothing of it is written."""
+    local = LocalKeyProvider(Keyring(parse_keyring(f"1:{K1}")))
+    keys = DataKeys(db_pool, local, Metrics())
+    async with db_pool.connection() as conn, conn.transaction():
+        for n in range(5):
+            user_id = str(uuid.uuid4())
+            await conn.execute("INSERT INTO users (id, email, password_hash) VALUES "
+                               "(%s, %s, 'x')", (user_id, f"rot{n}-{user_id}@example.com"))
+            await keys.create(conn, user_id)
+    before = await key_rows(db_pool)
+
+    moto = urlsplit(kms.endpoint)
+    proxy = await tcp_proxy.start(moto.hostname or "127.0.0.1", moto.port or 80)
+    kms.point_at(f"http://127.0.0.1:{proxy.port}")
+    metrics = Metrics()
+    both = KeyProviders([local, await open_kms_provider({2: kms.key.arn}, metrics)])
+    proxy.set_mode("refuse")
+    with pytest.raises(KeyServiceUnavailable):
+        await rotation.rewrap_all(db_pool, both, 2, batch_size=2)
+    assert await key_rows(db_pool) == before
+
+    proxy.set_mode("pass")  # the retried attempt: everything moves to KMS
+    state = await rotation.rewrap_all(db_pool, both, 2, batch_size=2)
+    assert state.rewrapped == 5 and not state.failed and state.left_behind == 0
+    after = await key_rows(db_pool)
+    assert {(v, p) for v, p, _ in after.values()} == {(2, "kms")}
+    kms_only = DataKeys(db_pool, KeyProviders([await open_kms_provider({2: kms.key.arn},
+                                                                      metrics)]), metrics)
+    for user_id in after:
+        assert await kms_only.get(user_id) == await keys.get(user_id)

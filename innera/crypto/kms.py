@@ -8,8 +8,9 @@ as version 1, or several as ``VERSION:KEY`` separated by commas (versions are sh
 ``INNERA_MEK``: ``INNERA_MEK=1:…`` beside ``INNERA_MEK_KMS_KEY_ID=2:arn:…`` is a rotation
 from the local key to KMS). Everything else is the standard AWS environment, read by boto3
 itself: credentials (environment, profile, web identity, instance or task role), the region
-(``AWS_REGION`` / ``AWS_DEFAULT_REGION``; a key ARN's own region wins, KMS keys are regional)
-and other endpoints (``AWS_ENDPOINT_URL_KMS``, or ``AWS_ENDPOINT_URL``).
+(``AWS_DEFAULT_REGION`` or the profile's; boto3 does not read ``AWS_REGION``; a key ARN's own
+region wins, KMS keys are regional) and other endpoints (``AWS_ENDPOINT_URL_KMS``, or
+``AWS_ENDPOINT_URL``; verified with boto3 1.44).
 
 Every wrapped key is bound to its user: the encryption context is ``{"innera": "dek:<user
 id>"}`` (the context the local provider binds as associated data). KMS refuses to decrypt it
@@ -202,7 +203,8 @@ def encryption_context(context: bytes) -> dict[str, str]:
 def make_clients(keys: dict[int, str]) -> dict[int, Any]:
     """A boto3 KMS client per version, one per region (blocking: reads the AWS config files
     and botocore's service model; run it in a thread). The standard AWS environment applies
-    (credentials, ``AWS_REGION``, ``AWS_ENDPOINT_URL_KMS``); a key ARN's region wins."""
+    (credentials, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_KMS``); a key ARN's region
+    wins."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
@@ -221,8 +223,8 @@ def make_clients(keys: dict[int, str]) -> dict[int, Any]:
             except BotoCoreError as exc:  # NoRegionError, a broken profile …
                 raise KeyringError(
                     f"no AWS KMS client for INNERA_MEK_KMS_KEY_ID key {key_id}: {exc} (set "
-                    f"AWS_REGION, or give the key as a key ARN, which names its region)"
-                ) from exc
+                    f"AWS_DEFAULT_REGION, or give the key as a key ARN, which names its "
+                    f"region)") from exc
         clients[version] = by_region[region]
     return clients
 
