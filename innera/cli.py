@@ -21,6 +21,7 @@ from innera.observability.logging import configure_logging
 from innera.observability.metrics import QUEUES
 
 if TYPE_CHECKING:
+    from innera.crypto.keyring import KeyProvider
     from innera.redis import Redis
 
 EXIT_CONFIG = 2
@@ -159,27 +160,27 @@ async def _retry(stack: AsyncExitStack, settings: Settings, redis: Redis, job_id
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    """``innera keys status | rotate --to VERSION`` with the configured INNERA_MEK, against
-    the configured database (and Redis, to enqueue the rotation)."""
+    """``innera keys status | rotate --to VERSION`` with the configured master keys
+    (INNERA_MEK, INNERA_MEK_KMS_KEY_ID), against the configured database (and Redis, to
+    enqueue the rotation). Nothing is asked of KMS: the worker does the re-wrapping."""
     from innera import key_rotation as rotation
-    from innera.crypto.keyring import KeyringError, load_keyring_async
+    from innera.crypto.keyring import KeyringError
     from innera.observability.metrics import Metrics
-    from innera.process import open_database, open_redis
+    from innera.process import open_database, open_key_provider, open_redis
 
     try:
-        keyring = await load_keyring_async(settings.crypto.mek, settings.crypto.mek_file,
-                                           settings.server.data_dir, settings.production)
+        provider = await open_key_provider(settings, Metrics())
     except (KeyringError, OSError) as exc:
         print(f"innera: the master key is unusable: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    versions = frozenset(keyring.keys)
+    versions = provider.versions
     async with AsyncExitStack() as stack:
         try:
             if args.keys_command == "rotate":
                 rotation.check_target(versions, args.to_version)
             db = await open_database(stack, settings, migrations=False)
             if args.keys_command == "status":
-                _print_key_status(versions, await rotation.dek_counts(db),
+                _print_key_status(provider, await rotation.dek_counts_by_provider(db),
                                   await rotation.latest_rotation(db))
                 return 0
             redis = await open_redis(stack, settings, Metrics())
@@ -194,28 +195,49 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     print(f"key rotation {job.job_id} submitted: {job.to_rewrap} data key(s) to re-wrap "
           f"from master key version {job.from_version}"
           f"{' (and later)' if job.from_version < job.to_version - 1 else ''} to "
-          f"{job.to_version}; follow it with: innera keys status")
+          f"{job.to_version} ({provider.describe(job.to_version)}); follow it with: "
+          f"innera keys status")
     return 0
 
 
-def _print_key_status(versions: frozenset[int], counts: dict[int, int],
+def _print_key_status(provider: KeyProvider, counts: dict[tuple[int, str], int],
                       latest: dict[str, Any] | None) -> None:
+    """The configured versions, the data keys per version (and the provider that wrapped
+    them, where it is not the one now configured for that version), the latest rotation."""
+    from innera.crypto.keyring import LOCAL
+    from innera.crypto.kms import KMS
     from innera.jobs.tables import queue_job_id
     from innera.key_rotation import KEY_ROTATION_JOB
 
+    versions = provider.versions
     current = max(versions)
+    per_version: dict[int, int] = {}
+    for (version, _), n in counts.items():
+        per_version[version] = per_version.get(version, 0) + n
     print(f"master key versions configured: {', '.join(map(str, sorted(versions)[::-1]))} "
           f"(current: {current}, wraps new data keys)")
     print("data keys per master key version:")
-    for version in sorted(versions | set(counts), reverse=True):
-        note = " (current)" if version == current else ""
+    for version in sorted(versions | set(per_version), reverse=True):
         if version not in versions:
-            note = " (NOT CONFIGURED: these data keys cannot be unwrapped)"
-        print(f"  version {version}: {counts.get(version, 0)}{note}")
-    removable = sorted(v for v in versions if v != current and not counts.get(v))
-    if removable:
-        print(f"no data key uses version(s) {', '.join(map(str, removable))}: "
-              f"they can be removed from INNERA_MEK")
+            print(f"  version {version}: {per_version.get(version, 0)} (NOT CONFIGURED: these "
+                  f"data keys cannot be unwrapped)")
+            continue
+        kind = provider.provider_name(version)
+        notes = ["current"] if version == current else []
+        if kind != LOCAL:
+            notes.append(provider.describe(version))
+        shown = f" ({', '.join(notes)})" if notes else ""
+        print(f"  version {version}: {per_version.get(version, 0)}{shown}")
+        for (v, stored), n in sorted(counts.items()):
+            if v == version and stored != kind:
+                print(f"    {n} of them wrapped by a {stored} key, but version {version} is "
+                      f"configured as {provider.describe(version)}: they cannot be unwrapped")
+    removable = sorted(v for v in versions if v != current and not per_version.get(v))
+    for kind, variable in ((LOCAL, "INNERA_MEK"), (KMS, "INNERA_MEK_KMS_KEY_ID")):
+        listed = [v for v in removable if provider.provider_name(v) == kind]
+        if listed:
+            print(f"no data key uses version(s) {', '.join(map(str, listed))}: they can be "
+                  f"removed from {variable}")
     if latest is None:
         print("latest rotation: none")
         return
@@ -236,9 +258,11 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _is_expected(exc: BaseException) -> bool:
+    """Failures the message explains (no traceback): unreachable services, unusable keys."""
+    from innera.crypto.keyring import KeyringError
     from innera.errors import AppError
 
-    return all(isinstance(leaf, AppError | OSError) for leaf in _leaves(exc))
+    return all(isinstance(leaf, AppError | OSError | KeyringError) for leaf in _leaves(exc))
 
 
 def describe(exc: BaseException) -> str:

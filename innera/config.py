@@ -27,6 +27,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from innera.crypto.keyring import KeyringError, parse_keyring
+from innera.crypto.kms import parse_kms_key_ids
 
 ENVIRONMENTS = ("development", "test", "production")
 HTTP_SERVERS = ("fast", "hypercorn")
@@ -142,11 +143,16 @@ class AuthSettings(_Section):
 
 @dataclass(frozen=True, repr=False)
 class CryptoSettings(_Section):
-    """The master encryption key, inline or in a file (neither: generated under the data dir
-    outside production)."""
+    """The master encryption keys: local ones, inline or in a file, and AWS KMS keys
+    (``mek_kms_key_ids``: ``(version, key id)`` pairs, newest first; none of the three:
+    a local key generated under the data dir outside production), and the cache of
+    unwrapped data keys."""
 
     mek: str | None
     mek_file: Path | None
+    mek_kms_key_ids: tuple[tuple[int, str], ...]
+    dek_cache_size: int
+    dek_cache_ttl_s: float
 
 
 @dataclass(frozen=True, repr=False)
@@ -437,6 +443,25 @@ class FilePath(Parser):
         return path.absolute() if self.absolute else path
 
 
+class KmsKeyIds(Parser):
+    """AWS KMS keys: ``KEY`` (version 1) or ``VERSION:KEY,…``, each a key id, key ARN, alias
+    name or alias ARN; held as ``((version, key), …)``, newest first (``()``: unset)."""
+
+    def parse(self, name: str, read: _Reader) -> tuple[tuple[int, str], ...]:
+        value = read.raw(name)
+        if value is None:
+            return ()
+        try:
+            keys = parse_kms_key_ids(value)
+        except KeyringError as exc:
+            read.problems.append(f"{name} is invalid: {exc}")
+            return ()
+        return tuple(sorted(keys.items(), reverse=True))
+
+    def show(self, value: Any) -> str | None:
+        return ",".join(f"{version}:{key}" for version, key in value) or None
+
+
 class Rate(Parser):
     """A rate like ``10/min`` (per s, min or h), held as ``(count, window_s)``."""
 
@@ -676,9 +701,21 @@ VARIABLES: tuple[Variable, ...] = (
     _V("INNERA_MEK", None, "crypto", "mek", Text(),
        "master encryption key: base64 of 32 bytes, or `VERSION:BASE64,…` during key "
        "rotation (the highest version wraps new keys); required in production (or "
-       "INNERA_MEK_FILE), generated under the data dir otherwise", True),
+       "INNERA_MEK_FILE or INNERA_MEK_KMS_KEY_ID), generated under the data dir otherwise "
+       "(not when INNERA_MEK_KMS_KEY_ID is set)", True),
     _V("INNERA_MEK_FILE", None, "crypto", "mek_file", FilePath(),
        "file holding the master encryption key (base64)"),
+    _V("INNERA_MEK_KMS_KEY_ID", None, "crypto", "mek_kms_key_ids", KmsKeyIds(),
+       "the master key in AWS KMS: a key id, key ARN, alias (`alias/…`) or alias ARN "
+       "(version 1), or `VERSION:KEY,…` with versions shared with INNERA_MEK (rotation "
+       "between local and KMS keys); the standard AWS environment gives credentials, region "
+       "and endpoint (`AWS_ENDPOINT_URL_KMS`)"),
+    _V("INNERA_DEK_CACHE_SIZE", "10000", "crypto", "dek_cache_size", Integer(0, 10_000_000),
+       "unwrapped data keys kept in memory per instance (least recently used evicted; "
+       "0: none, every read unwraps, a KMS Decrypt with AWS KMS)"),
+    _V("INNERA_DEK_CACHE_TTL_S", "300", "crypto", "dek_cache_ttl_s", Number(above=0),
+       "how long an unwrapped data key stays cached; also how long a running instance "
+       "still reads entries after their KMS key was disabled"),
     # limits
     _V("RATE_LIMIT_AUTH", "10/min", "limits", "rate_limit_auth", Rate(),
        "limit per client IP on the auth routes"),
@@ -783,15 +820,23 @@ def _check_consistency(s: Settings, problems: list[str]) -> None:
         problems.append("set INNERA_MEK or INNERA_MEK_FILE, not both")
     if s.crypto.mek:
         try:
-            parse_keyring(s.crypto.mek)
+            both = set(parse_keyring(s.crypto.mek)) & {v for v, _ in s.crypto.mek_kms_key_ids}
         except KeyringError as exc:
             problems.append(f"INNERA_MEK is invalid: {exc}")
+        else:
+            if both:
+                problems.append(
+                    f"INNERA_MEK and INNERA_MEK_KMS_KEY_ID both configure master key "
+                    f"version(s) {', '.join(map(str, sorted(both)))}: each key needs a version "
+                    f"of its own (e.g. INNERA_MEK_KMS_KEY_ID={max(both) + 1}:KEY_ARN, then "
+                    f"innera keys rotate --to {max(both) + 1})")
     if s.production:
         required = {
             "DATABASE_URL": db.url,
             "REDIS_URL": redis.url or (redis.sentinels or None),
             "JWT_SECRET": s.auth.jwt_secret,
-            "INNERA_MEK (or INNERA_MEK_FILE)": s.crypto.mek or s.crypto.mek_file,
+            "INNERA_MEK (or INNERA_MEK_FILE or INNERA_MEK_KMS_KEY_ID)":
+                s.crypto.mek or s.crypto.mek_file or s.crypto.mek_kms_key_ids,
         }
         for name, value in required.items():
             if not value:

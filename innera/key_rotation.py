@@ -18,10 +18,20 @@ uses an old version any more, that version can be removed from ``INNERA_MEK``.
   waited for, not skipped; a row re-wrapped meanwhile by a stale worker drops out of the
   batch). A restarted job simply starts again: rows already re-wrapped are no longer old. A
   DEK that does not unwrap is counted and left exactly as it is.
-- :func:`dek_counts`, :func:`latest_rotation`: what ``innera keys status`` shows.
+- :func:`dek_counts`, :func:`dek_counts_by_provider`, :func:`latest_rotation`: what
+  ``innera keys status`` shows.
+
+Versions are one numbering across providers: the target may be a local key (``INNERA_MEK``)
+or an AWS KMS key (``INNERA_MEK_KMS_KEY_ID``), whatever wrapped the old keys, so a rotation
+moves data keys from a local key to KMS and back. Each re-wrapped row gets the target's
+version and provider (``user_keys.mek_provider``).
 
 Unwrapping and wrapping one DEK with the local provider costs ~4 µs (measured: 500 re-wraps
-≈ 2 ms), so it runs on the event loop, with a checkpoint every :data:`CHECKPOINT_EVERY` rows.
+≈ 2 ms, on the event loop); with AWS KMS it is two round trips (Decrypt, Encrypt) in worker
+threads. The rows of a batch are re-wrapped concurrently, at most :data:`REWRAP_CONCURRENCY`
+at a time (under the KMS provider's own thread limit, so that a rotation leaves room for
+the unwraps of live requests). A KMS that cannot be used fails the batch (nothing of it is
+written) and the attempt; the queue retries it.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import trio
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
-from innera.crypto.data_keys import dek_context
+from innera.crypto.data_keys import dek_context, unwrap_stored
 from innera.crypto.keyring import KeyProvider, UnwrapError
 from innera.db.pool import Pool
 from innera.jobs import tables
@@ -52,7 +62,8 @@ MAX_BATCH_SIZE = 10_000
 #: bound on one batch transaction (select, re-wrap, update) and on each count query
 BATCH_TIMEOUT_S = 60.0
 QUERY_TIMEOUT_S = 30.0
-CHECKPOINT_EVERY = 100
+#: rows of a batch re-wrapped at once (each: an unwrap and a wrap, KMS calls with AWS KMS)
+REWRAP_CONCURRENCY = 8
 #: passes over the table at most (a later pass only finds DEKs written behind the cursor)
 MAX_PASSES = 3
 #: user ids named in a failure message at most
@@ -61,13 +72,13 @@ NAMED_FAILURES = 10
 _NIL = uuid.UUID(int=0)
 
 _SELECT_BATCH = """
-SELECT user_id, mek_version, wrapped_dek FROM user_keys
+SELECT user_id, mek_version, mek_provider, wrapped_dek FROM user_keys
 WHERE mek_version < %s AND user_id > %s
 ORDER BY user_id LIMIT %s
 FOR UPDATE
 """
 _UPDATE_BATCH = """
-UPDATE user_keys AS k SET mek_version = %s, wrapped_dek = v.wrapped_dek
+UPDATE user_keys AS k SET mek_version = %s, mek_provider = %s, wrapped_dek = v.wrapped_dek
 FROM unnest(%s::uuid[], %s::integer[], %s::bytea[]) AS v(user_id, old_version, wrapped_dek)
 WHERE k.user_id = v.user_id AND k.mek_version = v.old_version
 """
@@ -90,9 +101,10 @@ def check_target(versions: frozenset[int], to_version: int) -> None:
     stand beside at least one older version."""
     if to_version not in versions:
         raise InvalidRotation(
-            f"master key version {to_version} is not configured in INNERA_MEK (configured: "
-            f"{_list(versions)}); configure it beside the current key, as "
-            f"INNERA_MEK={to_version}:NEW_KEY,{max(versions)}:CURRENT_KEY")
+            f"master key version {to_version} is not configured in INNERA_MEK or "
+            f"INNERA_MEK_KMS_KEY_ID (configured: {_list(versions)}); configure it beside the "
+            f"current key, as INNERA_MEK={to_version}:NEW_KEY (a local key) or "
+            f"INNERA_MEK_KMS_KEY_ID={to_version}:KEY_ARN (an AWS KMS key)")
     newest = max(versions)
     if to_version != newest:
         raise InvalidRotation(
@@ -102,9 +114,10 @@ def check_target(versions: frozenset[int], to_version: int) -> None:
         example = (f"INNERA_MEK={to_version}:NEW_KEY,{to_version - 1}:OLD_KEY" if to_version > 1
                    else "INNERA_MEK=2:NEW_KEY,1:OLD_KEY, then rotate to 2")
         raise InvalidRotation(
-            f"INNERA_MEK configures only version {to_version}: configure the new key beside "
-            f"the old one(s) ({example}), or the data keys wrapped by an old version cannot "
-            f"be unwrapped")
+            f"only master key version {to_version} is configured: configure the new key "
+            f"beside the old one(s) ({example}, or the old key in INNERA_MEK and the new one "
+            f"in INNERA_MEK_KMS_KEY_ID, or the reverse), or the data keys wrapped by an old "
+            f"version cannot be unwrapped")
 
 
 def plan_rotation(versions: frozenset[int], to_version: int, counts: dict[int, int]) -> int:
@@ -123,8 +136,8 @@ def check_old_versions(versions: frozenset[int], to_version: int,
     if missing:
         raise InvalidRotation(
             f"{sum(missing.values())} data key(s) are wrapped by master key version(s) "
-            f"{_list(missing)}, which INNERA_MEK does not configure: configure them beside "
-            f"version {to_version} to re-wrap these keys")
+            f"{_list(missing)}, which neither INNERA_MEK nor INNERA_MEK_KMS_KEY_ID configures: "
+            f"configure them beside version {to_version} to re-wrap these keys")
 
 
 async def dek_counts(db: Pool) -> dict[int, int]:
@@ -134,6 +147,15 @@ async def dek_counts(db: Pool) -> dict[int, int]:
             cur = await conn.execute(
                 "SELECT mek_version, count(*) FROM user_keys GROUP BY 1 ORDER BY 1")
             return {int(v): int(n) for v, n in await cur.fetchall()}
+
+
+async def dek_counts_by_provider(db: Pool) -> dict[tuple[int, str], int]:
+    """How many data keys each MEK version and provider wraps (``innera keys status``)."""
+    with trio.fail_after(QUERY_TIMEOUT_S):
+        async with db.connection() as conn:
+            cur = await conn.execute("SELECT mek_version, mek_provider, count(*) FROM user_keys "
+                                     "GROUP BY 1, 2 ORDER BY 1, 2")
+            return {(int(v), str(p)): int(n) for v, p, n in await cur.fetchall()}
 
 
 async def latest_rotation(db: Pool) -> dict[str, Any] | None:
@@ -203,35 +225,62 @@ class Batch:
 async def rewrap_batch(db: Pool, provider: KeyProvider, to_version: int, *,
                        after: uuid.UUID = _NIL, limit: int = BATCH_SIZE) -> Batch:
     """Re-wrap the next ``limit`` DEKs older than ``to_version`` with a user id above
-    ``after``, in one transaction. DEKs that do not unwrap are listed and not changed."""
+    ``after``, in one transaction. DEKs that do not unwrap are listed and not changed; a key
+    service that cannot be used (:class:`~innera.crypto.errors.KeyServiceUnavailable`)
+    stops the batch, which then changes nothing."""
     batch = Batch()
-    user_ids: list[uuid.UUID] = []
-    old_versions: list[int] = []
-    rewrapped: list[bytes] = []
+    to_provider = provider.provider_name(to_version)
     with trio.fail_after(BATCH_TIMEOUT_S):
         async with db.connection() as conn, conn.transaction():
             cur = await conn.execute(_SELECT_BATCH, (to_version, after, limit))
             rows = await cur.fetchall()
-            for i, (user_id, version, wrapped) in enumerate(rows):
-                if i % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
-                    await trio.lowlevel.checkpoint()
-                context = dek_context(str(user_id))
-                try:
-                    dek = await provider.unwrap(version, bytes(wrapped), context)
-                except UnwrapError:
+            done = await _rewrap_rows(provider, to_version, rows)
+            for (user_id, *_), result in zip(rows, done, strict=True):
+                if result is None:
                     batch.failed.append(str(user_id))
-                    continue
-                _, sealed = await provider.wrap(dek, context, version=to_version)
-                user_ids.append(user_id)
-                old_versions.append(version)
-                rewrapped.append(sealed)
-            if user_ids:
+            kept = [(row[0], row[1], sealed)
+                    for row, sealed in zip(rows, done, strict=True) if sealed is not None]
+            if kept:
+                user_ids, old_versions, rewrapped = map(list, zip(*kept, strict=True))
                 cur = await conn.execute(
-                    _UPDATE_BATCH, (to_version, user_ids, old_versions, rewrapped))
+                    _UPDATE_BATCH,
+                    (to_version, to_provider, user_ids, old_versions, rewrapped))
                 batch.rewrapped = cur.rowcount
     batch.seen = len(rows)
     batch.last = rows[-1][0] if rows else None
     return batch
+
+
+async def _rewrap_rows(provider: KeyProvider, to_version: int, rows: list[Any]
+                       ) -> list[bytes | None]:
+    """Each row's DEK wrapped by ``to_version`` (None: it did not unwrap), in row order;
+    :data:`REWRAP_CONCURRENCY` rows at a time. The first other failure cancels the rest and
+    is raised as itself (not in an exception group: the job records its message)."""
+    done: list[bytes | None] = [None] * len(rows)
+    limiter = trio.CapacityLimiter(REWRAP_CONCURRENCY)
+    failure: list[Exception] = []
+
+    async def one(i: int, user_id: uuid.UUID, version: int, stored_provider: str,
+                  wrapped: bytes, cancel: trio.CancelScope) -> None:
+        try:
+            async with limiter:
+                try:
+                    dek = await unwrap_stored(provider, version, stored_provider,
+                                              bytes(wrapped), str(user_id))
+                except UnwrapError:
+                    return
+                _, done[i] = await provider.wrap(dek, dek_context(str(user_id)),
+                                                 version=to_version)
+        except Exception as exc:
+            failure.append(exc)
+            cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for i, row in enumerate(rows):
+            nursery.start_soon(one, i, *row, nursery.cancel_scope)
+    if failure:
+        raise failure[0]
+    return done
 
 
 @dataclass

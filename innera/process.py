@@ -56,7 +56,14 @@ from innera.auth.refresh_tokens import PostgresRefreshTokenStore, open_refresh_s
 from innera.config import DatabaseSettings, Settings, StorageSettings
 from innera.crypto.data_keys import DataKeys
 from innera.crypto.entry_cipher import EntryCipher
-from innera.crypto.keyring import LocalKeyProvider, load_keyring_async
+from innera.crypto.keyring import (
+    KeyProvider,
+    KeyProviders,
+    LocalKeyProvider,
+    keyring_source,
+    load_keyring_async,
+)
+from innera.crypto.kms import open_kms_provider
 from innera.db.connect_options import connect_options
 from innera.db.health import max_connections
 from innera.db.migrate import migrate
@@ -167,9 +174,9 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     pool = await open_database(stack, settings, migrations=settings.server.migrate_on_start,
                                metrics=metrics)
     redis = await open_redis(stack, settings, metrics)
-    keyring = await load_keyring_async(settings.crypto.mek, settings.crypto.mek_file,
-                                       settings.server.data_dir, settings.production)
-    data_keys = DataKeys(pool, LocalKeyProvider(keyring), metrics)
+    data_keys = DataKeys(pool, await open_key_provider(settings, metrics), metrics,
+                         cache_size=settings.crypto.dek_cache_size,
+                         cache_ttl_s=settings.crypto.dek_cache_ttl_s)
     entry_cipher = EntryCipher(data_keys)
     refresh_tokens = open_refresh_store(settings.auth, pool, redis)
     if isinstance(refresh_tokens, PostgresRefreshTokenStore):
@@ -196,6 +203,24 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         active_users=ActiveUsers(pool),
         entry_reads=EntryReads(pool, entry_cipher),
     )
+
+
+async def open_key_provider(settings: Settings, metrics: Metrics) -> KeyProvider:
+    """The master keys, by version: AWS KMS keys (INNERA_MEK_KMS_KEY_ID) and local keys
+    (INNERA_MEK or INNERA_MEK_FILE; outside production, a generated key under the data dir,
+    which is never generated when KMS holds the master key). :class:`KeyringError` when
+    they are unusable (a version given twice, no region for a KMS key, …)."""
+    crypto = settings.crypto
+    kms_keys = dict(crypto.mek_kms_key_ids)
+    keyring = await load_keyring_async(crypto.mek, crypto.mek_file, settings.server.data_dir,
+                                       settings.production, beside_kms=bool(kms_keys))
+    providers: list[KeyProvider] = []
+    if keyring is not None:
+        providers.append(LocalKeyProvider(
+            keyring, keyring_source(crypto.mek, crypto.mek_file, settings.server.data_dir)))
+    if kms_keys:
+        providers.append(await open_kms_provider(kms_keys, metrics))
+    return KeyProviders(providers)
 
 
 @contextmanager

@@ -6,6 +6,7 @@
 - ``tests/fixtures/tls_postgres.py``: a PostgreSQL of their own speaking TLS only, with a
   certificate from a private CA; ``tests/fixtures/pgbouncer.py``: PgBouncer in transaction
   mode in front of the shared PostgreSQL;
+- ``tests/fixtures/s3.py``, ``tests/fixtures/kms.py``: moto's server for S3 and AWS KMS;
 - ``tests/fixtures/repository.py``: nothing outside the repository is read.
 """
 
@@ -15,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.server",
     "tests.fixtures.proxy",
     "tests.fixtures.s3",
+    "tests.fixtures.kms",
     "tests.fixtures.push_provider",
     "tests.fixtures.tls_postgres",
     "tests.fixtures.pgbouncer",

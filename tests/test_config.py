@@ -161,3 +161,61 @@ def test_every_variable_the_code_reads_is_declared() -> None:
         for m in re.finditer(r"(?:os\.environ(?:\.get)?\[?\(?|getenv\()\s*[\"']([A-Z_]+)", text):
             offenders.append(f"{path.relative_to(ROOT)}: {m.group(1)}")
     assert not offenders, offenders
+
+
+ARN = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_the_master_key_in_aws_kms() -> None:
+    crypto = load_settings({"INNERA_MEK_KMS_KEY_ID": ARN}).crypto
+    assert crypto.mek_kms_key_ids == ((1, ARN),)
+    assert (crypto.dek_cache_size, crypto.dek_cache_ttl_s) == (10_000, 300.0)
+    many = load_settings({"INNERA_MEK_KMS_KEY_ID": f"2:{ARN}, 3:alias/innera-mek,1:{KEY_ID}"})
+    assert many.crypto.mek_kms_key_ids == ((3, "alias/innera-mek"), (2, ARN), (1, KEY_ID))
+    assert many.masked()["INNERA_MEK_KMS_KEY_ID"] == f"3:alias/innera-mek,2:{ARN},1:{KEY_ID}"
+    # a rotation between a local key and KMS: one numbering, each version once
+    beside = load_settings({"INNERA_MEK": PROD["INNERA_MEK"], "INNERA_MEK_KMS_KEY_ID": f"2:{ARN}"})
+    assert beside.crypto.mek_kms_key_ids == ((2, ARN),)
+    # production needs no local key when KMS holds it
+    prod = {k: v for k, v in PROD.items() if k != "INNERA_MEK"}
+    assert load_settings({**prod, "INNERA_MEK_KMS_KEY_ID": ARN}).crypto.mek is None
+    caches = load_settings({"INNERA_DEK_CACHE_SIZE": "0", "INNERA_DEK_CACHE_TTL_S": "2.5"})
+    assert (caches.crypto.dek_cache_size, caches.crypto.dek_cache_ttl_s) == (0, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"INNERA_MEK_KMS_KEY_ID": "my key"},
+         "INNERA_MEK_KMS_KEY_ID is invalid: 'my key' is not a KMS key id, key ARN, alias name"),
+        ({"INNERA_MEK_KMS_KEY_ID": "arn:aws:s3:::bucket"},
+         "INNERA_MEK_KMS_KEY_ID is invalid: 'arn:aws:s3:::bucket' is not a KMS key id"),
+        ({"INNERA_MEK_KMS_KEY_ID": f"0:{ARN}"},
+         "INNERA_MEK_KMS_KEY_ID is invalid: key version '0' is not a positive integer"),
+        ({"INNERA_MEK_KMS_KEY_ID": f"2:{ARN},2:alias/x"},
+         "INNERA_MEK_KMS_KEY_ID is invalid: key version 2 is given twice"),
+        ({"INNERA_MEK_KMS_KEY_ID": f"2:{ARN},1:{ARN}"},
+         f"INNERA_MEK_KMS_KEY_ID is invalid: {ARN} is given for two versions"),
+        ({"INNERA_MEK_KMS_KEY_ID": ","}, "INNERA_MEK_KMS_KEY_ID is invalid: no KMS key given"),
+        ({"INNERA_MEK": PROD["INNERA_MEK"], "INNERA_MEK_KMS_KEY_ID": ARN},
+         "INNERA_MEK and INNERA_MEK_KMS_KEY_ID both configure master key version(s) 1: each "
+         "key needs a version of its own (e.g. INNERA_MEK_KMS_KEY_ID=2:KEY_ARN"),
+        ({"INNERA_DEK_CACHE_SIZE": "-1"}, "INNERA_DEK_CACHE_SIZE=-1 must be at least 0"),
+        ({"INNERA_DEK_CACHE_SIZE": "lots"}, "INNERA_DEK_CACHE_SIZE='lots' is not an integer"),
+        ({"INNERA_DEK_CACHE_TTL_S": "0"}, "INNERA_DEK_CACHE_TTL_S='0' must be a number above 0"),
+    ],
+)
+def test_invalid_kms_and_cache_settings_name_the_variable(environ: dict[str, str],
+                                                          fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ)
+    assert fragment in str(info.value)
+
+
+def test_production_without_any_master_key_names_all_three_variables() -> None:
+    prod = {k: v for k, v in PROD.items() if k != "INNERA_MEK"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(prod)
+    assert ("INNERA_MEK (or INNERA_MEK_FILE or INNERA_MEK_KMS_KEY_ID) is required when "
+            "INNERA_ENV=production") in str(info.value)

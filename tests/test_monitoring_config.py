@@ -62,6 +62,7 @@ INNERA_METRICS = frozenset(
         "innera_push_notifications_sent_total",
         "innera_push_notifications_failed_total",
         "innera_crypto_errors_total",
+        "innera_key_service_errors_total",
         "innera_account_deletion_jobs_failed_total",
         "innera_key_rotation_progress",
         "innera_jobs_processed_total",

@@ -65,6 +65,7 @@ USER_TEXT: list[tuple[Any, str, str, list[str]]] = [
 NOT_USER_TEXT = {
     ("innera.db.migrate", "_FILE_RE"): "migration file names shipped with innera",
     ("innera.jobs.kinds", "_TABLE"): "job table names declared in innera's own JobKinds",
+    ("innera.crypto.kms", "_KEY_ID"): "INNERA_MEK_KMS_KEY_ID, from the operator's environment",
 }
 
 #: the parsing steps that replaced a regex on user text: name → (function, inputs)

@@ -1,8 +1,9 @@
 """The ``key-rotation`` queue: re-wraps the data keys of ``key_rotation_jobs`` rows with the
 job's target master key version (the work itself is :func:`innera.key_rotation.rewrap_all`).
 
-The job fails at once when this process' ``INNERA_MEK`` lacks the target version or an old
-version still wrapping data keys (nothing is changed then), and at its end when some data
+The job fails at once when this process' master keys (``INNERA_MEK``,
+``INNERA_MEK_KMS_KEY_ID``) lack the target version or an old version still wrapping data keys
+(nothing is changed then), and at its end when some data
 keys did not unwrap (those rows are left as they are; the message gives their count and user
 ids). These failures are :class:`~innera.queue.jobs.UserFacingJobError`: the job's row keeps
 their message, written by innera for the operator, who reads it in ``innera keys status``
@@ -42,8 +43,8 @@ async def rotate_keys(svc: Services, run: JobRun[Services]) -> None:
     if to_version not in provider.versions:
         raise UserFacingJobError(
             f"master key version {to_version} is not configured in this process' INNERA_MEK "
-            f"(configured: {', '.join(map(str, sorted(provider.versions)))}); nothing was "
-            f"re-wrapped")
+            f"or INNERA_MEK_KMS_KEY_ID (configured: "
+            f"{', '.join(map(str, sorted(provider.versions)))}); nothing was re-wrapped")
     try:
         rotation.check_old_versions(provider.versions, to_version,
                                     await rotation.dek_counts(svc.db))
@@ -68,8 +69,8 @@ async def rotate_keys(svc: Services, run: JobRun[Services]) -> None:
     if state.left_behind:
         raise RotationIncomplete(
             f"{state.left_behind} data key(s) are still wrapped by a master key version older "
-            f"than {to_version} (written during the rotation by an instance whose INNERA_MEK "
-            f"lacks version {to_version}?); the job is retried")
+            f"than {to_version} (written during the rotation by an instance whose master keys "
+            f"lack version {to_version}?); the job is retried")
     gauge.set(1.0)
 
 

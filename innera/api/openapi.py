@@ -27,7 +27,8 @@ _ERROR_TEXT = {
     429: "Rate limited (rate_limited; too_many_attempts: the account backs off after failed "
          "sign-ins; see Retry-After)",
     503: "A dependency is unavailable (database_unavailable, redis_unavailable, "
-         "idempotency_unavailable) or the instance is busy (busy: too many password checks "
+         "idempotency_unavailable, key_service_unavailable: the key service that unwraps "
+         "the account's data key, AWS KMS) or the instance is busy (busy: too many password checks "
          "queued; see Retry-After)",
 }
 _RATE_HEADERS = {

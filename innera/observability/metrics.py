@@ -104,6 +104,11 @@ class Metrics:
         self.crypto_errors = Counter(
             "innera_crypto_errors_total", "Encryption/decryption errors", ["operation"],
             registry=r)
+        self.key_service_errors = Counter(
+            "innera_key_service_errors_total",
+            "AWS KMS calls failed for want of the service (unreachable, throttled, key "
+            "disabled, access denied …): 503 key_service_unavailable", ["operation", "code"],
+            registry=r)
         self.account_deletion_failed = Counter(
             "innera_account_deletion_jobs_failed_total", "Account deletion jobs failed",
             registry=r)

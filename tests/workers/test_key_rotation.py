@@ -227,14 +227,14 @@ async def test_rotate_refuses_versions_it_cannot_use_with_exit_2(
     await stop(srv)
 
     cases = {
-        "unknown": (BOTH, "3", "master key version 3 is not configured in INNERA_MEK "
-                               "(configured: 2, 1)"),
+        "unknown": (BOTH, "3", "master key version 3 is not configured in INNERA_MEK or "
+                               "INNERA_MEK_KMS_KEY_ID (configured: 2, 1)"),
         "older": (BOTH, "1", "master key version 1 is not the newest configured version (2)"),
-        "alone": (V2_ONLY, "2", "INNERA_MEK configures only version 2: configure the new key "
-                                "beside the old one(s)"),
+        "alone": (V2_ONLY, "2", "only master key version 2 is configured: configure the new "
+                                "key beside the old one(s)"),
         "missing old": (f"3:{K3},2:{K2}", "3", "1 data key(s) are wrapped by master key "
-                                               "version(s) 1, which INNERA_MEK does not "
-                                               "configure"),
+                                               "version(s) 1, which neither INNERA_MEK nor "
+                                               "INNERA_MEK_KMS_KEY_ID configures"),
     }
     results: dict[str, subprocess.CompletedProcess[str]] = {}
 
@@ -298,7 +298,8 @@ async def test_a_worker_without_the_target_key_fails_the_job_and_changes_nothing
     row = await wait_for_job(db_pool, found.group(0), "failed")
     assert row["attempts"] == 1  # permanent: not retried
     assert row["error"].startswith("master key version 3 is not configured in this process' "
-                                   "INNERA_MEK (configured: 1, 2); nothing was re-wrapped")
+                                   "INNERA_MEK or INNERA_MEK_KMS_KEY_ID (configured: 1, 2); "
+                                   "nothing was re-wrapped")
     assert await key_rows(db_pool) == before
     await stop(srv)
 
