@@ -52,12 +52,30 @@ def test_node_env_is_the_fallback_for_innera_env() -> None:
         ({"SHUTDOWN_TIMEOUT_S": "-1"}, "SHUTDOWN_TIMEOUT_S='-1' must be a number above 0"),
         ({"REDIS_SENTINELS": "a:1"}, "REDIS_SENTINEL_MASTER is required"),
         ({"REDIS_SENTINELS": "nope", "REDIS_SENTINEL_MASTER": "m"}, "'nope' is not host:port"),
+        ({"METRICS_PORT": "prometheus"}, "METRICS_PORT='prometheus' is not an integer"),
+        ({"METRICS_PORT": "65536"}, "METRICS_PORT=65536 must be at least 0 and at most 65535"),
+        ({"METRICS_PORT": "-1"}, "METRICS_PORT=-1 must be at least 0"),
+        ({"ACTIVE_USERS_INTERVAL_S": "0"}, "ACTIVE_USERS_INTERVAL_S='0' must be a number above 0"),
+        ({"ACTIVE_USERS_INTERVAL_S": "often"},
+         "ACTIVE_USERS_INTERVAL_S='often' is not a number"),
     ],
 )
 def test_an_invalid_value_names_the_variable(environ: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ)
     assert fragment in str(info.value)
+
+
+def test_metrics_port_and_active_users_interval() -> None:
+    """METRICS_PORT unset: no metrics port for serve (the worker picks 9091 itself)."""
+    s = load_settings({})
+    assert s.observability.metrics_port is None
+    assert s.observability.active_users_interval_s == 10.0
+    assert s.masked()["METRICS_PORT"] == "(unset)"
+    s = load_settings({"METRICS_PORT": "9100", "ACTIVE_USERS_INTERVAL_S": "0.5"})
+    assert (s.observability.metrics_port, s.observability.active_users_interval_s) == (9100, 0.5)
+    assert s.masked()["METRICS_PORT"] == "9100"
+    assert load_settings({"METRICS_PORT": "0"}).observability.metrics_port == 0
 
 
 def test_every_problem_is_reported_at_once() -> None:
