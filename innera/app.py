@@ -10,6 +10,9 @@ and the WebSocket endpoint, are :mod:`innera.api.pipeline`'s):
    ``internal_error`` that reveals nothing (and goes to Sentry);
 4. the security headers (and CORS), one completion log line and the route metrics
    (``/metrics`` scrapes themselves are not counted; its 401s are).
+
+``/metrics`` is served here unless ``METRICS_PORT`` is set; then only on that port, whose
+app is :class:`MetricsPortRouter`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from innera.observability.logging import access_log, loggable_url
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from innera.services import Services
 
-__all__ = ["Router", "create_app", "create_asgi", "json_response", "services"]
+__all__ = ["MetricsPortRouter", "Router", "create_app", "create_asgi", "json_response",
+           "services"]
 
 log = logging.getLogger("innera.app")
 
@@ -128,11 +132,13 @@ class Router:
         self.svc = svc
         self.app = app
         self.pipeline = pipeline
+        #: ``/metrics`` is served here, not on METRICS_PORT
+        self.metrics = svc.settings.observability.metrics_port is None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == ws.PATH:
             await ws.serve(self.svc, self.pipeline, scope, receive, send)
-        elif plain.handles(scope):
+        elif plain.handles(scope, metrics=self.metrics):
             await plain.serve(self.svc, self.pipeline, scope, send)
         else:
             await self.app(scope, receive, send)
@@ -143,6 +149,22 @@ def create_asgi(svc: Services) -> Router:
     one :class:`~innera.api.pipeline.Pipeline`."""
     pipeline = Pipeline(svc.settings, svc.metrics)
     return Router(svc, create_app(svc, pipeline), pipeline)
+
+
+class MetricsPortRouter:
+    """The ASGI application of the metrics port (:mod:`innera.http.metrics_port`):
+    ``/metrics`` and ``/health`` only (:func:`innera.api.plain.serve_metrics_port`), no
+    framework; a WebSocket handshake is refused (403)."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.pipeline = Pipeline(svc.settings, svc.metrics)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await plain.serve_metrics_port(self.svc, self.pipeline, scope, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
 
 
 def create_app(svc: Services, pipeline: Pipeline | None = None) -> QuartTrio:
@@ -198,12 +220,14 @@ def create_app(svc: Services, pipeline: Pipeline | None = None) -> QuartTrio:
                response.status_code, getattr(ctx, "started", None) or time.perf_counter())
         return response
 
-    @app.get("/metrics")
     async def metrics() -> Response:
         if not plain.metrics_authorized(svc.settings.observability.metrics_token,
                                         request.headers.get("authorization")):
             raise Unauthorized(plain.METRICS_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
         return Response(svc.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    if svc.settings.observability.metrics_port is None:  # else on METRICS_PORT only
+        app.get(plain.METRICS_PATH)(metrics)
 
     @app.errorhandler(AppError)
     async def app_error(error: AppError) -> Response:

@@ -34,6 +34,9 @@ HTTP_SERVERS = ("fast", "hypercorn")
 PUSH_PROVIDERS = ("none", "expo", "fcm", "webhook")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "critical")
 REFRESH_TOKEN_STORES = ("redis", "postgres")
+#: the metrics port of ``innera worker`` when METRICS_PORT is unset (Prometheus' exporter
+#: convention: 9090 is Prometheus itself)
+WORKER_METRICS_PORT = 9091
 
 
 class ConfigError(Exception):
@@ -181,12 +184,16 @@ class PushSettings(_Section):
 
 @dataclass(frozen=True, repr=False)
 class ObservabilitySettings(_Section):
-    """Logs, Sentry and the /metrics token."""
+    """Logs, Sentry, the /metrics token and port, and how often the active users are
+    counted. ``metrics_port`` ``None``: ``innera serve`` serves /metrics on its public port
+    and ``innera worker`` on :data:`WORKER_METRICS_PORT`."""
 
     log_level: str
     sentry_dsn: str | None
     sentry_traces_sample_rate: float
     metrics_token: str | None
+    metrics_port: int | None
+    active_users_interval_s: float
 
 
 @dataclass(frozen=True, repr=False)
@@ -460,6 +467,14 @@ class KmsKeyIds(Parser):
 
     def show(self, value: Any) -> str | None:
         return ",".join(f"{version}:{key}" for version, key in value) or None
+
+class Port(Parser):
+    """A TCP port, 0 to 65535 (0 picks a free one); unset: ``None``."""
+
+    def parse(self, name: str, read: _Reader) -> int | None:
+        if read.raw(name) is None:
+            return None
+        return Integer(0, 65535).parse(name, read)
 
 
 class Rate(Parser):
@@ -751,6 +766,14 @@ VARIABLES: tuple[Variable, ...] = (
        Share(), "share of transactions traced by Sentry (0..1)"),
     _V("METRICS_TOKEN", None, "observability", "metrics_token", Text(),
        "when set, GET /metrics needs `Authorization: Bearer <token>` (401 otherwise)", True),
+    _V("METRICS_PORT", None, "observability", "metrics_port", Port(),
+       "port (on HOST) of a second listener answering only GET /metrics and /health: "
+       "`innera worker` always opens it (unset: 9091); set for `innera serve`, /metrics "
+       "moves there and PORT answers it 404"),
+    _V("ACTIVE_USERS_INTERVAL_S", "10", "observability", "active_users_interval_s",
+       Number(above=0),
+       "how often `innera serve` adds the users it authenticated to Redis and recounts "
+       "`innera_active_users` (visible within this interval)"),
     # jobs
     _V("IMPORT_MAX_BYTES", "52428800", "jobs", "import_max_bytes", Integer(1),
        "largest import upload (50 MiB); also the most JSON an import's archive may "

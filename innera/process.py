@@ -12,8 +12,10 @@
             2. PostgreSQL pool                  (+ migrations, on DATABASE_MIGRATION_URL when
                                                 set; max_connections sizing check)
             3. Redis client; then the auth and guard services built on both (a supervised
-               cleaner task when refresh tokens live in PostgreSQL)
-            4. pub/sub listener, WebSocket hub  (realtime issue)
+               cleaner task when refresh tokens live in PostgreSQL); then, only when
+               METRICS_PORT is set, the metrics port (/metrics, /health; metrics_port.py)
+            4. pub/sub listener, WebSocket hub, (realtime issue; innera/auth/: the users
+               active-user counter              authenticated, written to Redis in batches)
             5. job reconciler, upload sweeper,  (innera/jobs; unless INNERA_WORKERS=0)
                export sweeper, job workers      (workers/)
             6. HTTP server                      (innera/http: fast, or Hypercorn)
@@ -21,11 +23,18 @@
 Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
   readiness turns 503 and the listeners close at once → WebSockets are closed with 4000
   "Server restarting" → in-flight requests finish (requests on open keep-alive connections are
-  still answered, with ``Connection: close``) → job workers finish their current job → Redis
-  and the DB pool close → embedded servers stop → exit 0.
+  still answered, with ``Connection: close``) → job workers finish their current job → the
+  active-user counter writes what it holds → the metrics port closes → Redis and the DB pool
+  close → embedded servers stop → exit 0.
 
-``innera worker`` (:func:`run_worker_process`) is the same without steps 4 and 6: the
-services, the reconciler and the job workers until a signal, with the same shutdown rules.
+``innera worker`` (:func:`run_worker_process`) is the same without steps 4 and 6, and with
+the metrics port always (METRICS_PORT, else 9091: the worker's only listener): the
+services, the metrics port, the reconciler and the job workers until a signal, with the same
+shutdown rules.
+
+The metrics port starts before the workers and stops after them, just before Redis and the
+pool close: the job outcomes of the drain can still be scraped while it lasts. It is not
+drained itself (a scrape in flight when it stops is cut).
 
 A failed start of any service is fatal: the exception propagates, the services already
 started are stopped in reverse order, and the CLI exits non-zero with the reason.
@@ -39,7 +48,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,10 +59,11 @@ from innera import __version__
 from innera.accounts import ActiveUsers
 from innera.attachments.upload_sweeper import run_upload_sweeper
 from innera.auth.access_tokens import AccessTokens, load_jwt_secret_async
+from innera.auth.active_user_counter import ActiveUserCounter
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
 from innera.auth.refresh_tokens import PostgresRefreshTokenStore, open_refresh_store
-from innera.config import DatabaseSettings, Settings, StorageSettings
+from innera.config import WORKER_METRICS_PORT, DatabaseSettings, Settings, StorageSettings
 from innera.crypto.data_keys import DataKeys
 from innera.crypto.entry_cipher import EntryCipher
 from innera.crypto.keyring import (
@@ -95,10 +105,12 @@ EXIT_FAILED = 1
 
 @dataclass
 class Started:
-    """What a running process exposes (the HTTP addresses, for tests and logs)."""
+    """What a running process exposes (the HTTP addresses, for tests and logs; those of the
+    metrics port when METRICS_PORT is set)."""
 
     services: Services
     addresses: list[tuple[str, int]]
+    metrics_addresses: list[tuple[str, int]] = field(default_factory=list)
 
 
 @asynccontextmanager
@@ -201,6 +213,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         data_keys=data_keys,
         entry_cipher=entry_cipher,
         active_users=ActiveUsers(pool),
+        active_user_counter=ActiveUserCounter(redis),
         entry_reads=EntryReads(pool, entry_cipher),
     )
 
@@ -258,6 +271,19 @@ async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
     log.info("job reconciler started; job workers on: %s", ", ".join(queues) or "no queue yet")
 
 
+async def open_metrics_port(stack: AsyncExitStack, svc: Services, port: int
+                            ) -> list[tuple[str, int]]:
+    """The metrics port on HOST:``port`` (``/metrics`` and ``/health`` only), until the
+    stack closes; returns its addresses."""
+    from innera.app import MetricsPortRouter
+    from innera.http.metrics_port import serve_metrics_port
+
+    addresses: list[tuple[str, int]] = await stack.enter_async_context(supervised(
+        serve_metrics_port, MetricsPortRouter(svc), svc.settings.server.host, port))
+    log.info("metrics listening on %s", ", ".join(f"http://{h}:{p}" for h, p in addresses))
+    return addresses
+
+
 @asynccontextmanager
 async def signal_handling(lifecycle: Lifecycle, shutdown_timeout_s: float
                           ) -> AsyncIterator[None]:
@@ -296,8 +322,16 @@ async def run_process(
 
     async with process_services(settings) as (stack, svc):
         lifecycle = svc.lifecycle
-        # 4. the pub/sub listener feeding the WebSocket hub (stopped after the HTTP drain)
+        metrics_port = settings.observability.metrics_port
+        # 3. then /metrics off the public port (stopped after the workers' drain)
+        metrics_addresses = ([] if metrics_port is None
+                             else await open_metrics_port(stack, svc, metrics_port))
+        # 4. the pub/sub listener feeding the WebSocket hub, and the active-user counter
+        # (both stopped after the HTTP drain)
         await stack.enter_async_context(supervised(run_listener, svc.redis, svc.hub))
+        svc.metrics.watch_active_users(svc.active_user_counter.counts)
+        await stack.enter_async_context(supervised(
+            svc.active_user_counter.run, settings.observability.active_users_interval_s))
         # 5. the job reconciler and workers (stopped after the HTTP drain)
         if settings.server.workers:
             await open_jobs(stack, svc)
@@ -310,7 +344,7 @@ async def run_process(
                 log.info("innera listening on %s",
                          ", ".join(f"http://{h}:{p}" for h, p in addresses))
                 if on_started is not None:
-                    on_started(Started(svc, addresses))
+                    on_started(Started(svc, addresses, metrics_addresses))
                 await lifecycle.shutdown_requested.wait()
                 log.info("shutting down: readiness 503, listeners closed, draining requests")
                 lifecycle.draining.set()
@@ -325,9 +359,12 @@ async def run_worker_process(
     *,
     on_started: Callable[[Services], None] | None = None,
 ) -> int:
-    """``innera worker``: the services (no HTTP, no pub/sub listener), the reconciler and
-    the job workers, until a signal. Returns the exit code."""
+    """``innera worker``: the services (no public HTTP, no pub/sub listener), the metrics
+    port (METRICS_PORT, else 9091), the reconciler and the job workers, until a signal.
+    Returns the exit code."""
     async with process_services(settings) as (stack, svc):
+        port = settings.observability.metrics_port
+        await open_metrics_port(stack, svc, WORKER_METRICS_PORT if port is None else port)
         await open_jobs(stack, svc)
         log.info("innera worker running")
         if on_started is not None:

@@ -12,6 +12,7 @@ import trio
 
 from innera.accounts import ActiveUsers
 from innera.auth.access_tokens import AccessTokens
+from innera.auth.active_user_counter import ActiveUserCounter
 from innera.auth.passwords import PasswordHasher
 from innera.auth.reauth import ReauthTokens
 from innera.auth.refresh_tokens import RefreshTokenStore
@@ -61,6 +62,9 @@ class Services:
     entry_cipher: EntryCipher
     cursors: CursorCodec
     active_users: ActiveUsers
+    #: the users authenticated here, batched to Redis for ``innera_active_users`` (run by
+    #: ``innera serve``; not the "still active?" check above)
+    active_user_counter: ActiveUserCounter
     entry_reads: EntryReads
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     #: The users with a search running (one at a time per account: innera/api/search.py).

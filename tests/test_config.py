@@ -67,6 +67,12 @@ def test_node_env_is_the_fallback_for_innera_env() -> None:
          "public CA issued"),
         ({**PROD, "DATABASE_URL": "postgresql://a@db/x?sslmode=verify-ca&sslrootcert=system"},
          "sslmode=verify-ca with ?sslrootcert=system in DATABASE_URL"),
+        ({"METRICS_PORT": "prometheus"}, "METRICS_PORT='prometheus' is not an integer"),
+        ({"METRICS_PORT": "65536"}, "METRICS_PORT=65536 must be at least 0 and at most 65535"),
+        ({"METRICS_PORT": "-1"}, "METRICS_PORT=-1 must be at least 0"),
+        ({"ACTIVE_USERS_INTERVAL_S": "0"}, "ACTIVE_USERS_INTERVAL_S='0' must be a number above 0"),
+        ({"ACTIVE_USERS_INTERVAL_S": "often"},
+         "ACTIVE_USERS_INTERVAL_S='often' is not a number"),
     ],
 )
 def test_an_invalid_value_names_the_variable(environ: dict[str, str], fragment: str) -> None:
@@ -92,6 +98,18 @@ def test_db_ssl_root_cert_names_a_readable_pem_bundle_or_system(tmp_path: Path) 
             load_settings({"DB_SSL_ROOT_CERT": value})
         assert f"DB_SSL_ROOT_CERT={value}" in str(info.value)
         assert fragment in str(info.value)
+
+
+def test_metrics_port_and_active_users_interval() -> None:
+    """METRICS_PORT unset: no metrics port for serve (the worker picks 9091 itself)."""
+    s = load_settings({})
+    assert s.observability.metrics_port is None
+    assert s.observability.active_users_interval_s == 10.0
+    assert s.masked()["METRICS_PORT"] == "(unset)"
+    s = load_settings({"METRICS_PORT": "9100", "ACTIVE_USERS_INTERVAL_S": "0.5"})
+    assert (s.observability.metrics_port, s.observability.active_users_interval_s) == (9100, 0.5)
+    assert s.masked()["METRICS_PORT"] == "9100"
+    assert load_settings({"METRICS_PORT": "0"}).observability.metrics_port == 0
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -68,6 +68,7 @@ INNERA_METRICS = frozenset(
         "innera_jobs_processed_total",
         "innera_job_duration_seconds",
         "innera_jobs_waiting",
+        "innera_active_users",
         # prometheus-client's default process metrics
         "process_resident_memory_bytes",
         "process_virtual_memory_bytes",
@@ -242,6 +243,14 @@ def test_prometheus_scrapes_innera_and_node_exporter() -> None:
     assert innera["metrics_path"] == "/metrics"
     assert innera.get("scrape_interval", config["global"]["scrape_interval"]) == "15s"
     assert [t for sc in innera["static_configs"] for t in sc["targets"]] == ["api:3000"]
+    # `innera worker` processes: their metrics port, under the same job label (the alerts
+    # select job="innera")
+    worker = jobs["innera-worker"]
+    assert worker["metrics_path"] == "/metrics"
+    assert worker.get("scrape_interval", config["global"]["scrape_interval"]) == "15s"
+    assert [sd["port"] for sd in worker["dns_sd_configs"]] == [9091]
+    relabelled = {r["target_label"]: r["replacement"] for r in worker["relabel_configs"]}
+    assert relabelled == {"job": "innera", "process": "worker"}
     assert "node" in jobs
     assert config["rule_files"] == ["alerts.yml"]
     targets = [
@@ -296,6 +305,24 @@ def test_spec_thresholds_are_in_the_rules() -> None:
     assert fors["InneraDBPoolWaiting"] == "1m"
     for immediate in ("InneraCryptoErrors", "InneraAccountDeletionJobsFailed"):
         assert fors[immediate] is None, f"{immediate} must alert immediately"
+
+
+def test_the_dashboards_push_failure_ratio_is_the_alerts() -> None:
+    """Unregistered tokens (apps uninstalled) are left out of both."""
+    (alert,) = [r for r in _alert_rules() if r["alert"] == "InneraPushFailureSpike"]
+    (ratio,) = [e for e in _dashboard_exprs()
+                if "innera_push_notifications_failed_total" in e and "clamp_min" in e]
+    for expr in (alert["expr"], ratio):
+        failed = re.findall(r"innera_push_notifications_failed_total\{([^}]*)\}", expr)
+        assert len(failed) == 2 and all('reason!="unregistered"' in f for f in failed), expr
+
+
+def test_key_rotation_progress_is_recorded_as_the_highest_report() -> None:
+    """Only one instance runs the rotation; the others report 0 (alerts.test.yml has the
+    case with several instances)."""
+    recorded = {r["record"]: r["expr"] for r in _rules() if "record" in r}
+    assert recorded["innera:key_rotation_progress:max"].startswith("max by (job) (")
+    assert "innera:key_rotation_progress:min" not in recorded
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
@@ -389,6 +416,7 @@ def test_dashboard_panels_all_have_promql_targets() -> None:
         "innera_entries_created_total",
         "innera_push_notifications_sent_total",
         "innera_push_notifications_failed_total",
+        "innera_active_users",
     ):
         assert required in used, f"no dashboard panel shows {required}"
 

@@ -24,7 +24,7 @@ CONTRACT = {
     "innera_push_notifications_sent_total", "innera_push_notifications_failed_total",
     "innera_crypto_errors_total", "innera_account_deletion_jobs_failed_total",
     "innera_key_rotation_progress", "innera_jobs_processed_total",
-    "innera_job_duration_seconds", "innera_jobs_waiting",
+    "innera_job_duration_seconds", "innera_jobs_waiting", "innera_active_users",
     "process_resident_memory_bytes", "python_gc_objects_collected_total", "python_info",
 }
 

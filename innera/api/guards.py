@@ -45,7 +45,7 @@ async def require_user() -> None:
         raise Unauthorized("Missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     claims = svc.access_tokens.verify_claims(token)
     try:
-        user = await authenticate(svc.active_users, claims)
+        user = await authenticate(svc.active_users, claims, svc.active_user_counter)
     except Unauthorized as exc:
         raise Unauthorized(exc.message, headers={"WWW-Authenticate": "Bearer"}) from None
     g.user_id = claims.user_id

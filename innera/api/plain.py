@@ -12,6 +12,10 @@ With ``METRICS_TOKEN`` set, ``/metrics`` answers only requests carrying
 ``Authorization: Bearer <METRICS_TOKEN>`` (compared in constant time: both sides are hashed,
 so not even the length leaks); any other gets 401 ``unauthorized`` in the error contract
 (:func:`metrics_authorized`, shared with the framework's ``/metrics`` route).
+
+With ``METRICS_PORT`` set, ``/metrics`` is served on that port only
+(:func:`serve_metrics_port`, the app of :mod:`innera.http.metrics_port`; the token applies
+there too) and the public port answers it 404 like any unknown path.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from innera.services import Services
 
 PATHS = frozenset({"/health", "/metrics"})
+METRICS_PATH = "/metrics"
 #: the 401's message, here and on the framework's ``/metrics`` route
 METRICS_UNAUTHORIZED = "GET /metrics needs the metrics token (Authorization: Bearer)"
 _LIVENESS = json.dumps({"status": "pass"}, separators=(",", ":")).encode()
@@ -49,9 +54,12 @@ def metrics_authorized(token: str | None, authorization: str | None) -> bool:
                                hashlib.sha256(token.encode()).digest())
 
 
-def handles(scope: dict[str, Any]) -> bool:
-    """Whether :func:`serve` answers this request (else the framework does)."""
+def handles(scope: dict[str, Any], *, metrics: bool = True) -> bool:
+    """Whether :func:`serve` answers this request (else the framework does);
+    ``metrics=False``: not ``/metrics`` (it is served on METRICS_PORT)."""
     if scope["type"] != "http" or scope["path"] not in PATHS:
+        return False
+    if not metrics and scope["path"] == METRICS_PATH:
         return False
     if scope["method"] not in ("GET", "HEAD"):
         return False
@@ -81,6 +89,36 @@ async def serve(svc: Services, pipeline: Pipeline, scope: dict[str, Any], send: 
     path = scope["path"]  # the route: only the two paths above come here
     pipeline.finish(scope["method"], path, path, scope["query_string"], request_id, None,
                     status, started)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body",
+                "body": b"" if scope["method"] == "HEAD" else body})
+
+
+async def serve_metrics_port(svc: Services, pipeline: Pipeline, scope: dict[str, Any],
+                             send: Send) -> None:
+    """A request on the metrics port: ``GET|HEAD /metrics`` and ``/health`` as on the public
+    port (:func:`serve`; an ``Origin`` header changes nothing, no CORS here); any other path
+    404 ``not_found``, any other method 405 ``method_not_allowed``, in the error contract."""
+    if scope["path"] in PATHS and scope["method"] in ("GET", "HEAD"):
+        await serve(svc, pipeline, scope, send)
+        return
+    started = time.perf_counter()
+    request_id = pipeline.begin()
+    if scope["path"] in PATHS:
+        status, code = 405, "method_not_allowed"
+        message = "This method is not allowed on this URL"
+        extra = [(b"allow", b"GET, HEAD")]
+        route: str | None = scope["path"]
+    else:
+        status, code = 404, "not_found"
+        message = "The metrics port serves /metrics and /health only"
+        extra, route = [], None
+    body = error_json(code, message, request_id)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()),
+               (b"x-request-id", request_id.encode()), *extra, *pipeline.asgi_security]
+    pipeline.finish(scope["method"], route, scope["path"], scope["query_string"], request_id,
+                    None, status, started)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body",
                 "body": b"" if scope["method"] == "HEAD" else body})

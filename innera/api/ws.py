@@ -219,7 +219,7 @@ async def serve(svc: Services, pipeline: Pipeline, scope: Message, receive: Rece
             # checked once the user's channel is subscribed: an account deleted, or sessions
             # ended, after this check reach this socket through the channel's close message
             try:
-                await authenticate(svc.active_users, claims)
+                await authenticate(svc.active_users, claims, svc.active_user_counter)
             except Unauthorized as exc:
                 status = await _refuse(pipeline, scope, send, request_id, exc.message)
                 pipeline.finish("GET", PATH, PATH, scope.get("query_string", b""), request_id,

@@ -12,7 +12,7 @@ prometheus-client's global registry, so tests get a fresh registry per server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -150,3 +150,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    # --- active users (counted by innera/auth/active_user_counter.py) ---------------------
+
+    def watch_active_users(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Expose ``innera_active_users{window}`` from ``counts()`` (window → distinct
+        users), read at each scrape. Registered only by the process that counts them
+        (``innera serve``), so no other process exports a false 0."""
+        self.registry.register(_ActiveUsersCollector(counts))
+
+
+class _ActiveUsersCollector(Collector):
+    """``innera_active_users``: the last counts of the process' active-user counter (kept
+    in memory, recounted from Redis periodically; nothing is asked of Redis at scrape time).
+    A window not counted yet (Redis unreachable since start-up) has no sample."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "innera_active_users",
+            "Distinct users who made an authenticated request on any instance, by window: "
+            "1d (the current UTC day so far), 7d and 30d (that many UTC days up to today)",
+            labels=["window"])
+        for window, value in self.counts().items():
+            family.add_metric([window], value)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        return []

@@ -63,14 +63,16 @@ class Output:
 def test_innera_worker_starts_and_stops_on_sigterm(database_url: str, redis_url: str,
                                                    tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "NODE_ENV"}
-    env.update(server_environ(database_url, redis_url, tmp_path))
+    # METRICS_PORT=0: a free port (unset, the worker takes 9091)
+    env.update(server_environ(database_url, redis_url, tmp_path, METRICS_PORT="0"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "innera.cli", "worker"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
     output = Output(proc)
     try:
         assert output.wait_for("innera worker running", 30), output
-        assert not any("listening on" in line for line in output.lines)  # no HTTP
+        assert not any("innera listening on" in line for line in output.lines)  # no API
+        assert any("metrics listening on" in line for line in output.lines)
         assert any("job reconciler started" in line for line in output.lines)
         proc.send_signal(signal.SIGTERM)
         assert output.wait_for("shutdown complete", 30), output

@@ -164,12 +164,15 @@ async def serve_http(
     port: int,
     stop_accepting: trio.Event,
     *,
+    max_connections: int | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``stop_accepting`` is set, then drain (see the module doc)."""
+    """Serve ``app`` until ``stop_accepting`` is set, then drain (see the module doc).
+    ``max_connections``: connections beyond it are closed at once (the metrics port)."""
     hangups = Hangups()
     async with trio.open_nursery() as watcher:
         watcher.start_soon(hangups.run)
         accepted = partial(_accepted, app, current_settings(), stop_accepting, hangups)
-        await serve_listeners(host, port, stop_accepting, accepted, task_status=task_status)
+        await serve_listeners(host, port, stop_accepting, accepted,
+                              max_connections=max_connections, task_status=task_status)
         watcher.cancel_scope.cancel()
