@@ -166,7 +166,8 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
         lifecycle=lifecycle,
         storage=open_storage(
             settings.storage, url_key=derive_key(jwt_secret, "attachments-url"),
-            local_dir=settings.server.data_dir / "attachments" if settings.local_storage else None),
+            local_dir=settings.server.data_dir / "attachments" if settings.local_storage else None,
+            public_url=settings.server.public_url),
         cursors=CursorCodec(derive_key(jwt_secret, "innera:cursor:v1")),
         passwords=PasswordHasher(),
         access_tokens=AccessTokens(jwt_secret, settings.auth.access_token_ttl_s),
@@ -354,12 +355,13 @@ async def check_pool_sizing(pool: Pool, db: DatabaseSettings) -> None:
         )
 
 
-def open_storage(storage: StorageSettings, *, url_key: bytes, local_dir: Path | None
-                 ) -> Storage:
+def open_storage(storage: StorageSettings, *, url_key: bytes, local_dir: Path | None,
+                 public_url: str | None = None) -> Storage:
     """The local disk under ``local_dir`` when given (the embedded default), else S3 (or
-    compatible); ``url_key`` signs the local store's upload and download URLs."""
+    compatible); ``url_key`` signs the local store's upload and download URLs, which are
+    absolute on ``public_url`` (PUBLIC_URL) when it is set."""
     if local_dir is not None:
-        return LocalStorage(local_dir, url_key=url_key)
+        return LocalStorage(local_dir, url_key=url_key, base_url=public_url)
     return S3Storage(
         bucket=storage.s3_bucket,
         endpoint=storage.s3_endpoint,
