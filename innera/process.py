@@ -71,6 +71,7 @@ from innera.observability import sentry
 from innera.observability.metrics import Metrics
 from innera.pagination import CursorCodec
 from innera.queue.worker import job_workers
+from innera.realtime.event_log import EventLog
 from innera.realtime.hub import SERVER_RESTARTING, Hub
 from innera.realtime.listener import run_listener
 from innera.redis import Redis, run_redis
@@ -163,6 +164,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     return Services(
         settings=settings, db=pool, redis=redis, metrics=metrics,
         hub=Hub(metrics, max_per_user=settings.limits.ws_max_connections_per_user),
+        events=EventLog(redis, derive_key(jwt_secret, "innera:event-log:v1")),
         lifecycle=lifecycle,
         storage=open_storage(
             settings.storage, url_key=derive_key(jwt_secret, "attachments-url"),
