@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 ACCOUNT_DELETION_JOB = JobKind(
     "account_deletion_jobs", "account-deletion",
     QueueSpec("account-deletion", concurrency=2, timeout_s=1800, attempts=10),
-    queue_names_user=False)
+    queue_names_user=False, user_events=False)
 #: the close code and reason of a deleted account's sockets
 ACCOUNT_DELETED = (4003, "Account deleted")
 

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<{width}}  {value}")
         return 0
 
-    configure_logging(settings.observability.log_level)
+    configure_logging(settings.observability.log_level,
+                      log_format=settings.observability.log_format,
+                      production=settings.production)
     try:
         if args.command == "serve":
             from innera.process import run_process

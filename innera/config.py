@@ -33,6 +33,7 @@ ENVIRONMENTS = ("development", "test", "production")
 HTTP_SERVERS = ("fast", "hypercorn")
 PUSH_PROVIDERS = ("none", "expo", "fcm", "webhook")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "critical")
+LOG_FORMATS = ("auto", "json", "console")  # auto: innera.observability.logging decides
 REFRESH_TOKEN_STORES = ("redis", "postgres")
 #: the metrics port of ``innera worker`` when METRICS_PORT is unset (Prometheus' exporter
 #: convention: 9090 is Prometheus itself)
@@ -67,7 +68,8 @@ class _Section:
 @dataclass(frozen=True, repr=False)
 class ServerSettings(_Section):
     """The process and its HTTP server: environment, listening address, request limits,
-    CORS, proxy trust, what ``innera serve`` runs besides HTTP, the shutdown deadline."""
+    CORS, proxy trust, the public base URL of links, what ``innera serve`` runs besides
+    HTTP, the shutdown deadline."""
 
     env: str
     host: str
@@ -79,6 +81,7 @@ class ServerSettings(_Section):
     request_timeout_s: float
     cors_origins: tuple[str, ...]
     trust_proxy: int
+    public_url: str | None
     workers: bool
     migrate_on_start: bool
 
@@ -189,6 +192,7 @@ class ObservabilitySettings(_Section):
     and ``innera worker`` on :data:`WORKER_METRICS_PORT`."""
 
     log_level: str
+    log_format: str
     sentry_dsn: str | None
     sentry_traces_sample_rate: float
     metrics_token: str | None
@@ -435,6 +439,34 @@ class Url(Parser):
         return value
 
 
+class PublicUrl(Parser):
+    """An ``http(s)://`` base URL with a host and no query, fragment or credentials, held
+    without its trailing ``/`` (``https://api.innera.app/`` → ``https://api.innera.app``), so
+    a link is this plus a path starting with ``/``."""
+
+    def parse(self, name: str, read: _Reader) -> str | None:
+        value = read.raw(name)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        problem = None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "must be an absolute URL starting with http:// or https://"
+        elif parts.query or parts.fragment or "?" in value or "#" in value:
+            problem = "must not have a query string or fragment"
+        elif parts.username is not None or parts.password is not None:
+            problem = "must not contain credentials"
+        else:
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                problem = "has an invalid port"
+        if problem is not None:
+            read.problems.append(f"{name}={value!r} {problem}")
+            return None
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
 @dataclass(frozen=True)
 class FilePath(Parser):
     """A file system path, ``~`` expanded; made absolute (against the working directory at
@@ -644,6 +676,10 @@ VARIABLES: tuple[Variable, ...] = (
        "comma-separated origins allowed by CORS (`*` for any); unset: no CORS headers"),
     _V("TRUST_PROXY", "0", "server", "trust_proxy", Integer(0, 10),
        "proxy hops to trust in X-Forwarded-For for the client IP (0: the socket peer)"),
+    _V("PUBLIC_URL", None, "server", "public_url", PublicUrl(),
+       "the API's public base URL (`https://api.innera.app`): every link the API returns "
+       "(upload and download URLs of the local store, `Location` headers) is absolute on it; "
+       "unset: links are relative to the URL the client called"),
     _V("INNERA_WORKERS", "1", "server", "workers", Flag(shown=("1", "0")),
        "`0` turns the job workers and the job reconciler off in `innera serve` (run "
        "them with `innera worker` instead)"),
@@ -760,6 +796,9 @@ VARIABLES: tuple[Variable, ...] = (
     # observability
     _V("LOG_LEVEL", "info", "observability", "log_level", Choice(LOG_LEVELS),
        "trace | debug | info | warn | error | fatal"),
+    _V("LOG_FORMAT", "auto", "observability", "log_format", Choice(LOG_FORMATS),
+       "json | console (structlog's console renderer, coloured on a terminal; the same "
+       "redaction); auto: console when stdout is a terminal outside production, else json"),
     _V("SENTRY_DSN", None, "observability", "sentry_dsn", Text(),
        "Sentry DSN; unset disables error reporting", True),
     _V("SENTRY_TRACES_SAMPLE_RATE", "0.1", "observability", "sentry_traces_sample_rate",

@@ -90,6 +90,7 @@ from innera.observability import sentry
 from innera.observability.metrics import Metrics
 from innera.pagination import CursorCodec
 from innera.queue.worker import job_workers
+from innera.realtime.event_log import EventLog
 from innera.realtime.hub import SERVER_RESTARTING, Hub
 from innera.realtime.listener import run_listener
 from innera.redis import Redis, run_redis
@@ -198,10 +199,12 @@ async def open_services(stack: AsyncExitStack, settings: Settings, lifecycle: Li
     return Services(
         settings=settings, db=pool, redis=redis, metrics=metrics,
         hub=Hub(metrics, max_per_user=settings.limits.ws_max_connections_per_user),
+        events=EventLog(redis, derive_key(jwt_secret, "innera:event-log:v1")),
         lifecycle=lifecycle,
         storage=open_storage(
             settings.storage, url_key=derive_key(jwt_secret, "attachments-url"),
-            local_dir=settings.server.data_dir / "attachments" if settings.local_storage else None),
+            local_dir=settings.server.data_dir / "attachments" if settings.local_storage else None,
+            public_url=settings.server.public_url),
         cursors=CursorCodec(derive_key(jwt_secret, "innera:cursor:v1")),
         passwords=PasswordHasher(),
         access_tokens=AccessTokens(jwt_secret, settings.auth.access_token_ttl_s),
@@ -423,12 +426,13 @@ async def check_pool_sizing(pool: Pool, db: DatabaseSettings) -> None:
         )
 
 
-def open_storage(storage: StorageSettings, *, url_key: bytes, local_dir: Path | None
-                 ) -> Storage:
+def open_storage(storage: StorageSettings, *, url_key: bytes, local_dir: Path | None,
+                 public_url: str | None = None) -> Storage:
     """The local disk under ``local_dir`` when given (the embedded default), else S3 (or
-    compatible); ``url_key`` signs the local store's upload and download URLs."""
+    compatible); ``url_key`` signs the local store's upload and download URLs, which are
+    absolute on ``public_url`` (PUBLIC_URL) when it is set."""
     if local_dir is not None:
-        return LocalStorage(local_dir, url_key=url_key)
+        return LocalStorage(local_dir, url_key=url_key, base_url=public_url)
     return S3Storage(
         bucket=storage.s3_bucket,
         endpoint=storage.s3_endpoint,

@@ -27,6 +27,7 @@ from innera.journal.entries import EntryReads
 from innera.observability.metrics import Metrics
 from innera.observability.readiness import SharedCheck
 from innera.pagination import CursorCodec
+from innera.realtime.event_log import EventLog
 from innera.realtime.hub import Hub
 from innera.redis import Redis
 from innera.storage import Storage
@@ -50,6 +51,8 @@ class Services:
     storage: Storage
     metrics: Metrics
     hub: Hub
+    #: each user's event log and channel: what /v1/ws sends and replays
+    events: EventLog
     passwords: PasswordHasher
     access_tokens: AccessTokens
     refresh_tokens: RefreshTokenStore

@@ -237,3 +237,39 @@ def test_production_without_any_master_key_names_all_three_variables() -> None:
         load_settings(prod)
     assert ("INNERA_MEK (or INNERA_MEK_FILE or INNERA_MEK_KMS_KEY_ID) is required when "
             "INNERA_ENV=production") in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("https://api.innera.app", "https://api.innera.app"),
+    ("https://api.innera.app/", "https://api.innera.app"),  # the trailing slash is dropped
+    ("http://127.0.0.1:8080/innera//", "http://127.0.0.1:8080/innera"),
+    ("", None),  # unset: links stay relative
+])
+def test_public_url_is_a_base_url_without_its_trailing_slash(value: str,
+                                                            expected: str | None) -> None:
+    assert load_settings({"PUBLIC_URL": value}).server.public_url == expected
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("api.innera.app", "must be an absolute URL starting with http:// or https://"),
+    ("ftp://api.innera.app", "must be an absolute URL starting with http:// or https://"),
+    ("https:///v1", "must be an absolute URL starting with http:// or https://"),
+    ("https://api.innera.app/?x=1", "must not have a query string or fragment"),
+    ("https://api.innera.app/#top", "must not have a query string or fragment"),
+    ("https://api.innera.app?", "must not have a query string or fragment"),
+    ("https://user:pw@api.innera.app", "must not contain credentials"),
+    ("https://api.innera.app:99999", "has an invalid port"),
+])
+def test_a_bad_public_url_is_refused_naming_the_variable(value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"PUBLIC_URL": value})
+    assert f"PUBLIC_URL={value!r} {fragment}" in str(info.value)
+
+
+def test_log_format_is_auto_by_default_and_json_or_console_when_set() -> None:
+    assert load_settings({}).observability.log_format == "auto"
+    assert load_settings({"LOG_FORMAT": "JSON"}).observability.log_format == "json"
+    assert load_settings({"LOG_FORMAT": "console"}).observability.log_format == "console"
+    with pytest.raises(ConfigError) as info:
+        load_settings({"LOG_FORMAT": "pretty"})
+    assert "LOG_FORMAT='pretty' must be one of: auto, json, console" in str(info.value)

@@ -31,7 +31,7 @@ MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 async def notify(srv: RunningServer, account: Account, n: int = 1, **extra: Any
                  ) -> list[dict[str, Any]]:
     svc = srv.services
-    return [await create_notification(svc.db, svc.redis, account.id,
+    return [await create_notification(svc.db, svc.redis, account.id, events=svc.events,
                                       push_provider=svc.settings.push.provider,
                                       kind="test.ping", title=f"Title {i}", body=f"Body {i}",
                                       **extra)
@@ -172,9 +172,9 @@ async def test_create_validates_its_arguments(server: RunningServer) -> None:
                    {"data": {"k": "nul\x00"}}):
         args = {"kind": "k", "title": "t", "body": "b", **kwargs}
         with pytest.raises(ValueError):
-            await create_notification(svc.db, svc.redis, account.id,
+            await create_notification(svc.db, svc.redis, account.id, events=svc.events,
                                       push_provider=svc.settings.push.provider, **args)
-    ok = await create_notification(svc.db, svc.redis, account.id,
+    ok = await create_notification(svc.db, svc.redis, account.id, events=svc.events,
                                    push_provider=svc.settings.push.provider, kind="k",
                                    title="t" * 200, body="b" * 2000)
     assert ok["data"] == {} and len(ok["title"]) == 200
@@ -194,7 +194,12 @@ async def test_create_publishes_on_the_users_channel(server: RunningServer) -> N
         with trio.fail_after(5):
             while message is None:  # get_message returns None for skipped messages
                 message = await ps.get_message(timeout=0.5)
-    assert json.loads(message["data"]) == {"type": "notification.created", "data": created}
+    published = json.loads(message["data"])
+    # the message carries its id in the user's event log, which holds the event too
+    with redis.decoding(False):
+        [logged] = await redis.xrange(f"ws:events:{account.id}", "-", "+")
+    assert published == {"id": logged.identifier.decode(), "type": "notification.created",
+                         "data": created}
 
 
 # --- the unread count -------------------------------------------------------------------

@@ -93,7 +93,8 @@ async def notify_ready(run: JobRun[Services]) -> None:
     assert user_id is not None
     days = svc.settings.jobs.export_retention_days
     await create_notification(
-        svc.db, svc.redis, user_id, push_provider=svc.settings.push.provider,
+        svc.db, svc.redis, user_id, events=svc.events,
+        push_provider=svc.settings.push.provider,
         kind="export.ready", title="Your export is ready",
         body=f"Your journal export is ready to download in the app. It is kept for {days} "
              f"day{'s' if days != 1 else ''}.",

@@ -13,8 +13,9 @@ The bytes never pass through the JSON API. A client
 
 URLs live ATTACHMENT_URL_TTL_S. With S3 they are presigned S3 URLs (key
 ``{userId}/{entryId}/{attachmentId}`` in S3_BUCKET). With the local store they are signed
-paths on innera itself (``/v1/attachments/local/…``, see ``innera.storage.local``), resolved
-against the API's base URL; their routes stream bodies to and from disk.
+paths on innera itself (``/v1/attachments/local/…``, see ``innera.storage.local``): absolute
+on PUBLIC_URL when it is set, else relative to the API's base URL; their routes stream bodies
+to and from disk.
 
 The rules, SQL and storage keys are in :mod:`innera.attachments`; this module parses,
 makes one domain call and renders.
@@ -91,8 +92,9 @@ class AttachmentOut(Model):
 
 class AttachmentUploadOut(Model):
     attachment: AttachmentOut
-    uploadUrl: str = Field(description="Absolute (S3) or relative to the API's base URL "
-                                       "(local store); needs no Authorization header")
+    uploadUrl: str = Field(description="Absolute (S3, or PUBLIC_URL set), else relative "
+                                       "to the API's base URL (local store); needs no "
+                                       "Authorization header")
     uploadMethod: Literal["PUT"]
     uploadHeaders: dict[str, str] = Field(description="Headers the PUT must carry")
     expiresIn: int = Field(description="Lifetime of uploadUrl in seconds")
@@ -104,8 +106,9 @@ class AttachmentOnlyOut(Model):
 
 class AttachmentDownloadOut(Model):
     attachment: AttachmentOut
-    downloadUrl: str = Field(description="Absolute (S3) or relative to the API's base URL "
-                                         "(local store); needs no Authorization header")
+    downloadUrl: str = Field(description="Absolute (S3, or PUBLIC_URL set), else relative "
+                                         "to the API's base URL (local store); needs no "
+                                         "Authorization header")
     expiresIn: int = Field(description="Lifetime of downloadUrl in seconds")
 
 

@@ -1,5 +1,5 @@
-"""What every route needs from the app: the services object and the JSON response helper.
-(Kept apart from ``innera/app.py``, which imports the blueprints.)"""
+"""What every route needs from the app: the services object, the JSON response helper and
+links. (Kept apart from ``innera/app.py``, which imports the blueprints.)"""
 
 from __future__ import annotations
 
@@ -20,3 +20,10 @@ def json_response(body: Any, status: int = 200, *, content_type: str = "applicat
                   headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), status=status,
                     content_type=content_type, headers=headers)
+
+
+def link(path: str) -> str:
+    """A link to ``path`` (``/v1/exports/{id}``) as the API returns it: absolute on
+    PUBLIC_URL when that is set (a client need not know how to resolve it), else the path
+    itself, relative to the URL the client called."""
+    return f"{services().settings.server.public_url or ''}{path}"

@@ -78,7 +78,7 @@ def _entry_id(text: str) -> str:
 
 
 async def _publish(event: str, data: dict[str, Any]) -> None:
-    await publish_to_user(services().redis, g.user_id, event, data)
+    await publish_to_user(services().events, g.user_id, event, data)
 
 
 # --- routes ----------------------------------------------------------------------------

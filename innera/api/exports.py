@@ -16,9 +16,10 @@ decrypted, and every ready attachment; the format is ``docs/export-format.md``).
 - ``GET /v1/exports`` → the user's exports, newest first (``{items, nextCursor}``; ``limit``
   1..100, default 20). Items carry no ``downloadUrl``: read the job for one.
 
-Download URLs are absolute with S3 and relative to the API's base URL with the local store
-(``/v1/attachments/local/{userId}/exports/{jobId}?…``, served without Authorization), like
-attachment URLs. Another user's export, an unknown or a malformed id: 404 ``not_found``.
+Download URLs are absolute with S3 and, with the local store
+(``/v1/attachments/local/{userId}/exports/{jobId}?…``, served without Authorization), absolute
+on PUBLIC_URL when it is set, else relative to the API's base URL, like attachment URLs; so is
+the ``Location`` header. Another user's export, an unknown or a malformed id: 404 ``not_found``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pydantic import Field
 from quart import Blueprint, Response, g, request
 
 from innera.api.bodies import storage_errors
-from innera.api.context import services
+from innera.api.context import link, services
 from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation, parse_json, validate
 from innera.api.schemas import Model
@@ -94,7 +95,7 @@ async def start_export() -> Response:
     row = await submit_export(svc.db, svc.redis, g.user_id)
     out = job_out(row)
     return Response(out.model_dump_json(), status=202, content_type="application/json",
-                    headers={"Location": f"{blueprint.url_prefix}/{out.id}"})
+                    headers={"Location": link(f"{blueprint.url_prefix}/{out.id}")})
 
 
 @operation(blueprint, "GET", "", summary="The user's exports, newest first",
@@ -109,8 +110,8 @@ async def list_exports(query: ExportListQuery) -> ExportPage:
 @operation(blueprint, "GET", "/<export_id>", summary="An export, with its download link "
            "once completed",
            description="`downloadUrl` (fresh on every read, valid `expiresIn` seconds) is "
-                       "present when the status is completed: absolute with S3, relative to "
-                       "the API's base URL with the local store; no Authorization header. "
+                       "present when the status is completed: absolute with S3 or PUBLIC_URL, "
+                       "else relative to the API's base URL; no Authorization header. "
                        "EXPORT_RETENTION_DAYS after it was made the archive is deleted and "
                        "the status is `expired` (no downloadUrl).",
            response=JobOut, errors=(404, 429))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, g, request
 
 from innera.api.bodies import body_chunks, storage_errors
-from innera.api.context import services
+from innera.api.context import link, services
 from innera.api.guards import request_body
 from innera.api.jobs import JobOut, job_out, user_job_or_404
 from innera.api.operation import operation
@@ -65,7 +65,7 @@ async def create_import() -> Response:
                                  max_bytes=maximum)
     return Response(job_out(row).model_dump_json(), status=202,
                     content_type="application/json",
-                    headers={"Location": f"{blueprint.url_prefix}/{row['id']}"})
+                    headers={"Location": link(f"{blueprint.url_prefix}/{row['id']}")})
 
 
 @operation(blueprint, "GET", "/<job_id>", summary="An import job",

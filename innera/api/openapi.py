@@ -72,10 +72,14 @@ _OPERATIONAL_PATHS: dict[str, dict[str, Any]] = {
         "summary": "WebSocket: events for the signed-in user's devices",
         "description": "Authenticate with `Authorization: Bearer` or `?access_token=`. Server "
                        "messages are `{type, data}` (`entry.*`, `notification.created`, "
-                       "`job.progress`, `ping`); send `{type: \"ping\"}` for a pong. Close "
+                       "`job.progress`, `ping`), events with an `id`; `?since=<id>` first "
+                       "replays the events after it, or sends `{type: \"resync_required\"}` "
+                       "(re-fetch). Send `{type: \"ping\"}` for a pong. Close "
                        "codes: 4000 server restarting, 4001 token expired, 4002 ping timeout, "
                        "1009 message over 64 KiB, 1013 client too slow.",
         "parameters": [{"name": "access_token", "in": "query", "required": False,
+                        "schema": {"type": "string"}},
+                       {"name": "since", "in": "query", "required": False,
                         "schema": {"type": "string"}}],
         "responses": {"101": {"description": "Switching protocols"},
                       "401": {"description": "Missing or invalid token",

@@ -23,8 +23,22 @@ A user holds at most ``WS_MAX_CONNECTIONS_PER_USER`` sockets on one instance: pa
 hub closes the user's oldest socket with 4008 "Too many connections" (:mod:`innera.realtime.hub`
 explains why the newest is kept).
 
-Server → client: ``{"type": ..., "data": {...}}`` events from the user's Redis channel, and
-``{"type": "ping"}`` every :data:`PING_INTERVAL_S`. Client → server: ``{"type": "ping"}`` →
+Server → client: ``{"id": ..., "type": ..., "data": {...}}`` events from the user's Redis
+channel, and ``{"type": "ping"}`` every :data:`PING_INTERVAL_S`. An event's ``id`` is its
+entry id in the user's event log (:mod:`innera.realtime.event_log`): the same on every
+instance, increasing per user.
+
+Resume: ``GET /v1/ws?since=<id>`` (the id of the last event the client got) first sends every
+event of the log after it, in order, then the live ones, with no duplicate and no gap at the
+seam: the socket is registered with the hub and the user's channel subscribed *before* the log
+is read, live events queue in the socket's outbox meanwhile, and the writer drops those the
+replay already sent (ids up to the last replayed). When the log cannot bring the client up to
+date (an unknown, expired, malformed or future ``since``, the log gone or unreadable, the
+channel not subscribed in time) ``{"type": "resync_required"}`` is sent first, and the client
+re-fetches; a malformed ``since`` is not refused at the handshake, so a client with a stored
+id it cannot trust needs no other path. The replay is at most 1,000 events, read in pages;
+its sends are bounded like every send, and live events arriving meanwhile fill the outbox
+under the hub's rules (full: 1013 "Too slow"). Client → server: ``{"type": "ping"}`` →
 ``{"type": "pong"}``; ``{"type": "pong"}`` (the answer to the server's ping); anything else
 → ``{"type": "error", "data": {"code": "unknown_type" | "invalid_json", "message": ...}}``
 (``invalid_json`` also for a message nested more than 64 levels deep; the socket stays
@@ -70,6 +84,7 @@ from innera.auth.authentication import authenticate
 from innera.errors import Unauthorized
 from innera.guards.client_ip import client_ip, rate_limit_client
 from innera.guards.ratelimit import Decision
+from innera.realtime.event_log import RESYNC_REQUIRED, EventId, EventLog, message_id
 from innera.realtime.hub import TOKEN_EXPIRED, UNAUTHORIZED, Socket
 from innera.services import Services
 
@@ -108,6 +123,13 @@ def _token(scope: Message) -> str:
                 return token
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     return (query.get("access_token") or [""])[0].strip()
+
+
+def _since(scope: Message) -> str | None:
+    """``?since=``: the id of the last event the client got (None: a fresh start)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    values = query.get("since")
+    return values[0].strip()[:64] if values else None
 
 
 def _refusal_headers(pipeline: Pipeline, body: bytes, request_id: str
@@ -212,10 +234,11 @@ async def serve(svc: Services, pipeline: Pipeline, scope: Message, receive: Rece
                             user_id, status, started)
     expires_at = trio.current_time() + remaining
     assert user_id is not None
+    since = _since(scope)
 
     with socket_scope(user_id):
         async with svc.hub.connection(user_id) as sock:
-            await svc.hub.wait_subscribed(user_id, SUBSCRIBE_WAIT_S)
+            subscribed = await svc.hub.wait_subscribed(user_id, SUBSCRIBE_WAIT_S)
             # checked once the user's channel is subscribed: an account deleted, or sessions
             # ended, after this check reach this socket through the channel's close message
             try:
@@ -231,9 +254,10 @@ async def serve(svc: Services, pipeline: Pipeline, scope: Message, receive: Rece
                                     *pipeline.asgi_security]})
             pipeline.finish("GET", PATH, PATH, scope.get("query_string", b""), request_id,
                             user_id, 101, started)
+            resume = None if since is None else _Resume(svc.events, since, subscribed)
             try:
                 with sock.scope:
-                    await _serve(sock, receive, send, expires_at)
+                    await _serve(sock, receive, send, expires_at, resume)
             except Exception as exc:
                 report_socket_error(exc, user_id)
                 sock.close(*INTERNAL_ERROR)
@@ -246,6 +270,27 @@ async def serve(svc: Services, pipeline: Pipeline, scope: Message, receive: Rece
                         pass
 
 
+class _Resume:
+    """What the writer needs to catch the client up (``?since=``) before it goes live."""
+
+    __slots__ = ("events", "since", "subscribed")
+
+    def __init__(self, events: EventLog, since: str, subscribed: bool) -> None:
+        self.events, self.since, self.subscribed = events, since, subscribed
+
+    async def run(self, user_id: str, send: Send) -> EventId | None:
+        """Send the events after ``since`` (or ``resync_required``); the id up to which live
+        events are duplicates (see :meth:`EventLog.replay`). Without the user's channel
+        subscribed, events published after the log is read could be missed: resync."""
+        async def send_text(message: str) -> None:
+            await send({"type": "websocket.send", "text": message})
+
+        if not self.subscribed:
+            await send_text(RESYNC_REQUIRED)
+            return None
+        return await self.events.replay(user_id, self.since, send_text)
+
+
 class _Peer:
     __slots__ = ("last_seen",)
 
@@ -253,12 +298,13 @@ class _Peer:
         self.last_seen = trio.current_time()
 
 
-async def _serve(sock: Socket, receive: Receive, send: Send, expires_at: float) -> None:
+async def _serve(sock: Socket, receive: Receive, send: Send, expires_at: float,
+                 resume: _Resume | None) -> None:
     """Read until the peer disconnects (the writer is then cancelled) or the socket's scope is
     cancelled (a close requested by the writer or the hub)."""
     peer = _Peer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_write, sock, send, peer, expires_at)
+        nursery.start_soon(_write, sock, send, peer, expires_at, resume)
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":  # websocket.disconnect
@@ -287,8 +333,10 @@ def _answer(message: str | bytes) -> str | None:
                   if kind is not None else "A message needs a string \"type\"")
 
 
-async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float) -> None:
-    """The socket's only sender: the queue, the server's pings, the expiry.
+async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float,
+                 resume: _Resume | None) -> None:
+    """The socket's only sender: the replay of ``?since=`` first, then the queue (less the
+    live events the replay already sent), the server's pings, the expiry.
 
     A broadcast wakes the writer of every socket at once, so a message costs a writer no
     cancel scope: the timer for pings and expiry is one scope per period, and a send needs no
@@ -296,6 +344,13 @@ async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float) -> No
     ``innera/http/``: a peer that reads nothing for that long is disconnected, which ends
     the send with an error)."""
     outbox = sock.outbox
+    replayed: EventId | None = None  # live events up to this id were replayed: dropped
+    if resume is not None:
+        try:
+            replayed = await resume.run(sock.user_id, send)
+        except _GONE:
+            sock.scope.cancel()
+            return
     next_ping = trio.current_time() + PING_INTERVAL_S
     ping_sent: float | None = None
     while True:
@@ -306,6 +361,12 @@ async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float) -> No
         with trio.move_on_at(deadline):
             while True:
                 message = await outbox.receive()
+                if replayed is not None:
+                    event_id = message_id(message)
+                    if event_id is not None:
+                        if event_id <= replayed:
+                            continue
+                        replayed = None  # the live events are in id order: all new now
                 try:
                     await send({"type": "websocket.send", "text": message})
                 except _GONE:  # the connection is gone: nothing more to send or read

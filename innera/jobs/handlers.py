@@ -39,6 +39,7 @@ from innera.jobs import tables
 from innera.jobs.kinds import JobKind
 from innera.queue.jobs import Job, PermanentJobError
 from innera.queue.worker import Handler, JobContext
+from innera.realtime.event_log import EventLog
 from innera.realtime.events import publish_to_user
 from innera.redis import Redis
 
@@ -57,6 +58,9 @@ class JobServices(Protocol):
 
     @property
     def redis(self) -> Redis: ...
+
+    @property
+    def events(self) -> EventLog: ...
 
 
 S = TypeVar("S", bound=JobServices)
@@ -135,16 +139,17 @@ class JobRun(Generic[S]):
 
     async def publish(self, status: str, progress: float, error: str | None = None,
                       **extra: Any) -> None:
-        await publish_status(self.svc.redis, self.kind, self.row, status, progress, error,
+        await publish_status(self.svc.events, self.kind, self.row, status, progress, error,
                              **extra)
 
 
-async def publish_status(redis: Redis, kind: JobKind, row: dict[str, Any], status: str,
+async def publish_status(events: EventLog, kind: JobKind, row: dict[str, Any], status: str,
                          progress: float, error: str | None = None, **extra: Any) -> None:
-    """``job.progress`` to the job's user (nothing for a job of no user)."""
-    if row.get("user_id") is None:
+    """``job.progress`` to the job's user (nothing for a job of no user, nor for a kind that
+    sends no events: :attr:`JobKind.user_events`)."""
+    if row.get("user_id") is None or not kind.user_events:
         return
-    await publish_to_user(redis, str(row["user_id"]), "job.progress", {
+    await publish_to_user(events, str(row["user_id"]), "job.progress", {
         "id": str(row["id"]), "kind": kind.name, "status": status,
         "progress": round(float(progress), 4), "error": error, **extra})
 
@@ -217,5 +222,5 @@ async def mark_dead_lettered(svc: JobServices, kind: JobKind, job: Job, error: s
         log.error("job %s dead-lettered by the queue: %s", job.id, error)
         row = await tables.load_row(svc.db, kind, job_id)
         if row is not None:
-            await publish_status(svc.redis, kind, row, "failed", float(row["progress"]),
+            await publish_status(svc.events, kind, row, "failed", float(row["progress"]),
                                  message, errorCode=code)

@@ -45,6 +45,10 @@ class JobKind:
     #: the queue payload carries the user id (an account deletion's must not spread the id
     #: it is erasing into Redis)
     queue_names_user: bool = True
+    #: its ``job.progress`` events go to the user's sockets (and so into the user's event log,
+    #: ``ws:events:{userId}``); an account deletion's must not: its user's sockets are closed,
+    #: and an event would leave a key naming the erased user in Redis for a day
+    user_events: bool = True
 
     def __post_init__(self) -> None:
         if not _TABLE.match(self.table):

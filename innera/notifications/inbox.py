@@ -26,6 +26,7 @@ from innera.notifications.deadlines import db_deadline
 from innera.notifications.push_jobs import enqueue_push
 from innera.notifications.unread import invalidate_unread
 from innera.pagination import CursorCodec
+from innera.realtime.event_log import EventLog
 from innera.realtime.events import publish_to_user
 from innera.redis import Redis
 from innera.timestamps import iso_utc
@@ -58,10 +59,11 @@ def serialize(row: dict[str, Any]) -> dict[str, Any]:
 # --- creating -------------------------------------------------------------------------
 
 
-async def create_notification(db: Pool, redis: Redis, user_id: str, *, push_provider: str,
-                              kind: str, title: str, body: str,
+async def create_notification(db: Pool, redis: Redis, user_id: str, *, events: EventLog,
+                              push_provider: str, kind: str, title: str, body: str,
                               data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Create a notification for ``user_id`` and announce it; returns it (API shape).
+    """Create a notification for ``user_id`` and announce it (``notification.created``
+    through ``events``); returns it (API shape).
 
     ``kind``: ``[a-z][a-z0-9_.-]*``, at most 64 characters (e.g. ``entry.reminder``);
     ``title`` ≤ 200 and ``body`` ≤ 2000 characters; ``data``: a JSON object (default ``{}``).
@@ -97,7 +99,7 @@ async def create_notification(db: Pool, redis: Redis, user_id: str, *, push_prov
     assert row is not None
     notification = serialize(row)
     await invalidate_unread(redis, user_id)
-    await publish_to_user(redis, user_id, "notification.created", notification)
+    await publish_to_user(events, user_id, "notification.created", notification)
     await enqueue_push(redis, notification, push_provider=push_provider)
     return notification
 

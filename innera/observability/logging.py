@@ -1,9 +1,18 @@
-"""Logging: JSON lines on stdout through one structlog pipeline.
+"""Logging: one structlog pipeline on stdout, as JSON lines or for a developer's terminal.
 
 innera's own loggers and every library logger (hypercorn, psycopg, coredis, trio, …) end in
 the same processors: context variables bound for the current request (``requestId``,
 ``userId``), level, logger name, time, exception text (never local variables), then
-redaction, then JSON.
+redaction, then the renderer ``LOG_FORMAT`` picks: ``json`` (one JSON object per line, for
+log shippers) or ``console`` (structlog's console renderer: aligned, coloured on a
+terminal, for someone reading ``./scripts/serve``). ``auto``, the default, is ``console``
+when stdout is a terminal outside production and ``json`` otherwise
+(:func:`resolve_log_format`); both formats get the same redaction.
+
+Libraries' retry chatter is demoted to debug (:class:`RetryChatterFilter`): coredis logs
+"Retry attempt 1 due to error: No matching script." at info whenever a script is first run
+on a server (it then loads it and runs it again), and the same line for the one retry of a
+dropped connection. The attempt that finally fails raises, and innera logs that.
 
 Redaction (censor ``[REDACTED]``) runs on every line, exceptions included, and has two
 parts:
@@ -215,8 +224,49 @@ def _level_name(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapp
     return event
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Route every logger (ours and the libraries') to JSON lines on ``stream`` (stdout)."""
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def resolve_log_format(log_format: str, *, production: bool, stream: TextIO) -> str:
+    """``json`` or ``console``: ``log_format`` itself unless it is ``auto``, which is
+    ``console`` for a terminal outside production (a developer reading the output) and
+    ``json`` otherwise (a container, a pipe, a file: something that ships lines)."""
+    if log_format != "auto":
+        return log_format
+    return "console" if not production and _is_terminal(stream) else "json"
+
+
+class RetryChatterFilter(logging.Filter):
+    """Demotes a library's "Retry attempt …" lines to debug (dropped unless the logger logs
+    debug). Attached to the ``coredis`` logger: its retries (a script unknown to a server,
+    which it then loads; the one retry of a connection that dropped) are routine, and a
+    retry that does not help ends in an exception, which innera logs. Every other line of
+    the library passes unchanged."""
+
+    PREFIX = "Retry attempt "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and isinstance(record.msg, str) \
+                and record.msg.startswith(self.PREFIX):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+#: the libraries whose retry lines :class:`RetryChatterFilter` demotes
+RETRY_CHATTER_LOGGERS = ("coredis",)
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None, *,
+                      log_format: str = "json", production: bool = False) -> str:
+    """Route every logger (ours and the libraries') to ``stream`` (stdout) in ``log_format``
+    (``auto`` resolved by :func:`resolve_log_format`); returns the format used."""
+    stream = stream or sys.stdout
+    log_format = resolve_log_format(log_format, production=production, stream=stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -234,6 +284,16 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    renderer: list[Any]
+    if log_format == "console":
+        renderer = [_redact_processor, structlog.dev.ConsoleRenderer(
+            colors=_is_terminal(stream), timestamp_key="time",
+            # the exception is already plain text (format_exc_info): never Rich's
+            # traceback with its local variables
+            exception_formatter=structlog.dev.plain_traceback)]
+    else:
+        renderer = [structlog.processors.EventRenamer("msg"), _redact_processor,
+                    structlog.processors.JSONRenderer(ensure_ascii=False)]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
@@ -241,12 +301,10 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             _level_name,
             # plain traceback text: never local variables
             structlog.processors.format_exc_info,
-            structlog.processors.EventRenamer("msg"),
-            _redact_processor,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            *renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -255,6 +313,11 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     # except per-request access noise that innera logs itself.
     for noisy in ("hpack", "h11", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    for name in RETRY_CHATTER_LOGGERS:
+        library = logging.getLogger(name)
+        if not any(isinstance(f, RetryChatterFilter) for f in library.filters):
+            library.addFilter(RetryChatterFilter())
+    return log_format
 
 
 #: the per-request lines (the spec's pino-http logger)

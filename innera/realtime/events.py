@@ -1,14 +1,19 @@
-"""Events for a user's devices: a ``PUBLISH`` on ``ws:user:{userId}``, so every instance's
-pub/sub listener (realtime issue) forwards them to that user's sockets.
+"""Events for a user's devices: appended to the user's event log and published on
+``ws:user:{userId}`` in one step (:mod:`innera.realtime.event_log`), so every instance's
+pub/sub listener forwards them to that user's sockets, each with its ``id``, and a client that
+reconnects with the last id it got (``/v1/ws?since=``) receives what it missed.
 
 Publishing is best effort: the change it announces is already committed, so a Redis outage
-is counted and logged, never turned into a failed request. Clients re-sync on reconnect.
+is counted and logged, never turned into a failed request; a client that reconnects then gets
+``resync_required`` or, when the log itself was fine, simply no event for that change (its
+next re-fetch shows it).
 
 Control messages travel on the same channel but are for the instances, not the clients:
 ``{"type": "control.close", "data": {"code", "reason"}}`` (:func:`close_user_everywhere`)
-makes every instance's listener close the user's local sockets (account deletion). Types
-under ``control.`` are reserved: :func:`publish_to_user` refuses them, so no event can pose
-as one, and the listener never forwards one to a client.
+makes every instance's listener close the user's local sockets (account deletion). They are
+plain ``PUBLISH``es, never in the log. Types under ``control.`` are reserved:
+:func:`publish_to_user` refuses them, and an event's message starts with its id, so no event
+can pose as one, and the listener never forwards one to a client.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import trio
 
+from innera.realtime.event_log import EventLog
 from innera.redis import UNAVAILABLE_ERRORS, Redis
 
 log = logging.getLogger("innera.realtime")
@@ -37,12 +43,13 @@ def user_channel(user_id: str) -> str:
     return f"ws:user:{user_id}"
 
 
-async def publish_to_user(redis: Redis, user_id: str, event_type: str, data: dict[str, Any]
-                          ) -> bool:
-    """Send ``{"type": event_type, "data": data}`` to the user's sockets on every instance."""
+async def publish_to_user(events: EventLog, user_id: str, event_type: str,
+                          data: dict[str, Any]) -> bool:
+    """Send ``{"id": …, "type": event_type, "data": data}`` to the user's sockets on every
+    instance, and keep it in the user's event log; False when Redis is unavailable."""
     if event_type.startswith(CONTROL_PREFIX):
         raise ValueError(f"event type {event_type!r} is reserved for control messages")
-    return await _publish(redis, user_id, event_type, data)
+    return await events.publish(user_id, user_channel(user_id), event_type, data) is not None
 
 
 async def close_user_everywhere(redis: Redis, user_id: str, code: int, reason: str) -> bool:
@@ -50,7 +57,7 @@ async def close_user_everywhere(redis: Redis, user_id: str, code: int, reason: s
     like events: False when Redis is unavailable; close this instance's sockets directly)."""
     if not CLOSE_CODES[0] <= code <= CLOSE_CODES[1] or len(reason.encode()) > MAX_REASON_BYTES:
         raise ValueError(f"unusable close code or reason: {code} {reason!r}")
-    return await _publish(redis, user_id, CLOSE, {"code": code, "reason": reason})
+    return await _publish_control(redis, user_id, CLOSE, {"code": code, "reason": reason})
 
 
 def is_control(message: str) -> bool:
@@ -73,7 +80,8 @@ def parse_close(message: str) -> tuple[int, str] | None:
     return code, reason
 
 
-async def _publish(redis: Redis, user_id: str, event_type: str, data: dict[str, Any]) -> bool:
+async def _publish_control(redis: Redis, user_id: str, event_type: str, data: dict[str, Any]
+                           ) -> bool:
     message = json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
     try:
         with trio.move_on_after(PUBLISH_TIMEOUT_S) as scope:

@@ -6,7 +6,8 @@ root). Uploads stream to a temporary file next to the target
 and are renamed into place only when complete; the bytes are never held whole in memory.
 
 Upload and download URLs imitate presigned S3 URLs: a path on innera itself
-(``/v1/attachments/local/<userId>/<entryId>/<attachmentId>``) with a query string
+(``/v1/attachments/local/<userId>/<entryId>/<attachmentId>``, absolute on ``PUBLIC_URL``
+when that is set, else relative to the API's URL) with a query string
 ``exp`` (unix seconds), ``size`` + ``ct`` (uploads) or ``ct`` + ``fn`` (downloads) and
 ``sig``, the base64url HMAC-SHA256, under a key derived from the JWT secret, of the JSON array
 ``["innera-local-url-v1", METHOD, key, exp, size, contentType, filename]``. The route that
@@ -83,9 +84,11 @@ class LocalStorage:
     name = "local"
 
     def __init__(self, root: Path, *, url_key: bytes | None = None, url_path: str = URL_PATH,
-                 clock: Callable[[], float] = time.time) -> None:
+                 base_url: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.root = root
         self.url_path = url_path.rstrip("/")
+        #: PUBLIC_URL: URLs are absolute on it; ``None``: paths, relative to the API's URL
+        self.base_url = (base_url or "").rstrip("/")
         self._url_key = url_key
         self.clock = clock
         root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ class LocalStorage:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def _url(self, key: str, params: dict[str, Any]) -> str:
-        return f"{self.url_path}/{key}?{urlencode(params)}"
+        return f"{self.base_url}{self.url_path}/{key}?{urlencode(params)}"
 
     async def presign_put(self, key: str, content_type: str, size: int, ttl_s: int) -> str:
         split_key(key)

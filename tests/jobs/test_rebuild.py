@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from innera.jobs.handlers import JobRun, table_handler
 from innera.jobs.reconciler import reconcile_once
 from innera.jobs.submission import submit
 from innera.queue.worker import QueueConfig, run_workers
+from innera.realtime.event_log import EventLog
 from innera.redis import Redis
 from tests.jobs.test_tables import make_user
 
@@ -28,10 +29,15 @@ JOBS = 40
 
 @dataclass
 class Deps:
-    """The two services :func:`table_handler` uses (the real pool and Redis client)."""
+    """The services :func:`table_handler` uses (the real pool and Redis client, and the
+    event log on that client)."""
 
     db: Pool
     redis: Redis
+    events: EventLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = EventLog(self.redis, b"event-log-key-of-the-tests-01234")
 
 
 async def statuses(pool: Pool) -> Counter[str]:

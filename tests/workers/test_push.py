@@ -73,7 +73,7 @@ async def notify(srv: RunningServer, account: Account, **extra: Any) -> dict[str
                               "body": "A minute for today's entry?"}
     fields.update(extra)
     svc = srv.services
-    return await create_notification(svc.db, svc.redis, account.id,
+    return await create_notification(svc.db, svc.redis, account.id, events=svc.events,
                                      push_provider=svc.settings.push.provider, **fields)
 
 
