@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import argon2
 import pytest
 import trio
@@ -47,41 +44,32 @@ async def test_needs_rehash(hasher: PasswordHasher) -> None:
 
 
 async def test_hashing_runs_off_the_event_loop(hasher: PasswordHasher) -> None:
-    """A task ticking every 10 ms keeps ticking while 4 hashes run, and at most
-    max_concurrency (2) hashing threads run at once."""
-    started = time.perf_counter()
-    await hasher.hash("warm-up")
-    one_hash = time.perf_counter() - started
-
-    gaps: list[float] = []
+    """A task keeps running on the loop while 4 hashes run, and at most max_concurrency (2)
+    hashing threads run at once. Observed, not timed: the ticker runs while both hashing
+    threads are busy, which a hash on the event loop would not allow."""
+    ticks_while_hashing = 0
     most_borrowed = 0
     done = trio.Event()
 
     async def ticker() -> None:
-        nonlocal most_borrowed
-        last = time.perf_counter()
+        nonlocal most_borrowed, ticks_while_hashing
         while not done.is_set():
-            await trio.sleep(0.01)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-            most_borrowed = max(most_borrowed, hasher.limiter.borrowed_tokens)
+            await trio.sleep(0.005)
+            borrowed = hasher.limiter.borrowed_tokens
+            most_borrowed = max(most_borrowed, borrowed)
+            ticks_while_hashing += borrowed > 0
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ticker)
-        await trio.sleep(0.02)
-        started = time.perf_counter()
         async with trio.open_nursery() as work:
             for i in range(4):
                 work.start_soon(hasher.hash, f"password {i}")
-        elapsed = time.perf_counter() - started
         done.set()
 
-    # On the loop, 4 hashes would freeze the ticker for ≥ one_hash each time.
-    assert max(gaps) < max(0.05, one_hash * 0.6), (max(gaps), one_hash)
-    assert len(gaps) >= elapsed / 0.01 * 0.5
     assert most_borrowed == 2
+    assert ticks_while_hashing >= 4  # at least one tick per hash in flight
     assert hasher.limiter.borrowed_tokens == 0
+    assert hasher.passes == 4
 
 
 async def test_waiting_for_a_hashing_slot_is_bounded() -> None:
@@ -103,19 +91,17 @@ async def test_waiting_for_a_hashing_slot_is_bounded() -> None:
     assert sum(isinstance(r, ServiceUnavailable) for r in results) == 2
 
 
-async def test_unknown_email_and_wrong_password_take_about_the_same_time(
+async def test_unknown_email_and_wrong_password_cost_the_same_work(
     hasher: PasswordHasher,
 ) -> None:
+    """burn() runs one argon2 pass with the parameters of a real hash, as verifying a wrong
+    password does: the same work, so the same time (counted, not timed)."""
     stored = await hasher.hash("the real password")
-    wrong_password: list[float] = []
-    unknown_email: list[float] = []
-    for _ in range(5):  # interleaved, so machine load affects both alike
-        started = time.perf_counter()
+    for _ in range(3):
+        before = hasher.passes
         assert await hasher.verify(stored, "a wrong guess") is False
-        wrong_password.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        await hasher.burn()  # the first call makes the dummy hash: same cost
-        unknown_email.append(time.perf_counter() - started)
-    a, b = statistics.median(wrong_password), statistics.median(unknown_email)
-    assert abs(a - b) / max(a, b) < 0.3, (wrong_password, unknown_email)
-    assert min(unknown_email) > 0.3 * a  # burn really burns
+        wrong_password = hasher.passes - before
+        before = hasher.passes
+        await hasher.burn()  # the first call makes the dummy hash: one pass as well
+        assert wrong_password == hasher.passes - before == 1
+    assert hasher._dummy_hash is not None and not hasher.needs_rehash(hasher._dummy_hash)
