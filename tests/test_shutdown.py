@@ -8,12 +8,14 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from tests.fixtures.keepalive_load import Tally
 from tests.fixtures.server import ServerProcess, server_environ
 
 pytestmark = pytest.mark.timeout(60)
@@ -186,3 +188,84 @@ async def test_sigterm_closes_every_websocket_with_4000_then_exits_0(
     assert await trio.to_thread.run_sync(sp.proc.wait, 10) == 0
     for client in clients:
         await client.aclose()
+
+
+# --- under load -------------------------------------------------------
+
+#: server runs of the load test, and its clients per run: half of issue 17's race was a
+#: 1-in-6,000 reset with six clients; here each run ends with 24 clients crossing the drain
+#: (before the fix: 7 cut in 120 keep-alive client-drains, 32 in 120 of those opening a
+#: connection per request, bench/shutdown_under_load.py)
+LOAD_RUNS = 6
+KEEP_ALIVE_CLIENTS = 16
+NEW_CONNECTION_CLIENTS = 8
+UNLIMITED = "100000000/min"
+
+
+async def _entry_requests(sp: ServerProcess) -> tuple[bytes, bytes]:
+    """A signed-up user's ``GET /v1/entries/{id}``: as a keep-alive request, and as one that
+    asks for its connection to close (a client opening a connection per request)."""
+    import httpx
+
+    from tests.fixtures.accounts import signup
+    from tests.fixtures.keepalive_load import render_get
+
+    async with httpx.AsyncClient(base_url=sp.url, timeout=10) as client:
+        account = await signup(client)
+        r = await client.post("/v1/entries", json={"body": "Went swimming."},
+                              headers=account.auth)
+        assert r.status_code == 201, r.text
+    host, port = _hostport(sp)
+    auth = {"Authorization": f"Bearer {account.access}"}
+    path = f"/v1/entries/{r.json()['id']}"
+    return (render_get(path, f"{host}:{port}", auth),
+            render_get(path, f"{host}:{port}", {**auth, "Connection": "close"}))
+
+
+async def _under_load(sp: ServerProcess, requests: tuple[bytes, bytes],
+                      while_signalled: Callable[[], Awaitable[None]] | None = None) -> Tally:
+    """The load test's clients on ``sp``; SIGTERM once they are under way; then
+    ``while_signalled`` (if any) alongside them; returns when every client has been refused a
+    new connection and the server's output is read to its end (it exited)."""
+    import trio
+
+    from tests.fixtures.keepalive_load import Tally, keep_alive_client
+
+    host, port = _hostport(sp)
+    keep, fresh = requests
+    clients = KEEP_ALIVE_CLIENTS + NEW_CONNECTION_CLIENTS
+    tally = Tally(loaded_after=clients * 5)
+    with trio.fail_after(50):
+        async with trio.open_nursery() as nursery:
+            # the access log goes to a pipe: read it all along, or the server blocks on it
+            nursery.start_soon(trio.to_thread.run_sync, sp.read_rest)
+            for n in range(clients):
+                nursery.start_soon(keep_alive_client, host, port,
+                                   keep if n < KEEP_ALIVE_CLIENTS else fresh, tally)
+            await tally.loaded.wait()
+            sp.proc.send_signal(signal.SIGTERM)
+            tally.signalled = True
+            if while_signalled is not None:
+                await while_signalled()
+    return tally
+
+
+async def test_sigterm_under_keep_alive_load_cuts_no_request(
+    spawn_server, database_url: str, redis_url: str, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Every request of every client gets its whole response, or the client's *new*
+    connection is refused: never a reset or a close on a connection the server accepted."""
+    import trio
+
+    env = server_environ(database_url, redis_url, tmp_path, RATE_LIMIT_USER=UNLIMITED,
+                         RATE_LIMIT_AUTH=UNLIMITED)
+    requests: tuple[bytes, bytes] | None = None
+    for run in range(LOAD_RUNS):
+        sp = spawn_server(env)
+        if requests is None:
+            requests = await _entry_requests(sp)
+        tally = await _under_load(sp, requests)
+        assert tally.cut == [], f"run {run + 1}: {tally}"
+        assert tally.refused == KEEP_ALIVE_CLIENTS + NEW_CONNECTION_CLIENTS
+        assert tally.statuses.keys() == {200}, tally.statuses
+        assert await trio.to_thread.run_sync(sp.proc.wait, 10) == 0
