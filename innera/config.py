@@ -19,6 +19,7 @@ problem at once); the CLI turns it into exit code 2 with the same message for ``
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -69,7 +70,7 @@ class _Section:
 class ServerSettings(_Section):
     """The process and its HTTP server: environment, listening address, request limits,
     CORS, proxy trust, the public base URL of links, what ``innera serve`` runs besides
-    HTTP, the shutdown deadline."""
+    HTTP, the shutdown deadline and the drain delay inside it."""
 
     env: str
     host: str
@@ -77,6 +78,7 @@ class ServerSettings(_Section):
     port: int
     data_dir: Path
     shutdown_timeout_s: float
+    shutdown_drain_delay_s: float
     max_body_bytes: int
     request_timeout_s: float
     cors_origins: tuple[str, ...]
@@ -357,14 +359,17 @@ class Millis(Parser):
 
 @dataclass(frozen=True)
 class Number(Parser):
-    """A number above ``above``."""
+    """A finite number above ``above`` (or equal to it too, when ``inclusive``)."""
 
     above: float
+    inclusive: bool = False
 
     def parse(self, name: str, read: _Reader) -> float:
         value = read.convert(name, float, "a number")
-        if value is None or value <= self.above:
-            read.problems.append(f"{name}={read.raw(name)!r} must be a number above "
+        if value is None or not math.isfinite(value) or value < self.above \
+                or (value == self.above and not self.inclusive):
+            bound = "at least" if self.inclusive else "above"
+            read.problems.append(f"{name}={read.raw(name)!r} must be a number {bound} "
                                  f"{self.above:g}")
             return float(DEFAULTS[name] or 1)
         return float(value)
@@ -666,7 +671,13 @@ VARIABLES: tuple[Variable, ...] = (
     _V("INNERA_DATA_DIR", "./var", "server", "data_dir", FilePath(absolute=True),
        "local state: embedded PostgreSQL/Valkey data, local attachments, generated keys"),
     _V("SHUTDOWN_TIMEOUT_S", "30", "server", "shutdown_timeout_s", Number(above=0),
-       "hard deadline of the graceful shutdown; past it the process exits 1"),
+       "hard deadline of the graceful shutdown, counted from the signal (the drain delay "
+       "included); past it the process exits 1"),
+    _V("SHUTDOWN_DRAIN_DELAY_S", "0", "server", "shutdown_drain_delay_s",
+       Number(above=0, inclusive=True),
+       "on SIGTERM, readiness answers 503 at once but the listeners keep accepting and "
+       "serving for this long before the drain (5 behind Kubernetes or a TCP balancer, "
+       "which keep sending new connections for a moment); must be below SHUTDOWN_TIMEOUT_S"),
     _V("MAX_BODY_BYTES", "1048576", "server", "max_body_bytes", Integer(1),
        "largest request body; larger answers 413"),
     _V("REQUEST_TIMEOUT_S", "30", "server", "request_timeout_s", Number(above=0),
@@ -864,6 +875,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _check_consistency(s: Settings, problems: list[str]) -> None:
     db, redis = s.db, s.redis
+    delay, timeout = s.server.shutdown_drain_delay_s, s.server.shutdown_timeout_s
+    if delay >= timeout:
+        problems.append(
+            f"SHUTDOWN_DRAIN_DELAY_S={delay:g} must be below SHUTDOWN_TIMEOUT_S={timeout:g}: "
+            "the delay counts inside the shutdown deadline, and the drain needs time after it "
+            f"(raise SHUTDOWN_TIMEOUT_S, e.g. to {delay + 30:g})")
     if db.pool_min > db.pool_max:
         problems.append(f"DB_POOL_MIN={db.pool_min} is above DB_POOL_MAX={db.pool_max}")
     if redis.sentinels and not redis.sentinel_master:

@@ -20,17 +20,24 @@
                export sweeper, job workers      (workers/)
             6. HTTP server                      (innera/http: fast, or Hypercorn)
 
-Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S:
-  readiness turns 503 and the listeners close at once → WebSockets are closed with 4000
-  "Server restarting" → in-flight requests finish (requests on open keep-alive connections are
-  still answered, with ``Connection: close``) → job workers finish their current job → the
-  active-user counter writes what it holds → the metrics port closes → Redis and the DB pool
-  close → embedded servers stop → exit 0.
+Graceful shutdown, in the spec's order, bounded by SHUTDOWN_TIMEOUT_S counted from the
+signal:
+  readiness turns 503 at once → for SHUTDOWN_DRAIN_DELAY_S (default 0) nothing else changes:
+  the listeners accept and every connection is served, while a load balancer or Kubernetes
+  takes the instance out of rotation → the listeners close (the connections the kernel had
+  already completed are accepted and served first; new ones are refused) → WebSockets are
+  closed with 4000 "Server restarting" → in-flight requests finish, every response from now
+  on says ``Connection: close``, a request still arriving on an open keep-alive connection is
+  answered (innera/http/listeners.py: how that close cuts no request) → job workers finish
+  their current job → the active-user counter writes what it holds → the metrics port closes
+  → Redis and the DB pool close → embedded servers stop → exit 0.
+  The delay counts inside SHUTDOWN_TIMEOUT_S (the configuration refuses a delay that is not
+  below it), so the hard deadline stays where the orchestrator's grace period expects it.
 
 ``innera worker`` (:func:`run_worker_process`) is the same without steps 4 and 6, and with
 the metrics port always (METRICS_PORT, else 9091: the worker's only listener): the
 services, the metrics port, the reconciler and the job workers until a signal, with the same
-shutdown rules.
+shutdown rules (no drain delay: its metrics port is not behind a load balancer).
 
 The metrics port starts before the workers and stops after them, just before Redis and the
 pool close: the job outcomes of the drain can still be scraped while it lasts. It is not
@@ -257,7 +264,8 @@ async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
     """Step 5: the reconciler (one pass before it reports started), the sweepers of uploads
     never completed and of export archives past EXPORT_RETENTION_DAYS, then the job workers
     of the registered queues; on exit the workers stop claiming and get until
-    SHUTDOWN_TIMEOUT_S − 5 s (at least 1 s) to finish their current jobs."""
+    SHUTDOWN_TIMEOUT_S − SHUTDOWN_DRAIN_DELAY_S − 5 s (at least 1 s) to finish their current
+    jobs (they went on working during the delay)."""
     await stack.enter_async_context(supervised(
         partial(run_reconciler, svc.db, svc.redis, JOB_KINDS, interval_s=RECONCILE_INTERVAL_S)))
     await stack.enter_async_context(supervised(
@@ -270,7 +278,8 @@ async def open_jobs(stack: AsyncExitStack, svc: Services) -> None:
     if queues:
         await stack.enter_async_context(job_workers(
             svc.redis, queues, svc.metrics,
-            drain_timeout_s=max(1.0, svc.settings.server.shutdown_timeout_s - 5)))
+            drain_timeout_s=max(1.0, svc.settings.server.shutdown_timeout_s
+                                - svc.settings.server.shutdown_drain_delay_s - 5)))
     log.info("job reconciler started; job workers on: %s", ", ".join(queues) or "no queue yet")
 
 
@@ -349,12 +358,27 @@ async def run_process(
                 if on_started is not None:
                     on_started(Started(svc, addresses, metrics_addresses))
                 await lifecycle.shutdown_requested.wait()
-                log.info("shutting down: readiness 503, listeners closed, draining requests")
+                await drain_delay(settings.server.shutdown_drain_delay_s)
+                log.info("shutting down: listeners closed, draining requests")
                 lifecycle.draining.set()
                 closed = await svc.hub.close_all(*SERVER_RESTARTING)
                 log.info("closed %d WebSocket(s) with 4000 Server restarting", closed)
         log.info("HTTP drained; stopping workers, Redis, the DB pool and embedded servers")
     return EXIT_OK
+
+
+async def drain_delay(seconds: float) -> None:
+    """Readiness already answers 503 (the signal set ``shutdown_requested``); serve on, as
+    before, for ``seconds``: an orchestrator without layer-7 retries (a Kubernetes Service, a
+    TCP balancer) keeps sending new connections for a moment after it was told to stop the
+    instance, and those are served instead of refused. A second signal still exits at once
+    (:func:`watch_signals`)."""
+    if seconds <= 0:
+        log.info("shutting down: readiness 503")
+        return
+    log.info("shutting down: readiness 503; still serving for %gs (SHUTDOWN_DRAIN_DELAY_S) "
+             "before the drain", seconds)
+    await trio.sleep(seconds)
 
 
 async def run_worker_process(

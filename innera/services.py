@@ -37,9 +37,9 @@ from innera.storage import Storage
 class Lifecycle:
     """Process-wide state the routes need to know about."""
 
-    # set by the first SIGTERM/SIGINT
+    # set by the first SIGTERM/SIGINT: readiness answers 503 (the drain delay begins)
     shutdown_requested: trio.Event = field(default_factory=trio.Event)
-    # set when the drain starts: readiness answers 503, listeners close
+    # set when the drain starts, after SHUTDOWN_DRAIN_DELAY_S: the listeners close
     draining: trio.Event = field(default_factory=trio.Event)
 
 

@@ -26,6 +26,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (s.db.idle_timeout_s, s.db.connection_timeout_s) == (30.0, 5.0)
     assert s.storage.s3_bucket == "innera-attachments"
     assert s.server.shutdown_timeout_s == 30.0
+    assert s.server.shutdown_drain_delay_s == 0.0
     assert s.server.max_body_bytes == 1024 * 1024
     assert s.embedded_postgres and s.embedded_redis and s.local_storage
     assert s.db.sslmode is None
@@ -52,6 +53,16 @@ def test_node_env_is_the_fallback_for_innera_env() -> None:
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' must be one of"),
         ({"DB_SSL": "maybe"}, "DB_SSL='maybe' is not a boolean"),
         ({"SHUTDOWN_TIMEOUT_S": "-1"}, "SHUTDOWN_TIMEOUT_S='-1' must be a number above 0"),
+        ({"SHUTDOWN_DRAIN_DELAY_S": "soon"}, "SHUTDOWN_DRAIN_DELAY_S='soon' is not a number"),
+        ({"SHUTDOWN_DRAIN_DELAY_S": "-1"},
+         "SHUTDOWN_DRAIN_DELAY_S='-1' must be a number at least 0"),
+        ({"SHUTDOWN_DRAIN_DELAY_S": "nan"},
+         "SHUTDOWN_DRAIN_DELAY_S='nan' must be a number at least 0"),
+        ({"SHUTDOWN_DRAIN_DELAY_S": "30"},
+         "SHUTDOWN_DRAIN_DELAY_S=30 must be below SHUTDOWN_TIMEOUT_S=30: the delay counts "
+         "inside the shutdown deadline"),
+        ({"SHUTDOWN_DRAIN_DELAY_S": "5", "SHUTDOWN_TIMEOUT_S": "4"},
+         "SHUTDOWN_DRAIN_DELAY_S=5 must be below SHUTDOWN_TIMEOUT_S=4"),
         ({"REDIS_SENTINELS": "a:1"}, "REDIS_SENTINEL_MASTER is required"),
         ({"REDIS_SENTINELS": "nope", "REDIS_SENTINEL_MASTER": "m"}, "'nope' is not host:port"),
         ({"DB_PREPARED_STATEMENTS": "sometimes"},
@@ -110,6 +121,17 @@ def test_metrics_port_and_active_users_interval() -> None:
     assert (s.observability.metrics_port, s.observability.active_users_interval_s) == (9100, 0.5)
     assert s.masked()["METRICS_PORT"] == "9100"
     assert load_settings({"METRICS_PORT": "0"}).observability.metrics_port == 0
+
+
+def test_the_drain_delay_is_read_in_seconds_and_counts_inside_the_deadline() -> None:
+    s = load_settings({"SHUTDOWN_DRAIN_DELAY_S": "5", "SHUTDOWN_TIMEOUT_S": "35"}).server
+    assert (s.shutdown_drain_delay_s, s.shutdown_timeout_s) == (5.0, 35.0)
+    assert load_settings({"SHUTDOWN_DRAIN_DELAY_S": "0.5"}).server.shutdown_drain_delay_s == 0.5
+    assert load_settings({**PROD, "SHUTDOWN_DRAIN_DELAY_S": "5"}).masked()[
+        "SHUTDOWN_DRAIN_DELAY_S"] == "5"
+    with pytest.raises(ConfigError) as info:  # the message says what to do
+        load_settings({"SHUTDOWN_DRAIN_DELAY_S": "30"})
+    assert "raise SHUTDOWN_TIMEOUT_S, e.g. to 60" in str(info.value)
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -41,7 +41,7 @@ async def liveness() -> Response:
 @blueprint.get("/health/ready")
 async def readiness() -> Response:
     svc = services()
-    if svc.lifecycle.draining.is_set():
+    if svc.lifecycle.shutdown_requested.is_set():  # from the signal on, the delay included
         body = {"status": "fail", "output": "draining: the server is shutting down", "checks": {}}
         return json_response(body, 503, content_type=HEALTH_JSON)
 

@@ -5,10 +5,12 @@ HTTP/1.1 + WebSocket server, the package ``fast/``; ``hypercorn``: ``hypercorn.p
     addresses = await nursery.start(serve_http, asgi_app, host, port, stop_accepting, server)
 
 ``serve_http`` listens, calls ``task_status.started(addresses)``, and serves until
-``stop_accepting`` is set. Then it closes its listeners at once (new connections are
-refused), lets in-flight requests finish, answers requests that still arrive on open
-keep-alive connections with ``Connection: close``, and returns when the last connection
-has ended. The caller bounds that drain with its shutdown deadline.
+``stop_accepting`` is set. Then it closes its listeners at once (the connections the kernel
+had already completed are accepted and served first; new ones are refused), lets in-flight
+requests finish, answers requests that still arrive on open keep-alive connections with
+``Connection: close`` (only once the listeners are closed: see ``listeners.py``), and returns
+when the last connection has ended. The caller bounds that drain with its shutdown deadline
+(and decides when to set ``stop_accepting``: after SHUTDOWN_DRAIN_DELAY_S).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ trigger it closes idle keep-alive connections at once, so a request a load balan
 on such a connection at that moment is reset. innera therefore runs its own accept loop
 (:mod:`innera.http.listeners`) and uses Hypercorn only per connection (``TCPServer``): when
 draining starts the listeners close, but open connections live on until their next response
-(sent with ``Connection: close``) or until Hypercorn's keep-alive timeout closes them. That
+(sent with ``Connection: close`` once the listeners are closed) or until Hypercorn's
+keep-alive timeout closes them. During SHUTDOWN_DRAIN_DELAY_S nothing of this has started:
+the accept loop is innera's, so it simply goes on. That
 per-connection server, and the two unbounded waits of Hypercorn's taken out of it (a send
 gets :data:`SEND_TIMEOUT_S`), are :mod:`innera.compat.hypercorn`: the one place relying on
 Hypercorn's internals.
@@ -14,6 +16,7 @@ Hypercorn's internals.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -87,15 +90,18 @@ async def serve_http(
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``stop_accepting`` is set, then drain (see the module doc)."""
-    handle = connection_server(_ServerMiddleware(app, stop_accepting), _hypercorn_config(),
+    draining = trio.Event()  # set once the listeners are closed (innera/http/listeners.py)
+    handle = connection_server(_ServerMiddleware(app, draining), _hypercorn_config(),
                                SEND_TIMEOUT_S)
 
-    def accepted(sock: trio.socket.SocketType, _: Any, connections: trio.Nursery) -> None:
+    def accepted(sock: socket.socket, _: Any, connections: trio.Nursery) -> None:
         try:
-            stream = trio.SocketStream(sock)  # sets TCP_NODELAY, as SocketListener does
+            # non-blocking, and TCP_NODELAY as SocketListener sets it
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         except OSError:  # already gone
             sock.close()
             return
         connections.start_soon(handle, stream)
 
-    await serve_listeners(host, port, stop_accepting, accepted, task_status=task_status)
+    await serve_listeners(host, port, stop_accepting, accepted, draining,
+                          task_status=task_status)

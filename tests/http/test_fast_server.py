@@ -524,6 +524,31 @@ async def test_an_idle_keep_alive_connection_closes_at_the_timeout(
         assert 0.3 < trio.current_time() - started < 1.2
 
 
+async def test_a_request_crossing_the_keep_alive_close_meets_a_close_not_a_reset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classic keep-alive race: the client reuses its idle connection just as the server
+    closes it. The server half-closes and reads what still comes (IDLE_LINGER_S), so the
+    client sees the connection closed, which clients take as "retry on a new connection";
+    a plain close would answer that request with a reset."""
+    monkeypatch.setattr(fast_server, "KEEP_ALIVE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(fast_server, "IDLE_LINGER_S", 5.0)
+    async with serving(App()) as server:
+        client = await server.connect()
+        await client.send(get("/echo"))
+        await client.response()
+        assert await client.rest() == b""  # the server's FIN, at its keep-alive timeout
+        # the request the client had sent before that FIN reached it
+        await client.send(get("/echo?crossed"))
+        try:
+            await client.stream.send_eof()
+            with trio.fail_after(2):
+                # the server read the request, then saw our FIN and closed
+                assert await client.stream.receive_some(100) == b""
+        except trio.BrokenResourceError as exc:
+            pytest.fail(f"the server reset the connection: {exc}")
+        assert client.stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
+
 # --- refusals ---------------------------------------------------------------------------
 
 

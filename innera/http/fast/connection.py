@@ -68,8 +68,8 @@ class HTTPConnection:
 
     __slots__ = ("_cl", "_extensions", "_head_bytes", "_head_deadline", "_headers", "_host",
                  "_raw_head", "_te", "app", "buffered", "client", "cycle", "draining", "eof",
-                 "hangups", "parse_error", "parser", "parsing", "pending", "scope", "server",
-                 "settings", "stop_reading", "transport", "upgrade_tail")
+                 "hangups", "idle_timed_out", "parse_error", "parser", "parsing", "pending",
+                 "scope", "server", "settings", "stop_reading", "transport", "upgrade_tail")
 
     def __init__(self, app: ASGIApp, settings: Settings, draining: trio.Event,
                  transport: Transport, client: tuple[str, int] | None,
@@ -91,6 +91,7 @@ class HTTPConnection:
         self.eof = False
         self.buffered = 0  # body bytes parsed and not yet handed to the app
         self.upgrade_tail = b""
+        self.idle_timed_out = False  # run() ended at the keep-alive timeout
         self.scope = trio.CancelScope()
         self._head_deadline = math.inf
         self._head_bytes = self._headers = self._raw_head = 0
@@ -294,7 +295,9 @@ class HTTPConnection:
                     return None
                 self.pending.popleft()
                 self.buffered -= request.body_bytes
-        return None  # a head or keep-alive deadline passed
+        # a head or keep-alive deadline passed (keep-alive: no request begun)
+        self.idle_timed_out = not self.pending
+        return None
 
     def client_hung_up(self) -> None:
         """The peer closed or reset the connection while the app ran a request (see

@@ -17,11 +17,14 @@ One task per connection, nothing per request beyond two small objects and the AS
 - ASGI 3 ``http`` and ``websocket`` scopes (spec 2.4), with the ``websocket.http.response``
   extension; no ``lifespan`` (innera starts its services itself, in innera/process.py), no
   HTTP/2, no TLS (TLS ends at the load balancer; use ``hypercorn`` for either);
-- keep-alive (:data:`KEEP_ALIVE_TIMEOUT_S` idle), pipelining (answered in order), chunked
-  request and response bodies (a response without Content-Length whose first body message
-  is also its last gets a Content-Length; otherwise chunked, or close-delimited for HTTP/1.0
-  clients, whose connections close after one response as with h11), ``Expect:
-  100-continue`` (answered when the app first asks for the body), HEAD;
+- keep-alive (:data:`KEEP_ALIVE_TIMEOUT_S` idle; then the connection is half-closed and
+  what the client still sends is read and dropped for :data:`IDLE_LINGER_S`: a request that
+  crossed the server's FIN on the wire meets a closed connection, which clients retry on a
+  new one, not a reset), pipelining (answered in order), chunked request and response
+  bodies (a response without Content-Length whose first body message is also its last gets
+  a Content-Length; otherwise chunked, or close-delimited for HTTP/1.0 clients, whose
+  connections close after one response as with h11), ``Expect: 100-continue`` (answered
+  when the app first asks for the body), HEAD;
 - refused with an error response and closed: a head over :data:`MAX_HEAD_BYTES` or with
   more than :data:`MAX_HEADERS` fields (431), every request-smuggling shape (Content-Length
   with Transfer-Encoding, a repeated or invalid Content-Length, a Transfer-Encoding that is
@@ -44,12 +47,12 @@ One task per connection, nothing per request beyond two small objects and the AS
   with a JSON error body, after it the connection is closed. The server logs connection
   problems only (innera logs each request itself).
 
-Draining (``stop_accepting`` set): the listeners close at once (new connections are
-refused), responses from then on say ``Connection: close``, a request that still arrives on
-an open keep-alive connection is answered (with ``Connection: close``), idle connections
-close at their keep-alive timeout (or when the client closes them), WebSockets are left to
-the app (innera's hub closes them with 4000), and :func:`serve_http` returns when the last
-connection has ended.
+Draining (``stop_accepting`` set): the listeners close at once (what the kernel had
+completed is accepted first; new connections are refused), responses from then on say
+``Connection: close``, a request that still arrives on an open keep-alive connection is
+answered (with ``Connection: close``), idle connections close at their keep-alive timeout
+(or when the client closes them), WebSockets are left to the app (innera's hub closes them
+with 4000), and :func:`serve_http` returns when the last connection has ended.
 
 The module constants are read when :func:`serve_http` starts (tests make them small).
 """
@@ -77,6 +80,8 @@ HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 60.0
 SEND_TIMEOUT_S = 10.0
 LINGER_TIMEOUT_S = 2.0  # after an error: how long the client's remaining input is discarded
+IDLE_LINGER_S = 0.5  # after the keep-alive timeout: how long a request crossing our FIN is
+#                      read and dropped (it arrives within a round trip of the FIN)
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 MAX_BODY_BUFFER = 256 * 1024
@@ -94,6 +99,7 @@ def current_settings() -> Settings:
         body_timeout_s=BODY_TIMEOUT_S,
         send_timeout_s=SEND_TIMEOUT_S,
         linger_timeout_s=LINGER_TIMEOUT_S,
+        idle_linger_s=IDLE_LINGER_S,
         max_head_bytes=MAX_HEAD_BYTES,
         max_headers=MAX_HEADERS,
         max_body_buffer=MAX_BODY_BUFFER,
@@ -116,6 +122,8 @@ async def _serve_connection(app: ASGIApp, settings: Settings, draining: trio.Eve
         conn = HTTPConnection(app, settings, draining, transport, client, server, hangups)
         request = await conn.run()
         if request is None:
+            if conn.idle_timed_out:
+                await transport.close_lingering(settings.idle_linger_s)
             return
         # a WebSocket upgrade: the HTTP state is not kept for the socket's lifetime
         prepared = prepare_websocket(settings, transport, request, conn.upgrade_tail, client,
@@ -143,10 +151,8 @@ async def _serve_connection(app: ASGIApp, settings: Settings, draining: trio.Eve
 
 
 def _accepted(app: ASGIApp, settings: Settings, draining: trio.Event, hangups: Hangups,
-              accepted: trio.socket.SocketType, address: Any, connections: trio.Nursery
-              ) -> None:
+              sock: socket.socket, address: Any, connections: trio.Nursery) -> None:
     # the connection is driven through the plain socket (see fast/transport.py)
-    sock = socket.socket(fileno=accepted.detach())
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -170,9 +176,10 @@ async def serve_http(
     """Serve ``app`` until ``stop_accepting`` is set, then drain (see the module doc).
     ``max_connections``: connections beyond it are closed at once (the metrics port)."""
     hangups = Hangups()
+    draining = trio.Event()  # set once the listeners are closed (innera/http/listeners.py)
     async with trio.open_nursery() as watcher:
         watcher.start_soon(hangups.run)
-        accepted = partial(_accepted, app, current_settings(), stop_accepting, hangups)
-        await serve_listeners(host, port, stop_accepting, accepted,
+        accepted = partial(_accepted, app, current_settings(), draining, hangups)
+        await serve_listeners(host, port, stop_accepting, accepted, draining,
                               max_connections=max_connections, task_status=task_status)
         watcher.cancel_scope.cancel()

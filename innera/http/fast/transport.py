@@ -38,6 +38,7 @@ class Settings:
     body_timeout_s: float
     send_timeout_s: float
     linger_timeout_s: float
+    idle_linger_s: float
     max_head_bytes: int
     max_headers: int
     max_body_buffer: int
