@@ -132,7 +132,8 @@ async def dek_counts(db: Pool) -> dict[int, int]:
     with trio.fail_after(QUERY_TIMEOUT_S):
         async with db.connection() as conn:
             cur = await conn.execute(
-                "SELECT mek_version, count(*) FROM user_keys GROUP BY 1 ORDER BY 1")
+                "SELECT mek_version, count(*) FROM user_keys GROUP BY 1 ORDER BY 1",
+                name="key_rotation.dek_counts")
             return {int(v): int(n) for v, n in await cur.fetchall()}
 
 
@@ -141,7 +142,8 @@ async def latest_rotation(db: Pool) -> dict[str, Any] | None:
     with trio.fail_after(QUERY_TIMEOUT_S):
         async with db.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                "SELECT * FROM key_rotation_jobs ORDER BY created_at DESC, id LIMIT 1")
+                "SELECT * FROM key_rotation_jobs ORDER BY created_at DESC, id LIMIT 1",
+                name="key_rotation.latest")
             return await cur.fetchone()
 
 
@@ -150,7 +152,7 @@ async def unfinished_rotation(db: Pool) -> dict[str, Any] | None:
         async with db.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "SELECT * FROM key_rotation_jobs WHERE status IN ('pending', 'running') "
-                "ORDER BY created_at LIMIT 1")
+                "ORDER BY created_at LIMIT 1", name="key_rotation.unfinished")
             return await cur.fetchone()
 
 
@@ -210,7 +212,8 @@ async def rewrap_batch(db: Pool, provider: KeyProvider, to_version: int, *,
     rewrapped: list[bytes] = []
     with trio.fail_after(BATCH_TIMEOUT_S):
         async with db.connection() as conn, conn.transaction():
-            cur = await conn.execute(_SELECT_BATCH, (to_version, after, limit))
+            cur = await conn.execute(_SELECT_BATCH, (to_version, after, limit),
+                                     name="key_rotation.select_batch")
             rows = await cur.fetchall()
             for i, (user_id, version, wrapped) in enumerate(rows):
                 if i % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
@@ -227,7 +230,8 @@ async def rewrap_batch(db: Pool, provider: KeyProvider, to_version: int, *,
                 rewrapped.append(sealed)
             if user_ids:
                 cur = await conn.execute(
-                    _UPDATE_BATCH, (to_version, user_ids, old_versions, rewrapped))
+                    _UPDATE_BATCH, (to_version, user_ids, old_versions, rewrapped),
+                    name="key_rotation.rewrap_batch")
                 batch.rewrapped = cur.rowcount
     batch.seen = len(rows)
     batch.last = rows[-1][0] if rows else None

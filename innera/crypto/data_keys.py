@@ -44,7 +44,7 @@ class DataKeys:
             raise crypto_failed(self.metrics, "encrypt", exc, user_id=user_id) from exc
         await conn.execute(
             "INSERT INTO user_keys (user_id, mek_version, wrapped_dek) VALUES (%s, %s, %s)",
-            (user_id, version, wrapped))
+            (user_id, version, wrapped), name="data_keys.insert")
         self._remember(user_id, dek)
 
     def cached(self, user_id: str) -> bytes | None:
@@ -62,7 +62,8 @@ class DataKeys:
             return dek
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT mek_version, wrapped_dek FROM user_keys WHERE user_id = %s", (user_id,))
+                "SELECT mek_version, wrapped_dek FROM user_keys WHERE user_id = %s", (user_id,),
+                name="data_keys.read")
             row = await cur.fetchone()
         try:
             if row is None:

@@ -2,8 +2,9 @@
 
 innera's own loggers and every library logger (hypercorn, psycopg, coredis, trio, …) end in
 the same processors: context variables bound for the current request (``requestId``,
-``userId``), level, logger name, time, exception text (never local variables), then
-redaction, then JSON.
+``userId``), the ``traceId`` of the Sentry trace the line belongs to (a traced request or
+job, :func:`innera.observability.tracing.current_trace_id`), level, logger name, time,
+exception text (never local variables), then redaction, then JSON.
 
 Redaction (censor ``[REDACTED]``) runs on every line, exceptions included, and has two
 parts:
@@ -50,6 +51,8 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from innera.observability.tracing import current_trace_id
 
 CENSOR = "[REDACTED]"
 
@@ -215,10 +218,20 @@ def _level_name(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapp
     return event
 
 
+def _add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]
+                  ) -> MutableMapping[str, Any]:
+    """``traceId`` on the lines of a traced request or job, so logs and traces join."""
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        event["traceId"] = trace_id
+    return event
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Route every logger (ours and the libraries') to JSON lines on ``stream`` (stdout)."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
