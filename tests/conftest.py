@@ -13,5 +13,6 @@ pytest_plugins = [
     "tests.fixtures.proxy",
     "tests.fixtures.s3",
     "tests.fixtures.push_provider",
+    "tests.fixtures.sentry_collector",
     "tests.fixtures.repository",
 ]
