@@ -215,7 +215,8 @@ async def test_untraced_paths_make_no_transaction_at_rate_1(
     tmp_path: Any, sentry_collector: SentryCollector,
 ) -> None:
     """``/health`` (with ``/health/ready``) and ``/metrics`` by default, and whatever
-    SENTRY_TRACES_SAMPLER adds; a transaction sent after them is the barrier."""
+    SENTRY_TRACES_SAMPLER adds; the transactions sent after them are the barrier. An error
+    joins the trace of the request it happened in."""
     sp = await _spawn(spawn_server, server_environ(
         database_url, redis_url, tmp_path, SENTRY_DSN=sentry_collector.dsn,
         SENTRY_TRACES_SAMPLE_RATE="1", SENTRY_TRACES_SAMPLER="/health,/metrics,/openapi.json"))
@@ -225,7 +226,15 @@ async def test_untraced_paths_make_no_transaction_at_rate_1(
                 for _ in range(3):
                     assert (await client.get(path)).status_code == 200, path
             assert (await client.get("/v1/entries")).status_code == 401
-        await sentry_collector.wait_for(lambda c: bool(c.transactions))
+            assert (await client.get("/_test/boom")).status_code == 500
+        await sentry_collector.wait_for(lambda c: len(c.transactions) == 2 and bool(c.events))
     finally:
         await _stop(sp)
-    assert [t["transaction"] for t in sentry_collector.transactions] == ["GET /v1/entries"]
+    assert sorted(t["transaction"] for t in sentry_collector.transactions) == [
+        "GET /_test/boom", "GET /v1/entries"]
+    denied = _one(sentry_collector, "GET /v1/entries")
+    assert _trace(denied)["status"] == "unauthenticated"
+    boom = _one(sentry_collector, "GET /_test/boom")
+    assert _trace(boom)["status"] == "internal_error"
+    [event] = sentry_collector.events
+    assert event["contexts"]["trace"]["trace_id"] == _trace(boom)["trace_id"]

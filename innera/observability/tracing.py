@@ -177,14 +177,15 @@ _VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 
 
 @contextmanager
-def job_transaction(queue: str, job_id: str, payload: Mapping[str, Any]) -> Iterator[None]:
+def job_transaction(queue: str, job_id: str, payload: Any) -> Iterator[None]:
     """The transaction of one job (op ``queue.process``, named ``job <queue>``, tagged with
     ``queue`` and ``job_id``), continuing the trace its payload carries (:data:`PAYLOAD_KEY`);
-    a payload without one starts a new trace. A no-op when tracing is off."""
+    a payload without one (or not an object at all: the handler deals with that) starts a
+    new trace. A no-op when tracing is off."""
     if not SWITCH.on:
         yield
         return
-    carried = payload.get(PAYLOAD_KEY)
+    carried = payload.get(PAYLOAD_KEY) if isinstance(payload, dict) else None
     headers = ({k: v for k, v in carried.items() if isinstance(k, str) and isinstance(v, str)}
                if isinstance(carried, dict) else {})
     with sentry_sdk.isolation_scope() as scope:
