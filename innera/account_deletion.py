@@ -59,7 +59,7 @@ async def start_deletion(db: Pool, redis: Redis, user_id: str) -> dict[str, Any]
         conn = sub.conn
         cur = await conn.execute(
             "UPDATE users SET status = 'deleted' WHERE id = %s AND status = 'active'",
-            (user_id,))
+            (user_id,), name="account_deletion.disable_user")
         if cur.rowcount == 1:
             try:
                 async with conn.transaction():  # savepoint
@@ -70,7 +70,7 @@ async def start_deletion(db: Pool, redis: Redis, user_id: str) -> dict[str, Any]
             "SELECT id, status, progress, error, created_at, started_at, finished_at "
             "FROM account_deletion_jobs WHERE user_id = %s "
             "AND status IN ('pending', 'running') ORDER BY created_at DESC LIMIT 1",
-            (user_id,))
+            (user_id,), name="account_deletion.unfinished_job")
         row = await cur.fetchone()
         if row is not None:
             sub.enqueue_after_commit({"id": row["id"], "user_id": None})

@@ -61,7 +61,8 @@ async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_h
     try:
         cur = await conn.cursor(row_factory=dict_row).execute(
             "INSERT INTO users (email, password_hash) VALUES (%s, %s) "
-            "RETURNING id, email, status, created_at, session_generation", (email, password_hash))
+            "RETURNING id, email, status, created_at, session_generation", (email, password_hash),
+            name="accounts.create")
     except psycopg.errors.UniqueViolation:
         raise EmailTaken() from None
     row = await cur.fetchone()
@@ -91,7 +92,8 @@ class ActiveUsers:
     async def _fetch(self, user_ids: Sequence[str]) -> list[User | None]:
         async with self._pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                _ACTIVE + "id = ANY(%s::uuid[])", (list(set(user_ids)),))
+                _ACTIVE + "id = ANY(%s::uuid[])", (list(set(user_ids)),),
+                name="accounts.active_batch")
             users = {str(row["id"]): _user(row) for row in await cur.fetchall()}
         return [users.get(user_id) for user_id in user_ids]
 
@@ -101,7 +103,7 @@ async def get_active_user(pool: Pool, user_id: str) -> User | None:
         return None
     async with pool.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
-            _ACTIVE + "id = %s", (user_id,))
+            _ACTIVE + "id = %s", (user_id,), name="accounts.active_by_id")
         row = await cur.fetchone()
     return _user(row) if row else None
 
@@ -111,7 +113,7 @@ async def find_for_login(pool: Pool, email: str) -> tuple[User, str] | None:
     async with pool.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT id, email, status, created_at, session_generation, password_hash FROM users "
-            "WHERE email = %s AND status = 'active'", (email,))
+            "WHERE email = %s AND status = 'active'", (email,), name="auth.user_by_email")
         row = await cur.fetchone()
     return (_user(row), row["password_hash"]) if row else None
 
@@ -119,7 +121,8 @@ async def find_for_login(pool: Pool, email: str) -> tuple[User, str] | None:
 async def password_hash_of(pool: Pool, user_id: str) -> str | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT password_hash FROM users WHERE id = %s AND status = 'active'", (user_id,))
+            "SELECT password_hash FROM users WHERE id = %s AND status = 'active'", (user_id,),
+            name="accounts.password_hash")
         row = await cur.fetchone()
     return row[0] if row else None
 
@@ -131,7 +134,7 @@ async def rehash_password(pool: Pool, user_id: str, verified_hash: str, new_hash
     async with pool.connection() as conn:
         cur = await conn.execute(
             "UPDATE users SET password_hash = %s WHERE id = %s AND password_hash = %s",
-            (new_hash, user_id, verified_hash))
+            (new_hash, user_id, verified_hash), name="accounts.rehash_password")
         return cur.rowcount == 1
 
 
@@ -144,7 +147,8 @@ async def change_password(pool: Pool, user_id: str, verified_hash: str, new_hash
         cur = await conn.execute(
             "UPDATE users SET password_hash = %s, session_generation = session_generation + 1 "
             "WHERE id = %s AND password_hash = %s AND status = 'active' "
-            "RETURNING session_generation", (new_hash, user_id, verified_hash))
+            "RETURNING session_generation", (new_hash, user_id, verified_hash),
+            name="accounts.change_password")
         row = await cur.fetchone()
     return None if row is None else int(row[0])
 
@@ -155,6 +159,6 @@ async def end_sessions(pool: Pool, user_id: str) -> int | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "UPDATE users SET session_generation = session_generation + 1 WHERE id = %s "
-            "RETURNING session_generation", (user_id,))
+            "RETURNING session_generation", (user_id,), name="accounts.end_sessions")
         row = await cur.fetchone()
     return None if row is None else int(row[0])

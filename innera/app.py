@@ -126,7 +126,7 @@ class Router:
     """The ASGI application innera serves: ``/v1/ws`` sockets go straight to the realtime
     endpoint (:mod:`innera.api.ws`, no framework per long-lived socket), ``/health`` and
     ``/metrics`` to plain handlers (:mod:`innera.api.plain`); everything else to the Quart
-    app."""
+    app. Each request or socket runs in the pipeline's Sentry transaction, if traced."""
 
     def __init__(self, svc: Services, app: QuartTrio, pipeline: Pipeline) -> None:
         self.svc = svc
@@ -136,12 +136,13 @@ class Router:
         self.metrics = svc.settings.observability.metrics_port is None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope["path"] == ws.PATH:
-            await ws.serve(self.svc, self.pipeline, scope, receive, send)
-        elif plain.handles(scope, metrics=self.metrics):
-            await plain.serve(self.svc, self.pipeline, scope, send)
-        else:
-            await self.app(scope, receive, send)
+        with self.pipeline.transaction(scope):
+            if scope["type"] == "websocket" and scope["path"] == ws.PATH:
+                await ws.serve(self.svc, self.pipeline, scope, receive, send)
+            elif plain.handles(scope, metrics=self.metrics):
+                await plain.serve(self.svc, self.pipeline, scope, send)
+            else:
+                await self.app(scope, receive, send)
 
 
 def create_asgi(svc: Services) -> Router:

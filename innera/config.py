@@ -197,6 +197,7 @@ class ObservabilitySettings(_Section):
     log_format: str
     sentry_dsn: str | None
     sentry_traces_sample_rate: float
+    sentry_untraced_paths: tuple[str, ...]
     metrics_token: str | None
     metrics_port: int | None
     active_users_interval_s: float
@@ -536,6 +537,31 @@ class Origins(Parser):
         return ",".join(value) or None
 
 
+class PathPrefixes(Parser):
+    """Comma-separated URL path prefixes, each starting with ``/`` (a trailing ``/``
+    dropped), held as a tuple; ``none`` for none."""
+
+    def parse(self, name: str, read: _Reader) -> tuple[str, ...]:
+        raw = read.raw(name) or ""
+        if raw.lower() == "none":
+            return ()
+        prefixes = []
+        for item in raw.split(","):
+            prefix = item.strip()
+            if not prefix:
+                continue
+            if not prefix.startswith("/") or any(c.isspace() for c in prefix) or "?" in prefix:
+                read.problems.append(
+                    f"{name} entry {prefix!r} is not a URL path prefix (like /health); "
+                    "write none to trace every path")
+                continue
+            prefixes.append(prefix.rstrip("/") or "/")
+        return tuple(prefixes)
+
+    def show(self, value: Any) -> str | None:
+        return ",".join(value) or "none"
+
+
 class HostPorts(Parser):
     """Comma-separated ``host:port`` addresses (IPv6 hosts in brackets), held as a tuple of
     ``(host, port)``; each bad entry is a problem of its own."""
@@ -813,7 +839,12 @@ VARIABLES: tuple[Variable, ...] = (
     _V("SENTRY_DSN", None, "observability", "sentry_dsn", Text(),
        "Sentry DSN; unset disables error reporting", True),
     _V("SENTRY_TRACES_SAMPLE_RATE", "0.1", "observability", "sentry_traces_sample_rate",
-       Share(), "share of transactions traced by Sentry (0..1)"),
+       Share(), "share of requests, WebSocket sessions and jobs traced by Sentry "
+       "(0..1; 0 turns tracing off; needs SENTRY_DSN)"),
+    _V("SENTRY_TRACES_SAMPLER", "/health,/metrics", "observability", "sentry_untraced_paths",
+       PathPrefixes(), "comma-separated URL path prefixes never traced (`/health` also "
+       "covers `/health/ready`): probes and scrapes make no transaction; `none` traces "
+       "every path"),
     _V("METRICS_TOKEN", None, "observability", "metrics_token", Text(),
        "when set, GET /metrics needs `Authorization: Bearer <token>` (401 otherwise)", True),
     _V("METRICS_PORT", None, "observability", "metrics_port", Port(),

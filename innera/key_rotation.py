@@ -145,7 +145,8 @@ async def dek_counts(db: Pool) -> dict[int, int]:
     with trio.fail_after(QUERY_TIMEOUT_S):
         async with db.connection() as conn:
             cur = await conn.execute(
-                "SELECT mek_version, count(*) FROM user_keys GROUP BY 1 ORDER BY 1")
+                "SELECT mek_version, count(*) FROM user_keys GROUP BY 1 ORDER BY 1",
+                name="key_rotation.dek_counts")
             return {int(v): int(n) for v, n in await cur.fetchall()}
 
 
@@ -154,7 +155,8 @@ async def dek_counts_by_provider(db: Pool) -> dict[tuple[int, str], int]:
     with trio.fail_after(QUERY_TIMEOUT_S):
         async with db.connection() as conn:
             cur = await conn.execute("SELECT mek_version, mek_provider, count(*) FROM user_keys "
-                                     "GROUP BY 1, 2 ORDER BY 1, 2")
+                                     "GROUP BY 1, 2 ORDER BY 1, 2",
+                                     name="key_rotation.dek_counts_by_provider")
             return {(int(v), str(p)): int(n) for v, p, n in await cur.fetchall()}
 
 
@@ -163,7 +165,8 @@ async def latest_rotation(db: Pool) -> dict[str, Any] | None:
     with trio.fail_after(QUERY_TIMEOUT_S):
         async with db.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
-                "SELECT * FROM key_rotation_jobs ORDER BY created_at DESC, id LIMIT 1")
+                "SELECT * FROM key_rotation_jobs ORDER BY created_at DESC, id LIMIT 1",
+                name="key_rotation.latest")
             return await cur.fetchone()
 
 
@@ -172,7 +175,7 @@ async def unfinished_rotation(db: Pool) -> dict[str, Any] | None:
         async with db.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "SELECT * FROM key_rotation_jobs WHERE status IN ('pending', 'running') "
-                "ORDER BY created_at LIMIT 1")
+                "ORDER BY created_at LIMIT 1", name="key_rotation.unfinished")
             return await cur.fetchone()
 
 
@@ -232,7 +235,8 @@ async def rewrap_batch(db: Pool, provider: KeyProvider, to_version: int, *,
     to_provider = provider.provider_name(to_version)
     with trio.fail_after(BATCH_TIMEOUT_S):
         async with db.connection() as conn, conn.transaction():
-            cur = await conn.execute(_SELECT_BATCH, (to_version, after, limit))
+            cur = await conn.execute(_SELECT_BATCH, (to_version, after, limit),
+                                     name="key_rotation.select_batch")
             rows = await cur.fetchall()
             done = await _rewrap_rows(provider, to_version, rows)
             for (user_id, *_), result in zip(rows, done, strict=True):
@@ -244,7 +248,8 @@ async def rewrap_batch(db: Pool, provider: KeyProvider, to_version: int, *,
                 user_ids, old_versions, rewrapped = map(list, zip(*kept, strict=True))
                 cur = await conn.execute(
                     _UPDATE_BATCH,
-                    (to_version, to_provider, user_ids, old_versions, rewrapped))
+                    (to_version, to_provider, user_ids, old_versions, rewrapped),
+                    name="key_rotation.rewrap_batch")
                 batch.rewrapped = cur.rowcount
     batch.seen = len(rows)
     batch.last = rows[-1][0] if rows else None

@@ -152,6 +152,7 @@ async def open_database(stack: AsyncExitStack, settings: Settings, *, migrations
         acquire_timeout_s=settings.db.connection_timeout_s,
         connect_kwargs=options.kwargs,
         explain_connect_error=options.explain,
+        on_query=metrics.observe_query if metrics is not None else None,
     )
     await stack.enter_async_context(supervised(pool.run))
     if metrics is not None:
@@ -315,7 +316,8 @@ async def process_services(settings: Settings
     lifecycle = Lifecycle()
     sentry.init_sentry(settings.observability.sentry_dsn, environment=settings.server.env,
                        release=__version__,
-                       traces_sample_rate=settings.observability.sentry_traces_sample_rate)
+                       traces_sample_rate=settings.observability.sentry_traces_sample_rate,
+                       untraced_paths=settings.observability.sentry_untraced_paths)
     async with signal_handling(lifecycle, settings.server.shutdown_timeout_s):
         async with AsyncExitStack() as stack:
             yield stack, await open_services(stack, settings, lifecycle)

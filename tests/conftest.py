@@ -20,5 +20,6 @@ pytest_plugins = [
     "tests.fixtures.push_provider",
     "tests.fixtures.tls_postgres",
     "tests.fixtures.pgbouncer",
+    "tests.fixtures.sentry_collector",
     "tests.fixtures.repository",
 ]

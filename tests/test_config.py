@@ -84,6 +84,14 @@ def test_node_env_is_the_fallback_for_innera_env() -> None:
         ({"ACTIVE_USERS_INTERVAL_S": "0"}, "ACTIVE_USERS_INTERVAL_S='0' must be a number above 0"),
         ({"ACTIVE_USERS_INTERVAL_S": "often"},
          "ACTIVE_USERS_INTERVAL_S='often' is not a number"),
+        ({"SENTRY_TRACES_SAMPLE_RATE": "1.5"}, "SENTRY_TRACES_SAMPLE_RATE='1.5' must be between"),
+        ({"SENTRY_TRACES_SAMPLER": "health"},
+         "SENTRY_TRACES_SAMPLER entry 'health' is not a URL path prefix (like /health)"),
+        ({"SENTRY_TRACES_SAMPLER": "/health,/a b"},
+         "SENTRY_TRACES_SAMPLER entry '/a b' is not a URL path prefix"),
+        ({"SENTRY_TRACES_SAMPLER": "/search?q=x"},
+         "SENTRY_TRACES_SAMPLER entry '/search?q=x' is not a URL path prefix"),
+        ({"SENTRY_TRACES_SAMPLER": "off"}, "write none to trace every path"),
     ],
 )
 def test_an_invalid_value_names_the_variable(environ: dict[str, str], fragment: str) -> None:
@@ -132,6 +140,22 @@ def test_the_drain_delay_is_read_in_seconds_and_counts_inside_the_deadline() -> 
     with pytest.raises(ConfigError) as info:  # the message says what to do
         load_settings({"SHUTDOWN_DRAIN_DELAY_S": "30"})
     assert "raise SHUTDOWN_TIMEOUT_S, e.g. to 60" in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "prefixes", "shown"), [
+    (None, ("/health", "/metrics"), "/health,/metrics"),  # probes and scrapes: never traced
+    ("", ("/health", "/metrics"), "/health,/metrics"),
+    ("/health/, /metrics,/openapi.json", ("/health", "/metrics", "/openapi.json"),
+     "/health,/metrics,/openapi.json"),
+    ("none", (), "none"),
+    ("NONE", (), "none"),
+])
+def test_sentry_traces_sampler_lists_the_untraced_path_prefixes(
+        value: str | None, prefixes: tuple[str, ...], shown: str) -> None:
+    s = load_settings({} if value is None else {"SENTRY_TRACES_SAMPLER": value})
+    assert s.observability.sentry_untraced_paths == prefixes
+    assert s.masked()["SENTRY_TRACES_SAMPLER"] == shown
+    assert s.observability.sentry_traces_sample_rate == 0.1
 
 
 def test_every_problem_is_reported_at_once() -> None:

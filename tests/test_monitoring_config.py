@@ -69,6 +69,9 @@ INNERA_METRICS = frozenset(
         "innera_job_duration_seconds",
         "innera_jobs_waiting",
         "innera_active_users",
+        # named queries: innera's own, beside the spec's (docs/operations.md, "Metrics")
+        "innera_db_query_duration_seconds",
+        "innera_db_query_errors_total",
         # prometheus-client's default process metrics
         "process_resident_memory_bytes",
         "process_virtual_memory_bytes",
@@ -419,6 +422,23 @@ def test_dashboard_panels_all_have_promql_targets() -> None:
         "innera_active_users",
     ):
         assert required in used, f"no dashboard panel shows {required}"
+
+
+def test_a_panel_shows_the_ten_slowest_query_names_by_p95() -> None:
+    """The operator's first look at "slow query or busy pool?": the p95 of each statement
+    name, the ten slowest, over every instance."""
+    dashboard = json.loads(DASHBOARDS[0].read_text(encoding="utf-8"))
+    exprs = {re.sub(r"\s+", "", t["expr"]): p["title"]
+             for p in dashboard["panels"] for t in p["targets"]}
+    wanted = re.sub(r"\s+", "", 'topk(10, histogram_quantile(0.95, sum by (le, name) '
+                    '(rate(innera_db_query_duration_seconds_bucket{job="innera"}[5m]))))')
+    assert wanted in exprs, sorted(exprs)
+    panel = next(p for p in dashboard["panels"] if p["title"] == exprs[wanted])
+    assert panel["targets"][0]["legendFormat"] == "{{name}}"
+    assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+    # beside the pool panels, on no other panel's place
+    cells = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
+    assert len(cells) == len(set(cells))
 
 
 # --- Compose `monitoring` profile ----------------------------------------------------------

@@ -91,6 +91,45 @@ async def test_route_metrics_use_the_template_never_the_raw_path(server: Running
     assert {"0.1", "0.5", "1.0", "2.0", "2.5", "5.0", "10.0", "30.0"} <= buckets
 
 
+async def test_statements_show_by_name_in_the_query_metrics(server: RunningServer) -> None:
+    """After a sign-up, a login and the entry routes, /metrics names their statements in
+    ``innera_db_query_duration_seconds``; every name shown is one the code holds as a
+    literal (tests/db/test_query_names.py), so the label set is bounded."""
+    from tests.db.test_query_names import query_names
+    from tests.fixtures.accounts import signup
+
+    client = server.client
+    alice = await signup(client)
+    r = await client.post("/v1/auth/login", json={"email": alice.email,
+                                                  "password": alice.password})
+    assert r.status_code == 200, r.text
+    r = await client.post("/v1/entries", headers=alice.auth, json={"body": "counted"})
+    assert r.status_code == 201, r.text
+    entry = r.json()["id"]
+    assert (await client.get(f"/v1/entries/{entry}", headers=alice.auth)).status_code == 200
+    assert (await client.get("/v1/entries", headers=alice.auth)).status_code == 200
+    assert (await client.patch(f"/v1/entries/{entry}", headers=alice.auth,
+                               json={"body": "changed"})).status_code == 200
+    assert (await client.delete(f"/v1/entries/{entry}", headers=alice.auth)).status_code == 204
+    # a sign-up with a taken address fails its INSERT: an error of that statement
+    assert (await client.post("/v1/auth/signup", json={
+        "email": alice.email, "password": alice.password})).status_code == 409
+    values = samples((await client.get("/metrics")).text)
+
+    counts = {dict(labels)["name"]: value for (metric, labels), value in values.items()
+              if metric == "innera_db_query_duration_seconds_count"}
+    errors = {dict(labels)["name"]: value for (metric, labels), value in values.items()
+              if metric == "innera_db_query_errors_total"}
+    for name in ("accounts.create", "data_keys.insert", "auth.user_by_email",
+                 "accounts.active_batch", "entries.insert", "entries.read", "entries.list",
+                 "entries.lock_for_update", "entries.update", "entries.delete"):
+        assert counts.get(name, 0) >= 1, (name, sorted(counts))
+    assert counts["accounts.create"] == 2 and errors["accounts.create"] == 1
+    assert errors["entries.read"] == 0  # a statement's error series starts at 0
+    assert set(counts) <= query_names(), set(counts) - query_names()
+    assert set(errors) == set(counts)
+
+
 async def test_pool_gauges_are_read_at_scrape_time(server: RunningServer) -> None:
     pool = server.services.db
     async with pool.connection():

@@ -21,6 +21,7 @@ from sentry_sdk.transport import Transport
 from werkzeug.datastructures import Headers
 
 from innera.errors import AppError, NotFound
+from innera.observability import tracing
 from innera.observability.sentry import (
     REDACTED,
     capture_request_exception,
@@ -80,6 +81,7 @@ def _reset_sdk() -> None:
     if client.is_active():
         client.close()
     sentry_sdk.get_global_scope().set_client(None)
+    tracing.configure(False)
 
 
 @pytest.fixture
@@ -323,6 +325,8 @@ async def test_only_safe_integrations_and_logs_are_breadcrumbs_only(
 ) -> None:
     client = sentry_sdk.get_client()
     assert sorted(client.integrations) == ["atexit", "dedupe", "excepthook", "logging"]
+    # the SDK's own debug records (dropped by its filter anyway) are never built
+    assert not logging.getLogger("sentry_sdk.errors").isEnabledFor(logging.INFO)
     assert client.should_send_default_pii() is False
     assert client.options["include_local_variables"] is False
 
@@ -459,3 +463,104 @@ async def test_a_500_on_a_search_url_sends_no_search_term(
     headers = {k.lower(): v for k, v in event["request"]["headers"].items()}
     assert headers["referer"] == "https://app.innera.test/search"
     assert "x-api-key" not in headers and "x-reauth-token" not in headers
+
+
+# --- tracing (innera/observability/tracing.py) -------------------------------------------------
+
+
+async def test_concurrent_jobs_and_their_nurseries_never_mix_spans(
+    sentry_init: Callable[..., CapturingTransport],
+) -> None:
+    """Two jobs run side by side, each spawning tasks that record spans while the other's
+    do: every span lands in its own job's transaction, as a child of it, in its trace."""
+    transport = sentry_init(traces_sample_rate=1.0)
+    both_started = trio.Event()
+    started = 0
+
+    async def work(job: str, task: int) -> None:
+        nonlocal started
+        started += 1
+        if started == 4:
+            both_started.set()
+        await both_started.wait()  # every task of both jobs is running before any records
+        for step in range(3):
+            with tracing.span("db", f"{job}.task{task}.step{step}"):
+                await trio.lowlevel.checkpoint()
+
+    async def job(name: str) -> None:
+        with tracing.job_transaction(f"queue-{name}", f"id-{name}", {}):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(work, name, 1)
+                nursery.start_soon(work, name, 2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(job, "a")
+        nursery.start_soon(job, "b")
+
+    sent = {t["transaction"]: t for t in transport.transactions}
+    assert set(sent) == {"job queue-a", "job queue-b"}
+    traces = set()
+    for name in ("a", "b"):
+        transaction = sent[f"job queue-{name}"]
+        context = transaction["contexts"]["trace"]
+        traces.add(context["trace_id"])
+        assert transaction["tags"] == {"queue": f"queue-{name}", "job_id": f"id-{name}"}
+        assert sorted(s["description"] for s in transaction["spans"]) == sorted(
+            f"{name}.task{t}.step{i}" for t in (1, 2) for i in range(3))
+        assert {(s["trace_id"], s["parent_span_id"]) for s in transaction["spans"]} == {
+            (context["trace_id"], context["span_id"])}
+    assert len(traces) == 2
+
+
+async def test_a_job_continues_the_trace_its_payload_carries(
+    sentry_init: Callable[..., CapturingTransport],
+) -> None:
+    transport = sentry_init(traces_sample_rate=1.0)
+    with tracing.job_transaction("export-jobs", "export_jobs:1", {}):
+        carried = tracing.trace_headers()
+    assert carried is not None and set(carried) == {"sentry-trace", "baggage"}
+    with tracing.job_transaction("push-notifications", "push:1", {tracing.PAYLOAD_KEY: carried}):
+        pass
+    # a payload of an older innera (or the reconciler's) has no trace, or a broken one
+    for payload in ({}, {tracing.PAYLOAD_KEY: "nonsense"}, {tracing.PAYLOAD_KEY: {"x": 1}},
+                    ["not", "an", "object"]):
+        with tracing.job_transaction("push-notifications", "push:2", payload):
+            pass
+    first, second, *fresh = (t["contexts"]["trace"] for t in transport.transactions)
+    assert second["trace_id"] == first["trace_id"]
+    assert second["parent_span_id"] == first["span_id"]
+    assert len({t["trace_id"] for t in fresh} | {first["trace_id"]}) == 5
+    assert tracing.trace_headers() is None  # outside a transaction: nothing to carry
+
+
+async def test_tracing_off_makes_nothing(sentry_init: Callable[..., CapturingTransport]
+                                         ) -> None:
+    """Rate 0 (or no DSN): no transaction, no span object, no trace id, no headers."""
+    transport = sentry_init(traces_sample_rate=0.0)
+    assert tracing.SWITCH.on is False
+    with tracing.job_transaction("export-jobs", "export_jobs:1", {}):
+        assert sentry_sdk.get_current_span() is None
+        first, second = tracing.span("db", "a.b"), tracing.span("db", "c.d")
+        assert first is second  # the shared no-op
+        assert tracing.current_trace_id() is None and tracing.trace_headers() is None
+    assert transport.envelopes == []
+    assert init_sentry(None, environment="test", release="x") is False
+    assert tracing.SWITCH.on is False
+
+
+@pytest.mark.parametrize(("path", "traced"), [
+    ("/health", False), ("/health/ready", False), ("/metrics", False), ("/v1/entries", True),
+    ("/healthz", True), ("/v1/ws", True),
+])
+def test_default_untraced_paths(path: str, traced: bool) -> None:
+    tracing.configure(True)
+    try:
+        assert tracing.traced_path(path) is traced
+    finally:
+        tracing.configure(False)
+
+
+def test_route_names_are_sentry_style_templates() -> None:
+    assert tracing.route_name("/v1/entries/<entry_id>") == "/v1/entries/{entry_id}"
+    assert tracing.route_name("/v1/x/<uuid:id>/y/<int:n>") == "/v1/x/{id}/y/{n}"
+    assert tracing.route_name(None) == "<unmatched>"

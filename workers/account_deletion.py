@@ -117,23 +117,25 @@ class Purge:
 Step = Callable[[Purge], Awaitable[None]]
 
 
-async def _execute(p: Purge, query: Query, params: tuple[Any, ...]) -> int:
-    """One autocommitted statement (bounded); the number of rows it touched."""
+async def _execute(p: Purge, query: Query, params: tuple[Any, ...], *, name: str) -> int:
+    """One autocommitted statement named ``name`` (bounded); the number of rows it
+    touched."""
     with trio.fail_after(CALL_TIMEOUT_S):
         async with p.svc.db.connection() as conn:
-            cur = await conn.execute(query, params)
+            cur = await conn.execute(query, params, name=name)
             return max(cur.rowcount, 0)
 
 
-async def _delete_batched(p: Purge, table: str, key: str = "id") -> int:
-    """Delete the user's rows of ``table``, :data:`BATCH` at a time; how many."""
+async def _delete_batched(p: Purge, table: str, key: str = "id", *, name: str) -> int:
+    """Delete the user's rows of ``table``, :data:`BATCH` at a time (statements named
+    ``name``); how many."""
     query = sql.SQL("DELETE FROM {t} WHERE {k} IN "
                     "(SELECT {k} FROM {t} WHERE user_id = %s LIMIT %s)"
                     ).format(t=sql.Identifier(table), k=sql.Identifier(key))
     total = 0
     while True:
         p.check()
-        deleted = await _execute(p, query, (p.user_id, BATCH))
+        deleted = await _execute(p, query, (p.user_id, BATCH), name=name)
         total += deleted
         if deleted < BATCH:
             return total
@@ -144,19 +146,21 @@ async def _delete_batched(p: Purge, table: str, key: str = "id") -> int:
 
 async def disable(p: Purge) -> None:
     await _execute(p, "UPDATE users SET status = 'deleted' WHERE id = %s AND status <> "
-                      "'deleted'", (p.user_id,))
+                      "'deleted'", (p.user_id,), name="account_deletion.mark_deleted")
     p.svc.hub.close_user(p.user_id, *ACCOUNT_DELETED)
     await close_user_everywhere(p.svc.redis, p.user_id, *ACCOUNT_DELETED)
 
 
 async def delete_keys(p: Purge) -> None:
-    await _execute(p, "DELETE FROM user_keys WHERE user_id = %s", (p.user_id,))
+    await _execute(p, "DELETE FROM user_keys WHERE user_id = %s", (p.user_id,),
+                   name="account_deletion.delete_keys")
     p.svc.data_keys.forget(p.user_id)  # other instances' caches expire by themselves
 
 
 async def delete_entries(p: Purge) -> None:
-    await _delete_batched(p, "attachments")
-    await _delete_batched(p, "entries")  # attachments rows of a racing upload: cascade
+    await _delete_batched(p, "attachments", name="account_deletion.delete_attachments")
+    # attachments rows of a racing upload: cascade
+    await _delete_batched(p, "entries", name="account_deletion.delete_entries")
 
 
 async def delete_objects(p: Purge) -> None:
@@ -166,11 +170,11 @@ async def delete_objects(p: Purge) -> None:
 
 
 async def delete_notifications(p: Purge) -> None:
-    await _delete_batched(p, "notifications")
+    await _delete_batched(p, "notifications", name="account_deletion.delete_notifications")
 
 
 async def delete_devices(p: Purge) -> None:
-    await _delete_batched(p, "devices")
+    await _delete_batched(p, "devices", name="account_deletion.delete_devices")
 
 
 async def delete_tokens(p: Purge) -> None:
@@ -179,12 +183,13 @@ async def delete_tokens(p: Purge) -> None:
         await svc.refresh_tokens.revoke_user(p.user_id)
         redis_store = RedisRefreshTokenStore(svc.redis, svc.settings.auth.refresh_token_ttl_s)
         await redis_store.revoke_user(p.user_id)
-    await _delete_batched(p, "refresh_tokens", key="token_hash")
+    await _delete_batched(p, "refresh_tokens", key="token_hash",
+                          name="account_deletion.delete_refresh_tokens")
 
 
 async def delete_job_rows(p: Purge) -> None:
-    await _delete_batched(p, "import_jobs")
-    await _delete_batched(p, "export_jobs")
+    await _delete_batched(p, "import_jobs", name="account_deletion.delete_import_jobs")
+    await _delete_batched(p, "export_jobs", name="account_deletion.delete_export_jobs")
 
 
 async def delete_redis_keys(p: Purge) -> None:
@@ -194,9 +199,11 @@ async def delete_redis_keys(p: Purge) -> None:
 async def delete_account(p: Purge) -> None:
     with trio.fail_after(CALL_TIMEOUT_S):
         async with p.svc.db.connection() as conn, conn.transaction():
-            await conn.execute("DELETE FROM users WHERE id = %s", (p.user_id,))
+            await conn.execute("DELETE FROM users WHERE id = %s", (p.user_id,),
+                               name="account_deletion.delete_user")
             await conn.execute("UPDATE account_deletion_jobs SET user_id = %s "
-                               "WHERE user_id = %s", (NIL_USER, p.user_id))
+                               "WHERE user_id = %s", (NIL_USER, p.user_id),
+                               name="account_deletion.detach_job")
 
 
 #: the steps in order, by name

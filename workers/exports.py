@@ -127,7 +127,8 @@ async def _totals(svc: Services, user_id: str) -> tuple[int, int]:
             cur = await conn.execute(
                 "SELECT (SELECT count(*) FROM entries WHERE user_id = %s), "
                 "(SELECT coalesce(sum(size), 0) FROM attachments "
-                " WHERE user_id = %s AND status = 'ready')", (user_id, user_id))
+                " WHERE user_id = %s AND status = 'ready')", (user_id, user_id),
+                name="exports.totals")
             row = await cur.fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
@@ -145,7 +146,7 @@ async def _read_page(svc: Services, user_id: str, after: tuple[datetime, str] | 
             cur = await conn.execute(
                 f"SELECT {ROW_COLUMNS} FROM entries WHERE {where} "
                 "ORDER BY entries.occurred_at, entries.id LIMIT %s",
-                (*params, PAGE_ENTRIES), binary=True)
+                (*params, PAGE_ENTRIES), binary=True, name="exports.entries_page")
             rows = list(await cur.fetchall())
             if not rows:
                 return _Page([], [])
@@ -153,7 +154,7 @@ async def _read_page(svc: Services, user_id: str, after: tuple[datetime, str] | 
                 "SELECT id::text, entry_id::text, filename, content_type, size, created_at "
                 "FROM attachments WHERE user_id = %s AND status = 'ready' "
                 "AND entry_id = ANY(%s) ORDER BY created_at, id",
-                (user_id, [uuid.UUID(r[0]) for r in rows]))
+                (user_id, [uuid.UUID(r[0]) for r in rows]), name="exports.attachments_of_page")
             found = [_Attachment(*r) for r in await cur.fetchall()]
     by_entry: dict[str, list[_Attachment]] = defaultdict(list)
     for attachment in found:

@@ -129,7 +129,7 @@ async def _already_there(conn: TrioConnection[Any], plan: Plan, indexes: Sequenc
     keys = [plan.keys[i] for i in indexes]
     cur = await conn.execute(
         "SELECT source_key FROM entry_sources WHERE user_id = %s AND source_key = ANY(%s)",
-        (plan.user_id, keys))
+        (plan.user_id, keys), name="imports.known_sources")
     known = {bytes(row[0]) for row in await cur.fetchall()}
     found = {i for i in indexes if plan.keys[i] in known}
     own = {i: _uuid_or_none(plan.entries[i].source_id) for i in indexes
@@ -137,7 +137,8 @@ async def _already_there(conn: TrioConnection[Any], plan: Plan, indexes: Sequenc
     ids = [u for u in own.values() if u is not None]
     if ids:
         cur = await conn.execute(
-            "SELECT id FROM entries WHERE user_id = %s AND id = ANY(%s)", (plan.user_id, ids))
+            "SELECT id FROM entries WHERE user_id = %s AND id = ANY(%s)", (plan.user_id, ids),
+            name="imports.own_entries")
         mine = {row[0] for row in await cur.fetchall()}
         found |= {i for i, u in own.items() if u in mine}
     return found
@@ -318,11 +319,11 @@ async def _insert(svc: Services, run: JobRun[Services], plan: Plan, kind: str
     with trio.fail_after(INSERT_TIMEOUT_S):
         async with svc.db.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                               (f"innera-import:{user_id}",))
+                               (f"innera-import:{user_id}",), name="imports.lock_user")
             # no FOR UPDATE: progress is stored on the row meanwhile; the lock above already
             # serialises the deliveries of this job (same user)
             cur = await conn.execute("SELECT payload ? 'result' FROM import_jobs WHERE id = %s",
-                                     (plan.job_id,))
+                                     (plan.job_id,), name="imports.result_recorded")
             row = await cur.fetchone()
             if row is None or row[0]:
                 return None
@@ -332,18 +333,19 @@ async def _insert(svc: Services, run: JobRun[Services], plan: Plan, kind: str
             for start in range(0, len(todo), BATCH):
                 batch = todo[start:start + BATCH]
                 async with cur.copy("COPY entries (id, user_id, content, occurred_at) "
-                                    "FROM STDIN") as copy:
+                                    "FROM STDIN", name="imports.copy_entries") as copy:
                     for i in batch:
                         await copy.write_row((plan.entry_ids[i], user_id, plan.sealed[i],
                                               plan.entries[i].occurred_at))
                 await run.progress(0.6 + 0.35 * (start + len(batch)) / len(todo))
             async with cur.copy("COPY entry_sources (user_id, source_key, entry_id) "
-                                "FROM STDIN") as copy:
+                                "FROM STDIN", name="imports.copy_sources") as copy:
                 for i in todo:
                     await copy.write_row((user_id, plan.keys[i], plan.entry_ids[i]))
             attachments = 0
             async with cur.copy("COPY attachments (id, user_id, entry_id, filename, "
-                                "content_type, size, status) FROM STDIN") as copy:
+                                "content_type, size, status) FROM STDIN",
+                                name="imports.copy_attachments") as copy:
                 for i in todo:
                     for k, a in enumerate(plan.entries[i].attachments):
                         await copy.write_row((plan.attachment_id(i, k), user_id,
@@ -354,7 +356,7 @@ async def _insert(svc: Services, run: JobRun[Services], plan: Plan, kind: str
                       "format": kind, "attachments": attachments}
             await conn.execute(
                 "UPDATE import_jobs SET payload = payload || %s WHERE id = %s",
-                (Jsonb({"result": result}), plan.job_id))
+                (Jsonb({"result": result}), plan.job_id), name="imports.record_result")
             run.check_lease()
     log.info("import %s: %d entries imported, %d skipped", plan.job_id, result["imported"],
              result["skipped"])
@@ -371,7 +373,7 @@ async def _remove_objects(svc: Services, user_id: str, entry_ids: Sequence[str])
             async with svc.db.connection() as conn:
                 cur = await conn.execute(
                     "SELECT id::text FROM entries WHERE user_id = %s AND id = ANY(%s::uuid[])",
-                    (user_id, list(entry_ids)))
+                    (user_id, list(entry_ids)), name="imports.present_entries")
                 present = {row[0] for row in await cur.fetchall()}
             for entry_id in entry_ids:
                 if entry_id not in present:

@@ -28,6 +28,9 @@ configuration mistake must not delete every device. Other 4xx → rejected.
 other 4xx → rejected.
 
 Answers are read up to :data:`MAX_ANSWER_BYTES` (the rest is ignored).
+
+Each POST is the Sentry span (op ``http.client``, ``POST <provider>``, with the answer's
+status) of the push job's transaction when it is traced (:meth:`PushProvider._post`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import httpx
 import trio
 
 from innera.config import PushSettings
+from innera.observability import tracing
 
 __all__ = [
     "EXPO_URL",
@@ -187,10 +191,13 @@ class PushProvider(ABC):
     async def _post(self, client: httpx.AsyncClient, document: Any) -> Answer:
         content = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
         try:
-            with trio.fail_after(self.timeout_s):
+            with tracing.span("http.client", f"POST {self.name}") as span, \
+                    trio.fail_after(self.timeout_s):
                 async with client.stream("POST", self.url, content=content,
                                          headers=self.headers()) as response:
                     body = await _read_capped(response)
+                if span is not None:
+                    span.set_http_status(response.status_code)
         except trio.TooSlowError:
             raise ProviderUnavailable(
                 f"{self.name}: no answer within {self.timeout_s:g} s") from None

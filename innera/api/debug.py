@@ -35,7 +35,8 @@ async def pg_sleep() -> Response:
     """A request whose work is a slow query (the hang-up tests watch it in pg_stat_activity)."""
     seconds = _seconds()
     async with services().db.connection() as conn:
-        await conn.execute("SELECT pg_sleep(%s) /* innera hang-up test */", (seconds,))
+        await conn.execute("SELECT pg_sleep(%s) /* innera hang-up test */", (seconds,),
+                           name="debug.pg_sleep")
     return json_response({"slept": seconds})
 
 

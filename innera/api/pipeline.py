@@ -1,5 +1,6 @@
 """The rules every request gets, written once: the request id, the security headers (and
-CORS), the request metric, the access log line, the error body and the Sentry scope.
+CORS), the request metric, the access log line, the error body, the Sentry scope and the
+Sentry transaction.
 
 Three entries serve requests and all of them follow these rules through this module:
 
@@ -22,7 +23,13 @@ The rules:
    successful ``/metrics`` scrapes are not counted, their 401s are;
 4. an unexpected error is reported to Sentry from a scope of its own, with the request's
    id, user, URL and method (:func:`report_request_error`); a socket runs in an isolation
-   scope tagged with its user (:func:`socket_scope`, :func:`report_socket_error`).
+   scope tagged with its user (:func:`socket_scope`, :func:`report_socket_error`);
+5. with tracing on (:mod:`innera.observability.tracing`), one Sentry transaction per HTTP
+   request and one per WebSocket session, started around the whole ASGI call
+   (:meth:`Pipeline.transaction`, which :class:`innera.app.Router` enters for every request
+   of both HTTP servers) and named by the route template, with the status and the user, at
+   the completion (:meth:`Pipeline.finish`). Paths under ``SENTRY_TRACES_SAMPLER``'s
+   prefixes (``/health``, ``/metrics``) get none.
 
 Everything that depends only on the settings is computed once, per app (:class:`Pipeline`).
 """
@@ -33,7 +40,8 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from quart import Request, Response
 
@@ -42,7 +50,7 @@ from innera.config import Settings
 from innera.errors import error_body
 from innera.guards.ratelimit import Decision
 from innera.ids import new_uuid4
-from innera.observability import sentry
+from innera.observability import sentry, tracing
 from innera.observability.logging import bind_request, log_request_completed
 from innera.observability.metrics import Metrics
 
@@ -69,6 +77,8 @@ CORS_MAX_AGE_S = "600"
 
 #: the route whose successful answers (scrapes) are not counted
 METRICS_ROUTE = "/metrics"
+#: what an untraced request runs in (reusable: it holds nothing)
+_UNTRACED: AbstractContextManager[None] = nullcontext()
 
 
 def security_headers(production: bool, api: bool) -> list[tuple[str, str]]:
@@ -112,6 +122,16 @@ class Pipeline:
         self._observe = metrics.observe_request
 
     @staticmethod
+    def transaction(scope: Mapping[str, Any]) -> AbstractContextManager[None]:
+        """The Sentry transaction to serve this ASGI ``scope`` (an HTTP request or a
+        WebSocket session) in; when it is not traced (tracing off, a lifespan scope, an
+        untraced path) a shared no-op: nothing is made."""
+        if not tracing.SWITCH.on or scope["type"] not in ("http", "websocket") \
+                or not tracing.traced_path(scope["path"]):
+            return _UNTRACED
+        return tracing.server_transaction(scope)
+
+    @staticmethod
     def begin() -> str:
         """A new request id, bound to every log line of the current request."""
         request_id = new_uuid4()
@@ -122,7 +142,10 @@ class Pipeline:
                request_id: str, user_id: str | None, status: int, started: float) -> None:
         """The route metrics and the access log line of a request answered with ``status``
         (``started``: ``time.perf_counter()`` when it arrived; ``route``: its route
-        template, None when none matched). A successful ``/metrics`` scrape is not counted."""
+        template, None when none matched). A successful ``/metrics`` scrape is not counted.
+        A traced request's transaction gets its name, status and user here."""
+        if tracing.SWITCH.on:
+            tracing.set_request_outcome(method, route, status, user_id)
         if route == METRICS_ROUTE and status == 200:
             return
         elapsed = time.perf_counter() - started

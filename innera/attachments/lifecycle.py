@@ -94,7 +94,7 @@ async def _fetch(db: Pool, user_id: str, attachment_id: str) -> Attachment:
     async with db.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT {_COLUMNS} FROM attachments WHERE id = %s AND user_id = %s",
-            (attachment_id, user_id))
+            (attachment_id, user_id), name="attachments.read")
         row = await cur.fetchone()
     if row is None:
         raise NotFound("Attachment not found")
@@ -121,7 +121,8 @@ async def declare(db: Pool, storage: Storage, user_id: str, entry_id: str, *, fi
             "INSERT INTO attachments (id, user_id, entry_id, filename, content_type, size) "
             "SELECT %s, e.user_id, e.id, %s, %s, %s FROM entries e "
             f"WHERE e.id = %s AND e.user_id = %s RETURNING {_COLUMNS}",
-            (attachment_id, filename, content_type, size, entry_id, user_id))
+            (attachment_id, filename, content_type, size, entry_id, user_id),
+            name="attachments.declare")
         row = await cur.fetchone()
     if row is None:
         raise NotFound("Entry not found")
@@ -135,12 +136,13 @@ async def entry_attachments(db: Pool, user_id: str, entry_id: str) -> list[Attac
     entry_id = id_or_404(entry_id, "Entry")
     async with db.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
-            "SELECT 1 FROM entries WHERE id = %s AND user_id = %s", (entry_id, user_id))
+            "SELECT 1 FROM entries WHERE id = %s AND user_id = %s", (entry_id, user_id),
+            name="attachments.entry_exists")
         if await cur.fetchone() is None:
             raise NotFound("Entry not found")
         cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT {_COLUMNS} FROM attachments WHERE entry_id = %s AND user_id = %s "
-            "ORDER BY created_at, id", (entry_id, user_id))
+            "ORDER BY created_at, id", (entry_id, user_id), name="attachments.list_by_entry")
         rows = await cur.fetchall()
     return [_attachment(r) for r in rows]
 
@@ -160,7 +162,7 @@ async def complete(db: Pool, storage: Storage, user_id: str, attachment_id: str)
     async with db.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
             f"UPDATE attachments SET status = 'ready' WHERE id = %s AND user_id = %s "
-            f"RETURNING {_COLUMNS}", (attachment.id, user_id))
+            f"RETURNING {_COLUMNS}", (attachment.id, user_id), name="attachments.complete")
         updated = await cur.fetchone()
     if updated is None:  # deleted meanwhile
         raise NotFound("Attachment not found")
@@ -186,7 +188,7 @@ async def delete(db: Pool, storage: Storage, user_id: str, attachment_id: str) -
     await storage.delete(attachment.key)
     async with db.connection() as conn:
         await conn.execute("DELETE FROM attachments WHERE id = %s AND user_id = %s",
-                           (attachment.id, user_id))
+                           (attachment.id, user_id), name="attachments.delete")
 
 
 async def delete_entry_objects(storage: Storage, user_id: str, entry_id: str) -> int:
@@ -206,5 +208,5 @@ async def attachment_exists(db: Pool, user_id: str, entry_id: str, attachment_id
     async with db.connection() as conn:
         cur = await conn.execute(
             "SELECT 1 FROM attachments WHERE id = %s AND user_id = %s AND entry_id = %s",
-            (attachment_id, user_id, entry_id))
+            (attachment_id, user_id, entry_id), name="attachments.exists")
         return await cur.fetchone() is not None

@@ -42,7 +42,7 @@ async def sweep_once(db: Pool, storage: Storage, *, older_than_s: float) -> int:
                 "  AND created_at < now() - make_interval(secs => %s)"
                 "  ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
                 "AND status = 'pending' RETURNING id, user_id, entry_id",
-                (older_than_s, BATCH))
+                (older_than_s, BATCH), name="attachments.sweep_pending")
             rows: list[Any] = await cur.fetchall()
         for attachment_id, user_id, entry_id in rows:
             key = object_key(str(user_id), str(entry_id), str(attachment_id))

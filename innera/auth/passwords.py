@@ -17,6 +17,9 @@ the ones queued still run (the last of them within ~(4 + 2) / 2 × 100 ms). Wait
 queue is also bounded by ``queue_timeout_s`` (a backstop; the same 503). A hash that has
 started is not cancellable (a C call); it finishes within ~100 ms.
 
+Each hash or verify (its wait for a slot included) is the Sentry span ``auth.hash``
+(``argon2id hash`` / ``argon2id verify``) of a traced request.
+
 :meth:`PasswordHasher.burn` spends the time of one verification for nothing: call it when
 the e-mail is unknown, so "no such account" and "wrong password" cannot be told apart by
 response time.
@@ -33,6 +36,7 @@ import trio
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from innera.errors import ServiceUnavailable
+from innera.observability import tracing
 
 __all__ = ["MEMORY_COST_KIB", "PARALLELISM", "TIME_COST", "HasherBusy", "PasswordHasher"]
 
@@ -89,12 +93,13 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """The encoded argon2id hash (``$argon2id$v=19$m=...``) of ``password``."""
-        return await self._run(self._argon2.hash, password)
+        return await self._run(self._argon2.hash, password, what="argon2id hash")
 
     async def verify(self, stored_hash: str, password: str) -> bool:
         """Whether ``password`` matches ``stored_hash``. ``False`` for a wrong password and
         for a hash that is malformed or not argon2 (never raises for those)."""
-        return await self._run(self._verify_sync, stored_hash, password)
+        return await self._run(self._verify_sync, stored_hash, password,
+                               what="argon2id verify")
 
     async def burn(self) -> None:
         """Spend the time of one verification (against a dummy hash made with the same
@@ -121,7 +126,7 @@ class PasswordHasher:
             # with a broken encoding is InvalidHashError (or ValueError in some versions).
             return False
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def _run(self, fn: Callable[..., T], *args: object, what: str) -> T:
         # Checked and then queued with no checkpoint in between: no other task interleaves.
         stats = self.limiter.statistics()
         if (stats.borrowed_tokens >= stats.total_tokens
@@ -129,7 +134,7 @@ class PasswordHasher:
             raise HasherBusy()
         # The deadline can only interrupt the wait for a limiter slot: once the thread runs,
         # trio.to_thread.run_sync is not cancellable and returns its result normally.
-        with trio.move_on_after(self.queue_timeout_s):
+        with tracing.span("auth.hash", what), trio.move_on_after(self.queue_timeout_s):
             result = await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
             self.passes += 1
             return result

@@ -404,7 +404,8 @@ class PostgresRefreshTokenStore:
         with self._deadline():
             async with self._pool.connection() as conn:
                 await conn.execute(_INSERT, (hash_token(token), uuid.UUID(str(user_id)), family,
-                                             self.ttl_s, None, client))
+                                             self.ttl_s, None, client),
+                                   name="refresh_tokens.insert")
         return token
 
     async def rotate(self, token: str, *, client: str = "") -> tuple[str, str, str]:
@@ -414,23 +415,26 @@ class PostgresRefreshTokenStore:
         with self._deadline():
             async with self._pool.connection() as conn:
                 async with conn.transaction():
-                    cur = await conn.execute(_CONSUME, (old_hash,))
+                    cur = await conn.execute(_CONSUME, (old_hash,), name="refresh_tokens.consume")
                     row = await cur.fetchone()
                     if row is not None:
                         user_id, family_id, family_created_at, last_client = row
                         await conn.execute(
                             _INSERT, (hash_token(new), user_id, family_id, self.ttl_s,
-                                      family_created_at, client or last_client))
+                                      family_created_at, client or last_client),
+                            name="refresh_tokens.insert")
                         outcome = "ok"
                     else:
                         # Not consumable. A concurrent rotation of the same token waited on
                         # the row lock above and now (new snapshot) sees it consumed.
-                        cur = await conn.execute(_INSPECT, (old_hash,))
+                        cur = await conn.execute(_INSPECT, (old_hash,),
+                                                 name="refresh_tokens.inspect")
                         found = await cur.fetchone()
                         if found is not None:
                             family_id, consumed, revoked, live = found
                             if consumed and not revoked and live:
-                                await conn.execute(_REVOKE_FAMILY, (family_id,))
+                                await conn.execute(_REVOKE_FAMILY, (family_id,),
+                                                   name="refresh_tokens.revoke_family")
                                 outcome = "reused"
                             else:
                                 outcome = "invalid"
@@ -449,12 +453,13 @@ class PostgresRefreshTokenStore:
             return
         with self._deadline():
             async with self._pool.connection() as conn:
-                await conn.execute(_REVOKE_BY_TOKEN, (token_hash,))
+                await conn.execute(_REVOKE_BY_TOKEN, (token_hash,), name="refresh_tokens.revoke")
 
     async def revoke_user(self, user_id: str) -> None:
         with self._deadline():
             async with self._pool.connection() as conn:
-                await conn.execute(_REVOKE_USER_SQL, (uuid.UUID(str(user_id)),))
+                await conn.execute(_REVOKE_USER_SQL, (uuid.UUID(str(user_id)),),
+                                   name="refresh_tokens.revoke_user")
 
     async def owner(self, token: str) -> str | None:
         try:
@@ -465,7 +470,8 @@ class PostgresRefreshTokenStore:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT user_id FROM refresh_tokens WHERE token_hash = %s AND consumed_at "
-                    "IS NULL AND revoked_at IS NULL AND expires_at > now()", (token_hash,))
+                    "IS NULL AND revoked_at IS NULL AND expires_at > now()", (token_hash,),
+                    name="refresh_tokens.owner")
                 row = await cur.fetchone()
         return None if row is None else str(row[0])
 
@@ -473,7 +479,8 @@ class PostgresRefreshTokenStore:
         with self._deadline():
             async with self._pool.connection() as conn:
                 cur = await conn.execute(_SESSIONS_SQL,
-                                         (uuid.UUID(str(user_id)), MAX_SESSIONS_LISTED))
+                                         (uuid.UUID(str(user_id)), MAX_SESSIONS_LISTED),
+                                         name="refresh_tokens.sessions")
                 rows = await cur.fetchall()
         return [Session(str(family), created, used, client or "Unknown")
                 for family, created, used, client in rows]
@@ -486,7 +493,8 @@ class PostgresRefreshTokenStore:
         with self._deadline():
             async with self._pool.connection() as conn:
                 cur = await conn.execute(_REVOKE_SESSION_SQL,
-                                         (family, uuid.UUID(str(user_id))))
+                                         (family, uuid.UUID(str(user_id))),
+                                         name="refresh_tokens.revoke_session")
         return cur.rowcount > 0
 
     async def clean_expired(self) -> int:
@@ -497,7 +505,8 @@ class PostgresRefreshTokenStore:
             with self._deadline():
                 async with self._pool.connection() as conn:
                     cur = await conn.execute(
-                        _DELETE_EXPIRED_BATCH, (self.CLEANUP_GRACE_S, self.cleanup_batch_size))
+                        _DELETE_EXPIRED_BATCH, (self.CLEANUP_GRACE_S, self.cleanup_batch_size),
+                        name="refresh_tokens.delete_expired")
                     deleted = max(cur.rowcount, 0)
             total += deleted
             if deleted < self.cleanup_batch_size:

@@ -70,7 +70,8 @@ class DataKeys:
         await conn.execute(
             "INSERT INTO user_keys (user_id, mek_version, mek_provider, wrapped_dek) "
             "VALUES (%s, %s, %s, %s)",
-            (user_id, version, self.provider.provider_name(version), wrapped))
+            (user_id, version, self.provider.provider_name(version), wrapped),
+            name="data_keys.insert")
         self._remember(user_id, dek)
 
     def cached(self, user_id: str) -> bytes | None:
@@ -91,7 +92,7 @@ class DataKeys:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT mek_version, mek_provider, wrapped_dek FROM user_keys "
-                "WHERE user_id = %s", (user_id,))
+                "WHERE user_id = %s", (user_id,), name="data_keys.read")
             row = await cur.fetchone()
         try:
             if row is None:

@@ -26,6 +26,9 @@ What it overrides (``wait``, ``connect``, ``cancel_safe``, ``try_cancel``, ``tra
   and the pooled connection unusable).
 - ``close`` / ``__aexit__``: call ``trio.lowlevel.notify_closing`` before ``PQfinish`` and
   always close on ``async with`` exit.
+- ``execute`` and the cursors (:class:`~innera.db.cursor.TrioCursor`): every statement takes a
+  ``name`` (``conn.execute(sql, params, name="entries.read")``), timed and reported to
+  ``on_query`` (set by the pool) and recorded as a Sentry span (:mod:`innera.db.cursor`).
 
 Cancellation: when a Trio cancel scope (or Ctrl-C) interrupts a wait while the server runs a
 query, the query is cancelled server-side, the interrupted operation is driven to its end
@@ -49,7 +52,16 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import trio
 from psycopg import capabilities, generators, pq, waiting
 from psycopg import errors as e
-from psycopg.abc import AdaptContext, ConnDict, ConnMapping, ConnParam, PQGen, PQGenConn
+from psycopg.abc import (
+    AdaptContext,
+    ConnDict,
+    ConnMapping,
+    ConnParam,
+    Params,
+    PQGen,
+    PQGenConn,
+    Query,
+)
 from psycopg.conninfo import make_conninfo, timeout_from_conninfo
 from psycopg.rows import AsyncRowFactory, Row, tuple_row
 from psycopg.transaction import AsyncTransaction
@@ -64,6 +76,7 @@ from innera.compat.psycopg import (
     split_attempts,
     transaction_exit_gen,
 )
+from innera.db.cursor import QueryHook, TrioCursor
 
 if TYPE_CHECKING:
     from psycopg.cursor_async import AsyncCursor
@@ -262,6 +275,9 @@ class TrioConnection(AsyncConnectionBase[Row]):
 
     __module__ = "innera.db"
 
+    #: told of every statement ``(name, seconds, failed)``; the pool sets it (metrics)
+    on_query: QueryHook | None = None
+
     def __init__(
         self,
         pgconn: PGconn,
@@ -269,6 +285,23 @@ class TrioConnection(AsyncConnectionBase[Row]):
     ) -> None:
         super().__init__(pgconn, row_factory or cast(AsyncRowFactory[Row], tuple_row))
         self.lock = trio.Lock()  # type: ignore[assignment]
+        self.cursor_factory = TrioCursor
+
+    async def execute(  # type: ignore[override]
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool = False,
+        name: str | None = None,
+    ) -> AsyncCursor[Row]:
+        """Run the statement named ``name`` (see :mod:`innera.db.cursor`) on a new cursor and
+        return it, like ``AsyncConnection.execute``."""
+        cur = cast(TrioCursor[Row], self.cursor())
+        if binary:
+            cur.format = pq.Format.BINARY
+        return await cur.execute(query, params, prepare=prepare, name=name)
 
     @classmethod
     async def connect(  # type: ignore[override]

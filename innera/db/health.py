@@ -23,7 +23,7 @@ async def check_db_health(pool: Pool, timeout_s: float = 1.0) -> bool:
     with trio.move_on_after(timeout_s):
         try:
             async with pool.connection() as conn:
-                await conn.execute("SELECT 1")
+                await conn.execute("SELECT 1", name="db.health")
             return True
         except Exception as exc:
             log.warning("database health check failed: %s", exc)
@@ -35,7 +35,7 @@ async def check_db_health(pool: Pool, timeout_s: float = 1.0) -> bool:
 async def max_connections(pool: Pool) -> int:
     """The server's ``max_connections`` setting."""
     async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute("SHOW max_connections")
+        await cur.execute("SHOW max_connections", name="db.max_connections")
         row = await cur.fetchone()
     assert row is not None
     return int(row[0])

@@ -92,10 +92,10 @@ async def _migrate(conn: psycopg.AsyncConnection[Any], todo: list[Migration]) ->
     if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
         raise MigrationError("migrate() needs a connection outside any transaction")
     async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        await cur.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,), name="migrate.lock")
         try:
-            await cur.execute(_CREATE_TABLE)
-            await cur.execute("SELECT version FROM schema_migrations")
+            await cur.execute(_CREATE_TABLE, name="migrate.create_table")
+            await cur.execute("SELECT version FROM schema_migrations", name="migrate.applied")
             done = {row[0] for row in await cur.fetchall()}
             applied: list[str] = []
             for migration in todo:
@@ -103,10 +103,11 @@ async def _migrate(conn: psycopg.AsyncConnection[Any], todo: list[Migration]) ->
                     continue
                 try:
                     async with conn.transaction():
-                        await cur.execute(migration.sql.encode())
+                        await cur.execute(migration.sql.encode(), name="migrate.apply")
                         await cur.execute(
                             "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                             (migration.version, migration.name),
+                            name="migrate.record",
                         )
                 except psycopg.Error as ex:
                     raise MigrationError(
@@ -125,7 +126,8 @@ async def _unlock(conn: psycopg.AsyncConnection[Any]) -> None:
         try:
             if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 await conn.rollback()
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,),
+                               name="migrate.unlock")
             return
         except psycopg.Error:
             pass

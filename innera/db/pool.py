@@ -14,6 +14,8 @@
 - Idle connections are checked (a non-blocking poll of their socket) when handed out and
   by the background task, so connections the server closed are dropped without failing a
   request.
+- ``on_query``, if given, is told of every named statement run on the pool's connections
+  (``(name, seconds, failed)``: the query metrics, :mod:`innera.db.cursor`).
 
 Lifetime: the process runs ``await nursery.start(pool.run)``; ``run`` opens the first
 connections (raising :class:`DatabaseUnavailable` if PostgreSQL cannot be reached, with the
@@ -37,6 +39,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from innera.db.connection import TrioConnection
+from innera.db.cursor import QueryHook
 from innera.errors import DatabaseUnavailable
 
 __all__ = ["ConnectionDiscarded", "Pool"]
@@ -90,6 +93,7 @@ class Pool:
         on_error: Callable[[BaseException], None] | None = None,
         explain_connect_error: Callable[[psycopg.Error], Awaitable[str]] | None = None,
         name: str = "innera",
+        on_query: QueryHook | None = None,
     ) -> None:
         if max_size < 1 or not 0 <= min_size <= max_size:
             raise ValueError(f"need 0 <= min_size <= max_size, 1 <= max_size; "
@@ -109,6 +113,7 @@ class Pool:
         self._connect_kwargs = kwargs
         self._on_error = on_error or _default_on_error
         self._explain = explain_connect_error
+        self._on_query = on_query
         self._state = _NEW
         self._idle: deque[tuple[TrioConnection[Any], float]] = deque()  # oldest on the left
         self._active: set[TrioConnection[Any]] = set()
@@ -283,7 +288,10 @@ class Pool:
         return len(self._idle) + len(self._active) + self._opening
 
     async def _connect(self) -> TrioConnection[Any]:
-        return await TrioConnection.connect(self._conninfo, **self._connect_kwargs)
+        conn: TrioConnection[Any] = await TrioConnection.connect(self._conninfo,
+                                                                 **self._connect_kwargs)
+        conn.on_query = self._on_query
+        return conn
 
     # --- the pool's task ------------------------------------------------------------
 

@@ -58,10 +58,11 @@ async def submit_export(db: Pool, redis: Redis, user_id: str) -> dict[str, Any]:
     async with submission(db, redis, EXPORT_JOB) as sub:
         conn = sub.conn
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                           (f"export_jobs:{user_id}",))
+                           (f"export_jobs:{user_id}",), name="exports.lock_user")
         cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT {_COLUMNS} FROM export_jobs WHERE user_id = %s "
-            "AND status IN ('pending', 'running') ORDER BY created_at DESC LIMIT 1", (user_id,))
+            "AND status IN ('pending', 'running') ORDER BY created_at DESC LIMIT 1", (user_id,),
+            name="exports.unfinished")
         row = await cur.fetchone()
         if row is not None:
             return row
@@ -83,7 +84,7 @@ async def export_page(db: Pool, cursors: CursorCodec, user_id: str, cursor: str 
     async with db.connection() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT {_COLUMNS} FROM export_jobs WHERE {where} "
-            "ORDER BY created_at DESC, id DESC LIMIT %s", (*params, limit + 1))
+            "ORDER BY created_at DESC, id DESC LIMIT %s", (*params, limit + 1), name="exports.list")
         rows = await cur.fetchall()
     return cursors.page(CURSOR_PURPOSE, user_id, rows, limit)
 

@@ -52,7 +52,7 @@ async def sweep_once(db: Pool, storage: Storage, *, retention_days: int) -> int:
         async with db.connection() as conn:
             cur = await conn.execute(
                 f"SELECT id, user_id, finished_at FROM export_jobs WHERE {where} "
-                "ORDER BY finished_at, id LIMIT %s", (*params, BATCH))
+                "ORDER BY finished_at, id LIMIT %s", (*params, BATCH), name="exports.expired_batch")
             rows: list[Any] = await cur.fetchall()
         if not rows:
             break
@@ -70,7 +70,8 @@ async def sweep_once(db: Pool, storage: Storage, *, retention_days: int) -> int:
             async with db.connection() as conn:
                 cur = await conn.execute(
                     "UPDATE export_jobs SET status = 'expired' "
-                    "WHERE id = ANY(%s) AND status = 'completed'", (done,))
+                    "WHERE id = ANY(%s) AND status = 'completed'", (done,),
+                    name="exports.mark_expired")
                 expired += max(cur.rowcount, 0)
         if len(rows) < BATCH:
             break

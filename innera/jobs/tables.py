@@ -97,7 +97,7 @@ async def create_job(db: Db, kind: JobKind, *, user_id: uuid.UUID | str | None,
                         ).format(_t(kind))
         params = (job_id, user_id, Jsonb(payload))
     async with _connection(db) as conn:
-        await conn.execute(query, params)
+        await conn.execute(query, params, name="jobs.create")
     return job_id
 
 
@@ -108,7 +108,7 @@ async def mark_running(db: Db, kind: JobKind, job_id: uuid.UUID | str) -> bool:
         "UPDATE {} SET status = 'running', attempts = attempts + 1, error = NULL, "
         "error_code = NULL, started_at = coalesce(started_at, now()) "
         "WHERE id = %s AND status IN ('pending', 'running')").format(_t(kind))
-    return await _update(db, query, (job_id,))
+    return await _update(db, query, (job_id,), name="jobs.mark_running")
 
 
 async def mark_progress(db: Db, kind: JobKind, job_id: uuid.UUID | str,
@@ -116,7 +116,8 @@ async def mark_progress(db: Db, kind: JobKind, job_id: uuid.UUID | str,
     """Store the progress (clamped to 0..1) of a running job."""
     query = sql.SQL("UPDATE {} SET progress = %s WHERE id = %s AND status = 'running'"
                     ).format(_t(kind))
-    return await _update(db, query, (min(1.0, max(0.0, float(progress))), job_id))
+    return await _update(db, query, (min(1.0, max(0.0, float(progress))), job_id),
+                         name="jobs.mark_progress")
 
 
 async def mark_completed(db: Db, kind: JobKind, job_id: uuid.UUID | str) -> bool:
@@ -124,7 +125,7 @@ async def mark_completed(db: Db, kind: JobKind, job_id: uuid.UUID | str) -> bool
         "UPDATE {} SET status = 'completed', progress = 1, error = NULL, error_code = NULL, "
         "finished_at = now() "
         "WHERE id = %s AND status IN ('pending', 'running')").format(_t(kind))
-    return await _update(db, query, (job_id,))
+    return await _update(db, query, (job_id,), name="jobs.mark_completed")
 
 
 async def mark_failed(db: Db, kind: JobKind, job_id: uuid.UUID | str, error: str,
@@ -133,7 +134,8 @@ async def mark_failed(db: Db, kind: JobKind, job_id: uuid.UUID | str, error: str
     query = sql.SQL(
         "UPDATE {} SET status = 'failed', error = %s, error_code = %s, finished_at = now() "
         "WHERE id = %s AND status IN ('pending', 'running')").format(_t(kind))
-    return await _update(db, query, (error[:ERROR_MAX_CHARS], code, job_id))
+    return await _update(db, query, (error[:ERROR_MAX_CHARS], code, job_id),
+                         name="jobs.mark_failed")
 
 
 async def reopen_failed(db: Db, kind: JobKind, job_id: uuid.UUID | str
@@ -148,13 +150,16 @@ async def reopen_failed(db: Db, kind: JobKind, job_id: uuid.UUID | str
         "WHERE id = %s AND status = 'failed' RETURNING id, {}").format(_t(kind),
                                                                       _user_column(kind))
     async with _connection(db) as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,))
+        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,),
+                                                              name="jobs.reopen_failed")
         return await cur.fetchone()
 
 
-async def _update(db: Db, query: sql.Composed, params: tuple[Any, ...]) -> bool:
+async def _update(db: Db, query: sql.Composed, params: tuple[Any, ...], *, name: str
+                  ) -> bool:
+    """Run the UPDATE named ``name`` (the caller's); whether it changed the row."""
     async with _connection(db) as conn:
-        cur = await conn.execute(query, params)
+        cur = await conn.execute(query, params, name=name)
         return cur.rowcount == 1
 
 
@@ -173,7 +178,8 @@ async def get_job(db: Db, kind: JobKind, user_id: uuid.UUID | str,
         "started_at, finished_at, updated_at FROM {} WHERE id = %s AND user_id = %s"
     ).format(_t(kind))
     async with _connection(db) as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_uuid, user_id))
+        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_uuid, user_id),
+                                                              name="jobs.read")
         return await cur.fetchone()
 
 
@@ -181,7 +187,8 @@ async def load_row(db: Db, kind: JobKind, job_id: uuid.UUID) -> dict[str, Any] |
     """Every column of the row, or None when it is gone."""
     query = sql.SQL("SELECT * FROM {} WHERE id = %s").format(_t(kind))
     async with _connection(db) as conn:
-        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,))
+        cur = await conn.cursor(row_factory=dict_row).execute(query, (job_id,),
+                                                              name="jobs.load_row")
         return await cur.fetchone()
 
 
@@ -193,5 +200,5 @@ async def unfinished(db: Db, kind: JobKind, *, after: uuid.UUID | None = None,
         "ORDER BY id LIMIT %s").format(_user_column(kind), _t(kind))
     async with _connection(db) as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
-            query, (after or uuid.UUID(int=0), limit))
+            query, (after or uuid.UUID(int=0), limit), name="jobs.unfinished")
         return await cur.fetchall()

@@ -126,7 +126,7 @@ async def insert_entry(pool: Pool, cipher: EntryCipher, user_id: str, entry: Ent
                 "INSERT INTO entries (id, user_id, content, occurred_at) "
                 "VALUES (%s, %s, %s, COALESCE(%s, now())) "
                 "RETURNING occurred_at, created_at, updated_at",
-                (entry.id, user_id, sealed, occurred_at))
+                (entry.id, user_id, sealed, occurred_at), name="entries.insert")
             row = await cur.fetchone()
         assert row is not None
         entry.occurred_at, entry.created_at, entry.updated_at = row
@@ -163,7 +163,8 @@ class EntryReads:
                     f"SELECT {_JOINED_COLUMNS}, e.user_id::text FROM unnest(%s::uuid[], "
                     "%s::uuid[]) AS k(id, user_id) JOIN entries e ON e.id = k.id AND "
                     "e.user_id = k.user_id",
-                    ([entry for entry, _ in keys], [user for _, user in keys]), binary=True)
+                    ([entry for entry, _ in keys], [user for _, user in keys]), binary=True,
+                    name="entries.read")
                 rows = {(row[0], row[-1]): row for row in await cur.fetchall()}
         return [rows.get(key) for key in keys]
 
@@ -181,7 +182,7 @@ async def list_entries(pool: Pool, cipher: EntryCipher, user_id: str, limit: int
         async with pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {ROW_COLUMNS} FROM entries WHERE {where} {ORDER} LIMIT %s",
-                (*params, limit + 1), binary=True)
+                (*params, limit + 1), binary=True, name="entries.list")
             rows = await cur.fetchall()
         entries = [entry_from_row(cipher, dek, user_id, row) for row in rows[:limit]]
         more = len(rows) > limit
@@ -197,7 +198,7 @@ async def update_entry(pool: Pool, cipher: EntryCipher, user_id: str, entry_id: 
         async with pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 f"SELECT {ROW_COLUMNS} FROM entries WHERE id = %s AND user_id = %s FOR UPDATE",
-                (entry_id, user_id), binary=True)
+                (entry_id, user_id), binary=True, name="entries.lock_for_update")
             row = await cur.fetchone()
             if row is None:
                 return None
@@ -208,7 +209,7 @@ async def update_entry(pool: Pool, cipher: EntryCipher, user_id: str, entry_id: 
             cur = await conn.execute(
                 "UPDATE entries SET content = %s, occurred_at = %s WHERE id = %s "
                 "RETURNING occurred_at, updated_at",
-                (sealed, entry.occurred_at, entry.id))
+                (sealed, entry.occurred_at, entry.id), name="entries.update")
             stored = await cur.fetchone()
         assert stored is not None
         entry.occurred_at, entry.updated_at = stored
@@ -219,5 +220,5 @@ async def delete_entry(pool: Pool, user_id: str, entry_id: str) -> bool:
     with _bounded():
         async with pool.connection() as conn:
             cur = await conn.execute("DELETE FROM entries WHERE id = %s AND user_id = %s",
-                                     (entry_id, user_id))
+                                     (entry_id, user_id), name="entries.delete")
             return cur.rowcount > 0

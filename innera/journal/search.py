@@ -554,7 +554,7 @@ async def search_entries(pool: Pool, cipher: EntryCipher, user_id: str, terms: l
             conn = await lease.enter_async_context(pool.connection())
             async with _cursor(conn) as cursor:
                 await cursor.execute(_query(after, limit=True),
-                                     _params(user_id, after, batch_size))
+                                     _params(user_id, after, batch_size), name="search.first_batch")
                 rows = await _load(cursor)
             more = len(rows) == batch_size
             if not more:  # the connection goes back to the pool while the rows are examined
@@ -565,7 +565,7 @@ async def search_entries(pool: Pool, cipher: EntryCipher, user_id: str, terms: l
                 after = scan.position()
                 async with _cursor(conn) as cursor:
                     stream = cursor.stream(_query(after), _params(user_id, after),
-                                           size=batch_size)
+                                           size=batch_size, name="search.scan")
                     async with aclosing(stream) as rows_left:
                         done = await _examine_stream(scan, rows_left, batch_size, limiter)
         exhausted = not done

@@ -88,14 +88,16 @@ async def register_device(db: Pool, user_id: str, *, platform: Platform, push_to
     new_id = str(uuid.uuid4())
     with db_deadline():
         async with db.connection() as conn, conn.transaction():
-            await conn.execute(_LOCK_ACCOUNT, (_DEVICES_LOCK_CLASS, user_id))
+            await conn.execute(_LOCK_ACCOUNT, (_DEVICES_LOCK_CLASS, user_id),
+                               name="devices.lock_user")
             cur = await conn.cursor(row_factory=dict_row).execute(
                 _UPSERT, {"id": new_id, "user_id": user_id, "platform": platform,
-                          "token": push_token})
+                          "token": push_token}, name="devices.upsert")
             row = await cur.fetchone()
             assert row is not None
             trimmed = await conn.execute(_TRIM, {
-                "user_id": user_id, "keep": row["id"], "others": max_devices - 1})
+                "user_id": user_id, "keep": row["id"], "others": max_devices - 1},
+                                         name="devices.trim")
             replaced = trimmed.rowcount
     if replaced > 0:
         log.info("user %s is at MAX_DEVICES_PER_USER (%d): %d least recently seen device(s) "
@@ -120,7 +122,7 @@ async def list_devices(db: Pool, cursors: CursorCodec, user_id: str, *, cursor: 
         async with db.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 f"SELECT {_COLUMNS} FROM devices WHERE {' AND '.join(conditions)} "
-                "ORDER BY created_at DESC, id DESC LIMIT %s", params)
+                "ORDER BY created_at DESC, id DESC LIMIT %s", params, name="devices.list")
             rows = await cur.fetchall()
     rows, next_cursor = cursors.page(CURSOR_PURPOSE, user_id, rows, limit)
     return [_device(r) for r in rows], next_cursor
@@ -135,5 +137,6 @@ async def delete_device(db: Pool, user_id: str, device_id: str) -> bool:
     with db_deadline():
         async with db.connection() as conn:
             cur = await conn.execute(
-                "DELETE FROM devices WHERE id = %s AND user_id = %s", (canonical, user_id))
+                "DELETE FROM devices WHERE id = %s AND user_id = %s", (canonical, user_id),
+                name="devices.delete")
             return cur.rowcount > 0

@@ -94,6 +94,7 @@ async def create_notification(db: Pool, redis: Redis, user_id: str, *, events: E
                 f"INSERT INTO notifications (id, user_id, kind, title, body, data) "
                 f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
                 (uuid.uuid4(), user_id, kind, title, body, Jsonb(data)),
+                name="notifications.create",
             )
             row = await cur.fetchone()
     assert row is not None
@@ -137,7 +138,7 @@ async def list_notifications(db: Pool, cursors: CursorCodec, user_id: str, *, un
             cur = await conn.cursor(row_factory=dict_row).execute(
                 f"SELECT {_COLUMNS} FROM notifications "
                 f"WHERE {' AND '.join(conditions)} "
-                "ORDER BY created_at DESC, id DESC LIMIT %s", params)
+                "ORDER BY created_at DESC, id DESC LIMIT %s", params, name="notifications.list")
             rows = await cur.fetchall()
     rows, next_cursor = cursors.page(CURSOR_PURPOSE, user_id, rows, limit)
     return [serialize(r) for r in rows], next_cursor
@@ -160,13 +161,13 @@ async def mark_read(db: Pool, redis: Redis, user_id: str, notification_id: str
             await cur.execute(
                 f"UPDATE notifications SET read_at = now() "
                 f"WHERE id = %s AND user_id = %s AND read_at IS NULL RETURNING {_COLUMNS}",
-                (notification_id, user_id))
+                (notification_id, user_id), name="notifications.mark_read")
             row = await cur.fetchone()
             changed = row is not None
             if row is None:
                 await cur.execute(
                     f"SELECT {_COLUMNS} FROM notifications WHERE id = %s AND user_id = %s",
-                    (notification_id, user_id))
+                    (notification_id, user_id), name="notifications.read")
                 row = await cur.fetchone()
     if changed:
         await invalidate_unread(redis, user_id)
@@ -179,7 +180,8 @@ async def mark_all_read(db: Pool, redis: Redis, user_id: str) -> int:
         async with db.connection() as conn:
             cur = await conn.execute(
                 "UPDATE notifications SET read_at = now() "
-                "WHERE user_id = %s AND read_at IS NULL", (user_id,))
+                "WHERE user_id = %s AND read_at IS NULL", (user_id,),
+                name="notifications.mark_all_read")
             updated = cur.rowcount
     if updated:
         await invalidate_unread(redis, user_id)

@@ -32,7 +32,8 @@ async def devices_of_notification(db: Pool, notification_id: str) -> list[str]:
             cur = await conn.execute(
                 "SELECT d.id FROM notifications n JOIN devices d "
                 "ON d.user_id = n.user_id WHERE n.id = %s "
-                "ORDER BY d.created_at, d.id", (notification_id,))
+                "ORDER BY d.created_at, d.id", (notification_id,),
+                name="push.devices_of_notification")
             return [str(row[0]) for row in await cur.fetchall()]
 
 
@@ -44,7 +45,7 @@ async def push_target(db: Pool, notification_id: str, device_id: str) -> PushTar
             cur = await conn.cursor(row_factory=dict_row).execute(
                 "SELECT d.platform, d.push_token, n.kind, n.title, n.body, n.data "
                 "FROM devices d JOIN notifications n ON n.user_id = d.user_id "
-                "WHERE d.id = %s AND n.id = %s", (device_id, notification_id))
+                "WHERE d.id = %s AND n.id = %s", (device_id, notification_id), name="push.target")
             row = await cur.fetchone()
     if row is None:
         return None
@@ -57,5 +58,6 @@ async def forget_device(db: Pool, device_id: str, token: str) -> bool:
     with db_deadline():
         async with db.connection() as conn:
             cur = await conn.execute(
-                "DELETE FROM devices WHERE id = %s AND push_token = %s", (device_id, token))
+                "DELETE FROM devices WHERE id = %s AND push_token = %s", (device_id, token),
+                name="push.forget_device")
             return cur.rowcount == 1

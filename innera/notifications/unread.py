@@ -94,7 +94,7 @@ async def count_unread_from_db(db: Pool, user_id: str) -> int:
         async with db.connection() as conn:
             cur = await conn.execute(
                 "SELECT count(*) FROM notifications WHERE user_id = %s AND read_at IS NULL",
-                (user_id,))
+                (user_id,), name="notifications.count_unread")
             row = await cur.fetchone()
     assert row is not None
     return int(row[0])

@@ -2,12 +2,13 @@
 
 innera's own loggers and every library logger (hypercorn, psycopg, coredis, trio, …) end in
 the same processors: context variables bound for the current request (``requestId``,
-``userId``), level, logger name, time, exception text (never local variables), then
-redaction, then the renderer ``LOG_FORMAT`` picks: ``json`` (one JSON object per line, for
-log shippers) or ``console`` (structlog's console renderer: aligned, coloured on a
-terminal, for someone reading ``./scripts/serve``). ``auto``, the default, is ``console``
-when stdout is a terminal outside production and ``json`` otherwise
-(:func:`resolve_log_format`); both formats get the same redaction.
+``userId``), the ``traceId`` of the Sentry trace the line belongs to (a traced request or
+job, :func:`innera.observability.tracing.current_trace_id`), level, logger name, time,
+exception text (never local variables), then redaction, then the renderer ``LOG_FORMAT``
+picks: ``json`` (one JSON object per line, for log shippers) or ``console`` (structlog's
+console renderer: aligned, coloured on a terminal, for someone reading ``./scripts/serve``).
+``auto``, the default, is ``console`` when stdout is a terminal outside production and
+``json`` otherwise (:func:`resolve_log_format`); both formats get the same redaction.
 
 Libraries' retry chatter is demoted to debug (:class:`RetryChatterFilter`): coredis logs
 "Retry attempt 1 due to error: No matching script." at info whenever a script is first run
@@ -59,6 +60,8 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from innera.observability.tracing import current_trace_id
 
 CENSOR = "[REDACTED]"
 
@@ -224,6 +227,15 @@ def _level_name(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapp
     return event
 
 
+def _add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]
+                  ) -> MutableMapping[str, Any]:
+    """``traceId`` on the lines of a traced request or job, so logs and traces join."""
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        event["traceId"] = trace_id
+    return event
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -269,6 +281,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, *,
     log_format = resolve_log_format(log_format, production=production, stream=stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),

@@ -40,6 +40,8 @@ UNKNOWN_ROUTE = "__unknown__"
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30)
 SEARCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10)
 JOB_BUCKETS = (0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+# PostgreSQL statements: most take a millisecond or two; the top buckets catch scans and locks.
+QUERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class _PoolCollector(Collector):
@@ -129,6 +131,37 @@ class Metrics:
             self.jobs_waiting.labels(queue=queue)
             for outcome in JOB_OUTCOMES:
                 self.jobs_processed.labels(queue=queue, outcome=outcome)
+
+        self._init_query_metrics(r)
+
+    # --- named queries -------------------------------------------------------------------
+    # Every SQL statement innera runs has a static name given at its call site
+    # (``conn.execute(sql, params, name="entries.read")``, innera/db/cursor.py), so the
+    # ``name`` label is bounded by the code (tests/db/test_query_names.py collects them).
+
+    def _init_query_metrics(self, r: CollectorRegistry) -> None:
+        self.db_query_duration = Histogram(
+            "innera_db_query_duration_seconds",
+            "PostgreSQL statement duration by query name (from the call to the last row)",
+            ["name"], buckets=QUERY_BUCKETS, registry=r)
+        self.db_query_errors = Counter(
+            "innera_db_query_errors_total",
+            "PostgreSQL statements that failed, by query name (any database error, "
+            "constraint violations included)", ["name"], registry=r)
+        #: name → the two series' children, made together on a name's first statement (so
+        #: the error counter starts at 0 before its first increment)
+        self._query_children: dict[str, tuple[Any, Any]] = {}
+
+    def observe_query(self, name: str, seconds: float, failed: bool) -> None:
+        """One statement named ``name`` ran for ``seconds`` (and raised, when ``failed``):
+        the pool hands this to every connection (``Pool(on_query=...)``)."""
+        children = self._query_children.get(name)
+        if children is None:
+            children = (self.db_query_duration.labels(name), self.db_query_errors.labels(name))
+            self._query_children[name] = children
+        children[0].observe(seconds)
+        if failed:
+            children[1].inc()
 
     def watch_pool(self, pool: Any) -> None:
         """Expose the pool's gauges (``pool.stats()`` is read at each scrape)."""

@@ -21,6 +21,9 @@ before it leaves the process:
 
 Frames never carry local variables.
 
+Performance tracing (transactions and spans, ``SENTRY_TRACES_SAMPLE_RATE``) is
+:mod:`innera.observability.tracing`'s; :func:`init_sentry` switches it on.
+
 Trio: sentry-sdk has no Trio integration and needs none. Its scopes live in contextvars
 and Trio gives every task a *copy* of its parent's context at spawn — but a copy of the
 *references*: sibling tasks see the same ``Scope`` object until one of them forks it.
@@ -47,6 +50,7 @@ from sentry_sdk.integrations.excepthook import ExcepthookIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from innera.errors import AppError
+from innera.observability import tracing
 from innera.observability.logging import is_redacted_key, is_url_key, normalise_key
 
 REDACTED = "[REDACTED]"
@@ -72,13 +76,18 @@ def init_sentry(
     environment: str,
     release: str,
     traces_sample_rate: float = 0.1,
+    untraced_paths: tuple[str, ...] = tracing.DEFAULT_UNTRACED,
     transport: Any = None,
 ) -> bool:
     """Initialise the SDK; ``False`` (and nothing initialised) when there is no DSN.
 
-    ``transport`` is a ``sentry_sdk.transport.Transport`` instance (tests pass a capturing
-    one); ``None`` means the SDK's HTTP transport.
+    Tracing (:mod:`innera.observability.tracing`) is switched on when there is a DSN and
+    ``traces_sample_rate`` is above 0, with requests under ``untraced_paths``
+    (``SENTRY_TRACES_SAMPLER``) never traced; off otherwise. ``transport`` is a
+    ``sentry_sdk.transport.Transport`` instance (tests pass a capturing one); ``None``
+    means the SDK's HTTP transport.
     """
+    tracing.configure(False)
     if not dsn:
         return False
     if not 0.0 <= traces_sample_rate <= 1.0:
@@ -129,6 +138,10 @@ def init_sentry(
             LoggingIntegration(level=logging.INFO, event_level=None, sentry_logs_level=None),
         ],
     )
+    # The SDK's own logger sits at DEBUG and drops every record in a filter unless `debug`
+    # is on: each transaction built two LogRecords (a stack walk each, ~20 µs) for nothing.
+    logging.getLogger("sentry_sdk.errors").setLevel(logging.WARNING)
+    tracing.configure(traces_sample_rate > 0, untraced_paths)
     return True
 
 

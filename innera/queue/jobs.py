@@ -5,6 +5,11 @@ Delivery is at-least-once: a claimed job carries a lease (renewed while the hand
 and a fencing token (a per-job claim counter). Completion, failure, release and progress are
 accepted only with the current token, so a worker whose lease expired and whose job was given
 to another worker gets :data:`LEASE_LOST` instead of finishing the job twice.
+
+A job enqueued from a traced request or job carries that trace's ``sentry-trace`` and
+``baggage`` in its payload, under ``"trace"`` (:data:`innera.observability.tracing.PAYLOAD_KEY`),
+so the worker's transaction continues the trace; handlers never read that key, and a
+payload without it (older jobs, the reconciler's) starts a trace of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from innera.observability import tracing
 from innera.queue import scripts
 from innera.redis import Redis
 
@@ -157,8 +163,11 @@ class JobQueue:
         self, payload: dict[str, Any], *, job_id: str | None = None, delay_s: float = 0
     ) -> str:
         """Add a job; returns its id. An id that exists and is not finished is not added
-        again (the existing job's id is returned); a finished one is replaced."""
+        again (the existing job's id is returned); a finished one is replaced. Enqueued
+        from a traced request or job, the payload also carries its trace."""
         job_id = job_id or uuid.uuid4().hex
+        if tracing.SWITCH.on and (trace := tracing.trace_headers()) is not None:
+            payload = {**payload, tracing.PAYLOAD_KEY: trace}
         await self._enqueue(
             keys=self.keys_for("waiting", "delayed", "completed", "failed", "meta", "payloads"),
             args=[job_id, json.dumps(payload, separators=(",", ":")),

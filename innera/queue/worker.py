@@ -9,6 +9,10 @@ Stopping: once ``stop`` is set, nothing more is claimed and the running handlers
 ``run_workers`` returns when they have. If it is cancelled first (the caller's deadline), each
 unfinished job is released back to the head of waiting — shielded, bounded, fenced — without
 consuming its attempt or counting a stall.
+
+Tracing: each delivery of a job is one Sentry transaction, ``job <queue>``, tagged with the
+queue and the job id, continuing the trace its payload carries
+(:func:`innera.observability.tracing.job_transaction`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import trio
 
+from innera.observability import tracing
 from innera.observability.metrics import Metrics
 from innera.observability.sentry import capture_task_exception
 from innera.queue.jobs import (
@@ -218,6 +223,10 @@ class _QueueWorker:
                 await self._sleep(self.poll_interval_s)
 
     async def _run_job(self, job: Job) -> None:
+        with tracing.job_transaction(self.name, job.id, job.payload):
+            await self._run_traced_job(job)
+
+    async def _run_traced_job(self, job: Job) -> None:
         ctx = JobContext(job, self.queue)
         started = trio.current_time()
         settled = False
@@ -230,6 +239,7 @@ class _QueueWorker:
                         await self.config.handler(job, ctx)
                 except Exception as exc:
                     error = exc
+                    tracing.mark_failed()
                 nursery.cancel_scope.cancel()
             await self._settle(job, error, trio.current_time() - started)
             settled = True

@@ -2,7 +2,8 @@
 
 boto3 is blocking; every call goes through ``trio.to_thread`` behind a limiter so that a slow
 S3 cannot take every worker thread. Each call is bounded by boto's connect/read timeouts and
-by a Trio deadline of its own.
+by a Trio deadline of its own. Each is also the Sentry span (op ``http.client``, described
+``S3 <method>``) of a traced request or job (:meth:`S3Storage.call`, the one funnel).
 
 Upload and download URLs are SigV4 presigned URLs: an upload URL signs ``Content-Type`` and
 ``Content-Length`` (S3 refuses a PUT with other values), a download URL carries the stored
@@ -24,6 +25,7 @@ from typing import Any
 import trio
 
 from innera.errors import PayloadTooLarge
+from innera.observability import tracing
 from innera.storage.keys import split_key, split_prefix
 from innera.storage.names import content_disposition
 
@@ -80,7 +82,7 @@ class S3Storage:
     async def call(self, method: str, **kwargs: Any) -> Any:
         """Run one boto3 client method in a worker thread (bounded by a deadline)."""
         fn = getattr(self.client, method)
-        with trio.fail_after(self.call_timeout_s):
+        with tracing.span("http.client", f"S3 {method}"), trio.fail_after(self.call_timeout_s):
             return await trio.to_thread.run_sync(
                 lambda: fn(**kwargs), limiter=self.limiter, abandon_on_cancel=True
             )
