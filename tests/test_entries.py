@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 
+from innera.realtime.event_log import parse_event_id
 from tests.fixtures.accounts import Account, signup
 from tests.fixtures.server import RunningServer
 from tests.test_http import assert_error
@@ -493,8 +494,11 @@ async def test_changes_are_published_to_the_users_channel(server: RunningServer)
                 message = await ps.get_message(timeout=0.5)
                 if message is not None:
                     messages.append(json.loads(message["data"]))
-    assert messages == [
+    assert [{k: m[k] for k in ("type", "data")} for m in messages] == [
         {"type": "entry.created", "data": {"id": entry["id"], "entry": entry}},
         {"type": "entry.updated", "data": {"id": entry["id"], "entry": updated}},
         {"type": "entry.deleted", "data": {"id": entry["id"]}},
     ]
+    # each carries its id in the user's event log, in order (a client resumes from it)
+    ids = [parse_event_id(m["id"]) for m in messages]
+    assert None not in ids and ids == sorted(ids) and len(set(ids)) == 3

@@ -29,6 +29,7 @@ from innera.journal import rules, search
 from innera.notifications import inbox
 from innera.observability import logging as log_redaction
 from innera.observability import sentry
+from innera.realtime import event_log
 from workers import dayone
 
 N = 100_000
@@ -59,6 +60,8 @@ USER_TEXT: list[tuple[Any, str, str, list[str]]] = [
         "&#" * (N // 2), "&#1" * (N // 3), "&#" + "1" * (N - 2), "&#1;" * (N // 4)]),
     (log_redaction, "_NOT_ALNUM", "sub", ["-" * N, "a-" * (N // 2), "é" * N]),
     (sentry, "_TEXT_GAPS", "split", [" " * N, "a " * (N // 2), "\"'<>" * (N // 4)]),
+    # ?since= of GET /v1/ws
+    (event_log, "_ID", "fullmatch", ["1" * N, "1-" + "1" * N, "1" * 20 + "-" * N, "-1" * (N // 2)]),
 ]
 
 #: patterns that never see client text, and why
@@ -66,6 +69,8 @@ NOT_USER_TEXT = {
     ("innera.db.migrate", "_FILE_RE"): "migration file names shipped with innera",
     ("innera.jobs.kinds", "_TABLE"): "job table names declared in innera's own JobKinds",
     ("innera.crypto.kms", "_KEY_ID"): "INNERA_MEK_KMS_KEY_ID, from the operator's environment",
+    ("innera.observability.tracing", "_VARIABLE"):
+        "the matched route's rule, declared in innera's blueprints, never the request path",
 }
 
 #: the parsing steps that replaced a regex on user text: name → (function, inputs)
