@@ -32,10 +32,11 @@ from innera.crypto.kms import open_kms_provider
 from innera.db.pool import Pool
 from innera.jobs import tables
 from innera.observability.metrics import Metrics
-from tests.fixtures.accounts import Account, new_email, signup
+from tests.fixtures.accounts import new_email, signup
 from tests.fixtures.kms import Kms
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.server import ROOT, RunningServer, server_environ, start_server
+from tests.workers.test_key_rotation import assert_all_readable, write_entries
 from workers.registry import JOB_KINDS
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,28 +75,6 @@ async def cli(settings: dict[str, str], *args: str) -> subprocess.CompletedProce
     return await trio.to_thread.run_sync(lambda: subprocess.run(
         [sys.executable, "-m", "innera.cli", *args], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=60))
-
-
-async def write_entries(srv: RunningServer, users: int, per_user: int
-                        ) -> dict[str, tuple[Account, str]]:
-    """Sign ``users`` up and write entries; entry id → (author, body)."""
-    written: dict[str, tuple[Account, str]] = {}
-    for u in range(users):
-        account = await signup(srv.client)
-        for e in range(per_user):
-            body = f"user {u}, entry {e}: {os.urandom(4).hex()}"
-            r = await srv.client.post("/v1/entries", json={"body": body}, headers=account.auth)
-            assert r.status_code == 201, r.text
-            written[r.json()["id"]] = (account, body)
-    return written
-
-
-async def assert_all_readable(srv: RunningServer, written: dict[str, tuple[Account, str]]
-                              ) -> None:
-    for entry_id, (account, body) in written.items():
-        r = await srv.client.get(f"/v1/entries/{entry_id}", headers=account.auth)
-        assert r.status_code == 200, r.text
-        assert r.json()["body"] == body
 
 
 async def key_rows(db: Pool) -> dict[str, tuple[int, str, bytes]]:

@@ -24,8 +24,8 @@ includes the consumer's time between rows.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Self
 
 from psycopg import AsyncCopy, AsyncCursor
@@ -82,18 +82,8 @@ class TrioCursor(AsyncCursor[Row]):
         returning: bool = False,
         name: str | None = None,
     ) -> None:
-        label = name or UNNAMED
-        on_query: QueryHook | None = getattr(self.connection, "on_query", None)
-        with tracing.span(_OP, label):
-            started = time.perf_counter()
-            try:
-                await super().executemany(query, params_seq, returning=returning)
-            except Exception:
-                if on_query is not None:
-                    on_query(label, time.perf_counter() - started, True)
-                raise
-            if on_query is not None:
-                on_query(label, time.perf_counter() - started, False)
+        with self._observed(name):
+            await super().executemany(query, params_seq, returning=returning)
 
     async def stream(  # type: ignore[override]
         self,
@@ -104,24 +94,13 @@ class TrioCursor(AsyncCursor[Row]):
         size: int = 1,
         name: str | None = None,
     ) -> AsyncIterator[Row]:
-        label = name or UNNAMED
-        on_query: QueryHook | None = getattr(self.connection, "on_query", None)
-        failed = False
-        with tracing.span(_OP, label):
-            started = time.perf_counter()
-            try:
-                # closed explicitly: psycopg's stream cancels and drains an unfinished query
-                # in its clean-up, which must happen before the connection goes back
-                async with aclosing(super().stream(query, params, binary=binary,
-                                                   size=size)) as rows:
-                    async for row in rows:
-                        yield row
-            except Exception:
-                failed = True
-                raise
-            finally:
-                if on_query is not None:
-                    on_query(label, time.perf_counter() - started, failed)
+        with self._observed(name):
+            # closed explicitly: psycopg's stream cancels and drains an unfinished query in
+            # its clean-up, which must happen before the connection goes back
+            async with aclosing(super().stream(query, params, binary=binary,
+                                               size=size)) as rows:
+                async for row in rows:
+                    yield row
 
     @asynccontextmanager
     async def copy(  # type: ignore[override]
@@ -132,14 +111,21 @@ class TrioCursor(AsyncCursor[Row]):
         writer: AsyncWriter | None = None,
         name: str | None = None,
     ) -> AsyncIterator[AsyncCopy]:
+        with self._observed(name):
+            async with super().copy(statement, params, writer=writer) as copy:
+                yield copy
+
+    @contextmanager
+    def _observed(self, name: str | None) -> Iterator[None]:
+        """The span and the ``on_query`` report of one statement: its name, its duration,
+        whether it raised (``execute``, the hot path, inlines the same)."""
         label = name or UNNAMED
         on_query: QueryHook | None = getattr(self.connection, "on_query", None)
-        failed = False
         with tracing.span(_OP, label):
             started = time.perf_counter()
+            failed = False
             try:
-                async with super().copy(statement, params, writer=writer) as copy:
-                    yield copy
+                yield
             except Exception:
                 failed = True
                 raise
