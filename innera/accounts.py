@@ -17,12 +17,20 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from innera import whitespace
 from innera.batching import Batcher
 from innera.db.pool import Pool
 from innera.errors import AppError
 from innera.ids import canonical_uuid
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")
+# no whitespace, and no control character (PostgreSQL text cannot hold NUL)
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@.\s\x00-\x1f\x7f]{2,}$")
+#: what sign-up and sign-in accept as an email, as a JSON Schema pattern for the OpenAPI
+#: document: ``_EMAIL`` once :func:`normalise_email` stripped it
+_LOCAL = f"[^@\\x00-\\x1f\\x7f{whitespace.CHARS}]"
+_DOMAIN_END = f"[^@.\\x00-\\x1f\\x7f{whitespace.CHARS}]"
+EMAIL_PATTERN = (f"^{whitespace.WHITESPACE}*{_LOCAL}{{1,64}}@{_LOCAL}+\\.{_DOMAIN_END}{{2,}}"
+                 f"{whitespace.WHITESPACE}*$")
 
 
 class EmailTaken(AppError):

@@ -45,6 +45,7 @@ from innera.api import (
 from innera.api.bodies import StreamingUploadRequest
 from innera.api.context import json_response, services
 from innera.api.framework import TrimmedQuart, current_g, current_request
+from innera.api.operation import PlainOperation, declare_plain
 from innera.api.pipeline import Pipeline, report_request_error
 from innera.errors import AppError, InvalidJson, Unauthorized, error_body
 from innera.guards.client_ip import UntrustedForwardedFor
@@ -79,6 +80,48 @@ _HTTP_MESSAGES = {
     405: "This method is not allowed on this URL",
     413: "The request body is too large",
 }
+
+
+class UpgradeRequired(AppError):
+    """``/v1/ws`` asked for without the WebSocket handshake."""
+
+    status, code = 426, "upgrade_required"
+    message = "GET /v1/ws is a WebSocket: send the upgrade handshake (Upgrade: websocket)"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Upgrade": "websocket"})
+
+
+# The WebSocket endpoint (innera/api/ws.py), as the OpenAPI document describes it.
+declare_plain(PlainOperation(
+    "GET", ws.PATH, operation_id="connectRealtime", tag="realtime",
+    summary="WebSocket: events for the signed-in user's devices",
+    description="Authenticate with `Authorization: Bearer` or `?access_token=`. Server "
+                "messages are `{id, type, data}` events (`entry.*`, `notification.created`, "
+                "`job.progress`) and `{type: \"ping\"}`; `?since=<id>` first replays the "
+                "events after that id, or sends `{type: \"resync_required\"}` (re-fetch over "
+                "REST). Send `{\"type\": \"ping\"}` for a pong. Close "
+                "codes: 4000 server restarting, 4001 token expired or session ended, 4002 "
+                "ping timeout, 4003 account deleted, 4008 too many connections (the oldest "
+                "socket closes), 1009 message over 64 KiB, 1013 client too slow. Refusals "
+                "happen during the handshake, as HTTP answers in the error contract.",
+    parameters=[{"name": "access_token", "in": "query", "required": False,
+                 "description": "The access token, for clients that cannot set headers",
+                 "schema": {"type": "string"}},
+                {"name": "since", "in": "query", "required": False,
+                 "description": "Opaque: the `id` of the last event the client got (a "
+                                "malformed or unknown one gets `resync_required`, not a "
+                                "refusal)",
+                 "schema": {"type": "string"}}],
+    responses={101: ("Switching protocols: the socket is open", None, None)},
+    errors={400: "`bad_request`: an invalid WebSocket handshake (not an HTTP/1.1 GET, or a "
+                 "bad Sec-WebSocket-Key)",
+            401: "`unauthorized`: no access token, or an invalid or expired one, or the "
+                 "session ended",
+            426: "`upgrade_required`: a plain HTTP request, without the WebSocket handshake",
+            429: "`rate_limited`: more than RATE_LIMIT_WS handshakes of this user, or of this "
+                 "client IP (Retry-After)"},
+    bearer=True))
 
 
 class InneraRequest(StreamingUploadRequest):
@@ -229,6 +272,11 @@ def create_app(svc: Services, pipeline: Pipeline | None = None) -> QuartTrio:
 
     if svc.settings.observability.metrics_port is None:  # else on METRICS_PORT only
         app.get(plain.METRICS_PATH)(metrics)
+
+    @app.get(ws.PATH)
+    async def websocket_without_upgrade() -> Response:
+        """``/v1/ws`` as a plain HTTP request (a WebSocket handshake never gets here)."""
+        raise UpgradeRequired()
 
     @app.errorhandler(AppError)
     async def app_error(error: AppError) -> Response:

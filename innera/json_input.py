@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "InvalidJsonInput", "JsonTooDeep", "depth_exceeds", "loads"]
+__all__ = ["MAX_DEPTH", "InvalidJsonInput", "JsonTooDeep", "depth_exceeds", "loads",
+           "lone_surrogate"]
 
 #: arrays and objects nested deeper than this are refused (innera's own documents nest 4)
 MAX_DEPTH = 64
@@ -76,4 +77,28 @@ def depth_exceeds(doc: Any, max_depth: int) -> bool:
         for value in values:
             if type(value) is list or type(value) is dict:
                 stack.append((value, depth + 1))
+    return False
+
+
+def lone_surrogate(raw: bytes, doc: Any) -> bool:
+    """Whether a string of ``doc`` (parsed from ``raw``; a key or a value, at any depth) holds
+    a surrogate that is not half of a pair, which UTF-8 (and so PostgreSQL and the entry
+    cipher) cannot take. JSON allows the escape (``"\\ud800"``); raw UTF-8 cannot hold one,
+    so only a document holding such an escape is walked (iteratively)."""
+    if b"\\ud" not in raw and b"\\uD" not in raw:
+        return False
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if type(node) is str:
+            if not node.isascii():
+                try:
+                    node.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif type(node) is dict:
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif type(node) is list:
+            stack.extend(node)
     return False

@@ -568,7 +568,26 @@ def test_any_body_parses_within_the_depth_limit_or_is_invalid_json(data: bytes) 
             assert "64 levels deep" in caught.value.message
         return
     assert json_depth(value) <= json_input.MAX_DEPTH
+    if json_input.lone_surrogate(data, value):  # JSON, but no text of the API
+        with pytest.raises(InvalidJson, match="unpaired surrogate"):
+            parse_json(data)
+        return
     assert same_json(parse_json(data), value)
+
+
+@fuzz(200)
+@given(st.text(st.characters(codec="utf-8")), st.integers(0xD800, 0xDFFF), st.booleans())
+def test_a_body_escaping_half_a_surrogate_pair_is_invalid_json(
+        text: str, surrogate: int, as_key: bool) -> None:
+    """Such a string reached the entry cipher (UTF-8) and PostgreSQL, and failed there (500)."""
+    escaped = json.dumps(text)[1:-1] + f"\\u{surrogate:04x}"
+    string = f'"{escaped}"'
+    raw = (f"{{{string}: 1}}" if as_key else f'{{"body": {string}}}').encode()
+    with pytest.raises(InvalidJson, match="unpaired surrogate") as caught:
+        parse_json(raw)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_json")
+    pair = json.dumps("\U0001F600")  # an escaped pair is one character, and fine
+    assert parse_json(b'{"body": %s}' % pair.encode()) == {"body": "\U0001F600"}
 
 
 @fuzz(300)

@@ -71,6 +71,7 @@ NOT_USER_TEXT = {
     ("innera.crypto.kms", "_KEY_ID"): "INNERA_MEK_KMS_KEY_ID, from the operator's environment",
     ("innera.observability.tracing", "_VARIABLE"):
         "the matched route's rule, declared in innera's blueprints, never the request path",
+    ("innera.api.operation", "OPERATION_ID"): "operationIds declared in innera's own routes",
 }
 
 #: the parsing steps that replaced a regex on user text: name → (function, inputs)

@@ -40,7 +40,7 @@ from innera import attachments
 from innera.api.bodies import UploadTimeout, body_chunks, storage_errors
 from innera.api.context import services
 from innera.api.operation import operation
-from innera.api.schemas import Model
+from innera.api.schemas import Model, NextCursor
 from innera.journal.rules import ALLOWED_CONTENT_TYPES
 from innera.storage import TRANSFER_TIMEOUT_S
 from innera.storage.local import URL_PATH as LOCAL_URL_PATH
@@ -50,6 +50,12 @@ from innera.timestamps import iso_utc
 blueprint = Blueprint("attachments", __name__, url_prefix="/v1")
 
 _TIMESTAMP = "ISO 8601 UTC, milliseconds, Z"
+NO_ATTACHMENT = "`not_found`: no such attachment of this user"
+STORAGE_UNAVAILABLE = "`storage_unavailable`: the store failed or timed out; retry"
+ATTACHMENT = {"attachment_id": "$response.body#/attachment/id"}
+#: where a declared attachment's id leads
+ATTACHMENT_LINKS = {"getAttachment": ATTACHMENT, "completeAttachment": ATTACHMENT,
+                    "deleteAttachment": ATTACHMENT}
 
 
 # --- request and response bodies ------------------------------------------------------------
@@ -114,7 +120,7 @@ class AttachmentDownloadOut(Model):
 
 class AttachmentListOut(Model):
     items: list[AttachmentOut]
-    nextCursor: str | None = None
+    nextCursor: NextCursor = Field(None, description="Always null: the list is one page")
 
 
 def _out(attachment: attachments.Attachment) -> AttachmentOut:
@@ -128,13 +134,18 @@ def _out(attachment: attachments.Attachment) -> AttachmentOut:
 
 
 @operation(blueprint, "POST", "/entries/<entry_id>/attachments",
+           operation_id="createAttachment",
            summary="Declare an attachment and get its upload URL",
            description="The client then PUTs exactly `size` bytes to uploadUrl with "
                        "uploadHeaders, and calls POST /v1/attachments/{id}/complete. A size "
                        "above ATTACHMENT_MAX_BYTES or a content type outside the allow-list "
                        "is 422.",
            body=AttachmentIn, response=AttachmentUploadOut, status=201,
-           errors=(404, 422, 429))
+           errors={404: "`not_found`: no such entry of this user",
+                   422: "`validation_failed`: `size` above ATTACHMENT_MAX_BYTES, or a content "
+                        "type outside the allow-list",
+                   503: STORAGE_UNAVAILABLE},
+           links=ATTACHMENT_LINKS)
 async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUploadOut:
     svc = services()
     with storage_errors():
@@ -149,18 +160,23 @@ async def create_attachment(entry_id: str, body: AttachmentIn) -> AttachmentUplo
 
 
 @operation(blueprint, "GET", "/entries/<entry_id>/attachments",
-           summary="The attachments of an entry (oldest first)",
-           response=AttachmentListOut, errors=(404, 429))
+           operation_id="listAttachments", summary="The attachments of an entry (oldest first)",
+           response=AttachmentListOut, errors={404: "`not_found`: no such entry of this user"})
 async def list_attachments(entry_id: str) -> AttachmentListOut:
     found = await attachments.entry_attachments(services().db, g.user_id, entry_id)
     return AttachmentListOut(items=[_out(a) for a in found], nextCursor=None)
 
 
 @operation(blueprint, "POST", "/attachments/<attachment_id>/complete",
+           operation_id="completeAttachment",
            summary="Confirm the upload: the object must exist with the declared size",
            description="409 upload_incomplete when no object, or one of another size, is "
                        "stored. Completing a ready attachment returns it unchanged.",
-           response=AttachmentOnlyOut, errors=(404, 409, 429))
+           response=AttachmentOnlyOut,
+           errors={404: NO_ATTACHMENT,
+                   409: "`upload_incomplete`: nothing, or an object of another size, was "
+                        "uploaded",
+                   503: STORAGE_UNAVAILABLE})
 async def complete_attachment(attachment_id: str) -> AttachmentOnlyOut:
     svc = services()
     with storage_errors():
@@ -168,10 +184,13 @@ async def complete_attachment(attachment_id: str) -> AttachmentOnlyOut:
     return AttachmentOnlyOut(attachment=_out(attachment))
 
 
-@operation(blueprint, "GET", "/attachments/<attachment_id>",
+@operation(blueprint, "GET", "/attachments/<attachment_id>", operation_id="getAttachment",
            summary="An attachment and a short-lived download URL",
            description="409 attachment_not_ready until the upload is completed.",
-           response=AttachmentDownloadOut, errors=(404, 409, 429))
+           response=AttachmentDownloadOut,
+           errors={404: NO_ATTACHMENT,
+                   409: "`attachment_not_ready`: the upload was not completed yet",
+                   503: STORAGE_UNAVAILABLE})
 async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
     svc = services()
     with storage_errors():
@@ -182,8 +201,10 @@ async def get_attachment(attachment_id: str) -> AttachmentDownloadOut:
 
 
 @operation(blueprint, "DELETE", "/attachments/<attachment_id>",
+           operation_id="deleteAttachment",
            summary="Delete an attachment (its stored object, then its row)",
-           status=204, errors=(404, 429))
+           status=204, errors={404: NO_ATTACHMENT, 503: STORAGE_UNAVAILABLE},
+           links={"getAttachment": {"attachment_id": "$request.path.attachment_id"}})
 async def delete_attachment(attachment_id: str) -> None:
     svc = services()
     with storage_errors():  # the object first: a failure leaves the row, so a retry works
@@ -194,15 +215,43 @@ async def delete_attachment(attachment_id: str) -> None:
 
 _LOCAL_ROUTE = (LOCAL_URL_PATH.removeprefix(blueprint.url_prefix or "")
                 + "/<user_id>/<entry_id>/<attachment_id>")
+_LOCAL_PATH = {"user_id": {"type": "string"}, "attachment_id": {"type": "string"},
+               "entry_id": {"type": "string",
+                            "description": "An entry id, or `exports` for an export archive"}}
+_BAD_SIGNATURE = "`invalid_signature`: the URL was not signed by innera, or was altered"
+_EXPIRED = "`url_expired`: the URL's lifetime is over; ask the API for a new one"
 
 
-@operation(blueprint, "PUT", _LOCAL_ROUTE, auth=False, status=204,
-           summary="Upload to a signed local URL (local store only)",
+def _signed_query(*names: str) -> list[dict[str, object]]:
+    """The query parameters of a signed local URL (the URL as innera returned it holds them)."""
+    text = {"exp": ("integer", "Expiry (Unix time)"),
+            "size": ("integer", "The signed size in bytes"),
+            "ct": ("string", "The signed content type"),
+            "fn": ("string", "The file name the download is saved as"),
+            "sig": ("string", "The signature")}
+    return [{"name": name, "in": "query", "required": True, "description": text[name][1],
+             "schema": {"type": text[name][0]}}
+            for name in ("exp", *names, "ct", "sig")]
+
+
+@operation(blueprint, "PUT", _LOCAL_ROUTE, operation_id="uploadAttachmentFile", auth=False,
+           status=204, summary="Upload to a signed local URL (local store only)",
            description="The uploadUrl of the local store: no Authorization header; the URL's "
                        "signature and expiry are checked (403 invalid_signature / url_expired), "
                        "the body must have the signed Content-Type and exactly the signed size "
                        "(413 past it, 400 size_mismatch when short). Streamed to disk.",
-           errors=(400, 403, 404, 408, 413, 429), timeout_s=TRANSFER_TIMEOUT_S)
+           raw_body={ct: "The file: exactly the signed size, with the signed Content-Type"
+                     for ct in sorted(ALLOWED_CONTENT_TYPES)},
+           path_params=_LOCAL_PATH, parameters=_signed_query("size"),
+           errors={400: "`size_mismatch`: the body is shorter than the signed size",
+                   403: (_BAD_SIGNATURE, _EXPIRED,
+                         "`invalid_signature`: the Content-Type is not the signed one"),
+                   404: ("`not_found`: the attachment was deleted meanwhile",
+                         "`not_found`: the store is S3 (no local URLs)"),
+                   408: "`request_timeout`: the upload took longer than the transfer limit",
+                   413: "`payload_too_large`: the body is longer than the signed size",
+                   503: STORAGE_UNAVAILABLE},
+           timeout_s=TRANSFER_TIMEOUT_S)
 async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
     svc = services()
     with trio.move_on_after(TRANSFER_TIMEOUT_S) as transfer, storage_errors():
@@ -216,11 +265,15 @@ async def local_upload(user_id: str, entry_id: str, attachment_id: str) -> None:
         raise UploadTimeout()
 
 
-@operation(blueprint, "GET", _LOCAL_ROUTE, auth=False,
+@operation(blueprint, "GET", _LOCAL_ROUTE, operation_id="downloadAttachmentFile", auth=False,
            summary="Download from a signed local URL (local store only)",
            description="The downloadUrl of the local store: no Authorization header; streams "
                        "the file with its content type and Content-Disposition: attachment.",
-           errors=(403, 404, 429))
+           path_params=_LOCAL_PATH, parameters=_signed_query("fn"),
+           errors={403: (_BAD_SIGNATURE, _EXPIRED),
+                   404: ("`not_found`: no file is stored (deleted meanwhile)",
+                         "`not_found`: the store is S3 (no local URLs)"),
+                   503: STORAGE_UNAVAILABLE})
 async def local_download(user_id: str, entry_id: str, attachment_id: str) -> Response:
     with storage_errors():
         found = await attachments.open_download(

@@ -42,7 +42,7 @@ from quart import Blueprint, Response, g
 
 from innera.api.context import services
 from innera.api.operation import operation
-from innera.api.schemas import Model
+from innera.api.schemas import Cursor, Model, NextCursor, QueryInt
 from innera.errors import NotFound
 from innera.notifications import devices
 from innera.timestamps import iso_utc
@@ -78,13 +78,12 @@ class DeviceOut(Model):
 
 class DeviceList(Model):
     items: list[DeviceOut]
-    nextCursor: str | None = Field(description="Pass as ?cursor= for the next page; "
-                                               "null on the last page")
+    nextCursor: NextCursor
 
 
 class DeviceQuery(Model):
-    cursor: str | None = Field(None, description="nextCursor of the previous page")
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    cursor: Cursor = None
+    limit: QueryInt = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
 def _out(device: devices.Device) -> DeviceOut:
@@ -93,13 +92,17 @@ def _out(device: devices.Device) -> DeviceOut:
                      lastSeenAt=iso_utc(device.last_seen_at))
 
 
-@operation(blueprint, "POST", "", summary="Register a device's push token",
+@operation(blueprint, "POST", "", operation_id="registerDevice",
+           summary="Register a device's push token",
            description="201 for a new device (including a token that moves here from another "
                        "account), 200 with the existing device when this account already "
                        "registered the token. An account holds at most MAX_DEVICES_PER_USER "
                        "devices (default 20): a new device past it replaces the account's "
                        "least recently seen device (smallest lastSeenAt).",
-           body=DeviceIn, response=DeviceOut, status=201, errors=(422, 429))
+           body=DeviceIn, response=DeviceOut, status=201,
+           also={200: "This account had already registered the token: the same device (same "
+                      "id), lastSeenAt refreshed"},
+           links={"deleteDevice": {"device_id": "$response.body#/id"}})
 async def register_device(body: DeviceIn) -> DeviceOut | Response:
     svc = services()
     device, created = await devices.register_device(
@@ -111,10 +114,11 @@ async def register_device(body: DeviceIn) -> DeviceOut | Response:
     return Response(out.model_dump_json(), status=200, content_type="application/json")
 
 
-@operation(blueprint, "GET", "", summary="List the account's devices, newest first",
+@operation(blueprint, "GET", "", operation_id="listDevices",
+           summary="List the account's devices, newest first",
            description="Query: cursor (nextCursor of the previous page), limit "
                        f"(1-{MAX_LIMIT}, default {DEFAULT_LIMIT}).",
-           query=DeviceQuery, response=DeviceList, errors=(400, 422, 429))
+           query=DeviceQuery, response=DeviceList)
 async def list_devices(query: DeviceQuery) -> DeviceList:
     svc = services()
     found, next_cursor = await devices.list_devices(svc.db, svc.cursors, g.user_id,
@@ -122,8 +126,9 @@ async def list_devices(query: DeviceQuery) -> DeviceList:
     return DeviceList(items=[_out(d) for d in found], nextCursor=next_cursor)
 
 
-@operation(blueprint, "DELETE", "/<id>", summary="Remove a device (its token gets no pushes)",
-           status=204, errors=(404, 429))
-async def delete_device(id: str) -> None:
-    if not await devices.delete_device(services().db, g.user_id, id):
+@operation(blueprint, "DELETE", "/<device_id>", operation_id="deleteDevice",
+           summary="Remove a device (its token gets no pushes)", status=204,
+           errors={404: "`not_found`: no such device of this user"})
+async def delete_device(device_id: str) -> None:
+    if not await devices.delete_device(services().db, g.user_id, device_id):
         raise NotFound("No such device")

@@ -22,8 +22,8 @@ from quart import Blueprint, g
 
 from innera.api.bodies import storage_errors
 from innera.api.context import services
-from innera.api.operation import operation
-from innera.api.schemas import Model
+from innera.api.operation import KEY_SERVICE_UNAVAILABLE, operation
+from innera.api.schemas import Cursor, Model, NextCursor, QueryInt
 from innera.attachments import delete_entry_objects
 from innera.errors import NotFound
 from innera.ids import canonical_uuid
@@ -41,6 +41,14 @@ blueprint = Blueprint("entries", __name__, url_prefix="/v1/entries")
 
 LIST_PURPOSE = "list"
 
+NO_ENTRY = "`not_found`: no such entry of this user"
+STORAGE_UNAVAILABLE = ("`storage_unavailable`: attachment storage failed or timed out; nothing "
+                       "was lost, retry")
+ENTRY = {"entry_id": "$response.body#/id"}
+#: where a created entry's id leads
+ENTRY_LINKS = {"getEntry": ENTRY, "updateEntry": ENTRY, "deleteEntry": ENTRY,
+               "createAttachment": ENTRY, "listAttachments": ENTRY}
+
 
 class EntryOut(Model):
     id: str
@@ -55,13 +63,12 @@ class EntryOut(Model):
 
 class EntryPage(Model):
     items: list[EntryOut]
-    nextCursor: str | None = Field(description="Pass as ?cursor= for the next page; null at "
-                                               "the end")
+    nextCursor: NextCursor
 
 
 class ListQuery(Model):
-    limit: int = Field(20, ge=1, le=100)
-    cursor: str | None = Field(None, max_length=200)
+    limit: QueryInt = Field(20, ge=1, le=100)
+    cursor: Cursor = None
 
 
 def entry_out(entry: Entry) -> EntryOut:
@@ -84,8 +91,9 @@ async def _publish(event: str, data: dict[str, Any]) -> None:
 # --- routes ----------------------------------------------------------------------------
 
 
-@operation(blueprint, "POST", "", summary="Create an entry", body=EntryIn, response=EntryOut,
-           status=201, errors=(409, 422, 429))
+@operation(blueprint, "POST", "", operation_id="createEntry", summary="Create an entry",
+           body=EntryIn, response=EntryOut, status=201, links=ENTRY_LINKS,
+           errors={503: KEY_SERVICE_UNAVAILABLE})
 async def create_entry(body: EntryIn) -> EntryOut:
     svc = services()
     entry = Entry(id=str(uuid.uuid4()), title=body.title, body=body.body, tags=body.tags,
@@ -97,8 +105,9 @@ async def create_entry(body: EntryIn) -> EntryOut:
     return out
 
 
-@operation(blueprint, "GET", "", summary="List entries, newest first", query=ListQuery,
-           response=EntryPage, errors=(400, 422, 429),
+@operation(blueprint, "GET", "", operation_id="listEntries",
+           summary="List entries, newest first", query=ListQuery, response=EntryPage,
+           errors={503: KEY_SERVICE_UNAVAILABLE},
            description="Keyset pagination: `nextCursor` is opaque and signed; a cursor that "
                        "was altered answers 400 `invalid_cursor`.")
 async def list_entries_route(query: ListQuery) -> EntryPage:
@@ -114,8 +123,8 @@ async def list_entries_route(query: ListQuery) -> EntryPage:
                     if next_position is not None else None))
 
 
-@operation(blueprint, "GET", "/<entry_id>", summary="Read an entry", response=EntryOut,
-           errors=(404, 429))
+@operation(blueprint, "GET", "/<entry_id>", operation_id="getEntry", summary="Read an entry",
+           response=EntryOut, errors={404: NO_ENTRY, 503: KEY_SERVICE_UNAVAILABLE})
 async def read_entry(entry_id: str) -> EntryOut:
     svc = services()
     entry = await svc.entry_reads.get(g.user_id, _entry_id(entry_id))
@@ -128,10 +137,12 @@ _ATTRIBUTES = {"title": "title", "body": "body", "tags": "tags", "mood": "mood",
                "occurredAt": "occurred_at"}
 
 
-@operation(blueprint, "PATCH", "/<entry_id>", summary="Change some fields of an entry",
+@operation(blueprint, "PATCH", "/<entry_id>", operation_id="updateEntry",
+           summary="Change some fields of an entry",
            description="Only the fields sent change; the content is sealed again with a fresh "
                        "nonce. `title` and `mood` may be null to clear them.",
-           body=EntryPatch, response=EntryOut, errors=(404, 409, 422, 429))
+           body=EntryPatch, response=EntryOut,
+           errors={404: NO_ENTRY, 503: KEY_SERVICE_UNAVAILABLE})
 async def patch_entry(entry_id: str, body: EntryPatch) -> EntryOut:
     svc = services()
     entry_id = _entry_id(entry_id)
@@ -148,8 +159,10 @@ async def patch_entry(entry_id: str, body: EntryPatch) -> EntryOut:
     return out
 
 
-@operation(blueprint, "DELETE", "/<entry_id>", summary="Delete an entry", status=204,
-           errors=(404, 409, 429))
+@operation(blueprint, "DELETE", "/<entry_id>", operation_id="deleteEntry",
+           summary="Delete an entry (and its attachments)", status=204,
+           errors={404: NO_ENTRY, 503: STORAGE_UNAVAILABLE},
+           links={"getEntry": {"entry_id": "$request.path.entry_id"}})
 async def remove_entry(entry_id: str) -> None:
     svc = services()
     entry_id = _entry_id(entry_id)

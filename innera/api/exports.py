@@ -27,13 +27,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, g
 
 from innera.api.bodies import storage_errors
 from innera.api.context import link, services
 from innera.api.jobs import JobOut, job_out, user_job_or_404
-from innera.api.operation import operation, parse_json, validate
-from innera.api.schemas import Model
+from innera.api.operation import operation
+from innera.api.schemas import Cursor, Model, NextCursor, QueryInt
 from innera.exports import EXPORT_JOB, download_link, export_page, submit_export
 
 if TYPE_CHECKING:
@@ -51,21 +51,12 @@ class ExportIn(Model):
 
 class ExportPage(Model):
     items: list[JobOut]
-    nextCursor: str | None = Field(description="Pass as ?cursor= for the next page; null on "
-                                               "the last page")
+    nextCursor: NextCursor
 
 
 class ExportListQuery(Model):
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
-    cursor: str | None = Field(None, max_length=200)
-
-
-async def _check_body() -> None:
-    """No body, or a JSON object :class:`ExportIn` accepts (400/422 otherwise)."""
-    raw = await request.get_data(as_text=False)
-    if not raw.strip():
-        return
-    validate(ExportIn, parse_json(raw))
+    limit: QueryInt = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    cursor: Cursor = None
 
 
 async def _out(svc: Services, row: dict[str, Any]) -> JobOut:
@@ -82,39 +73,46 @@ async def _out(svc: Services, row: dict[str, Any]) -> JobOut:
 # --- routes ---------------------------------------------------------------------------------
 
 
-@operation(blueprint, "POST", "", summary="Export every entry and attachment (ZIP)",
+@operation(blueprint, "POST", "", operation_id="createExport",
+           summary="Export every entry and attachment (ZIP)",
            description="No body, or `{}`. Answers 202 with the job and `Location: "
                        "/v1/exports/{id}`; poll that (or listen for `job.progress` on the "
                        "WebSocket, and for the `export.ready` notification). While an export "
                        "of the user is pending or running, that job is answered and no second "
                        "one starts. Format: docs/export-format.md.",
-           response=JobOut, status=202, errors=(400, 422, 429))
-async def start_export() -> Response:
+           body=ExportIn, body_required=False, response=JobOut, status=202,
+           response_headers={"Location": "The export's URL: `/v1/exports/{id}` (absolute on "
+                                         "PUBLIC_URL when it is set)"},
+           links={"getExport": {"export_id": "$response.body#/id"}})
+async def start_export(body: ExportIn | None) -> Response:
+    # ``body``: nothing to choose yet; the declaration has checked it is absent or ``{}``
     svc = services()
-    await _check_body()
     row = await submit_export(svc.db, svc.redis, g.user_id)
     out = job_out(row)
     return Response(out.model_dump_json(), status=202, content_type="application/json",
                     headers={"Location": link(f"{blueprint.url_prefix}/{out.id}")})
 
 
-@operation(blueprint, "GET", "", summary="The user's exports, newest first",
+@operation(blueprint, "GET", "", operation_id="listExports",
+           summary="The user's exports, newest first",
            description="Items carry no downloadUrl: read the export for one.",
-           query=ExportListQuery, response=ExportPage, errors=(400, 422, 429))
+           query=ExportListQuery, response=ExportPage)
 async def list_exports(query: ExportListQuery) -> ExportPage:
     svc = services()
     rows, cursor = await export_page(svc.db, svc.cursors, g.user_id, query.cursor, query.limit)
     return ExportPage(items=[job_out(r) for r in rows], nextCursor=cursor)
 
 
-@operation(blueprint, "GET", "/<export_id>", summary="An export, with its download link "
-           "once completed",
+@operation(blueprint, "GET", "/<export_id>", operation_id="getExport",
+           summary="An export, with its download link once completed",
            description="`downloadUrl` (fresh on every read, valid `expiresIn` seconds) is "
                        "present when the status is completed: absolute with S3 or PUBLIC_URL, "
                        "else relative to the API's base URL; no Authorization header. "
                        "EXPORT_RETENTION_DAYS after it was made the archive is deleted and "
                        "the status is `expired` (no downloadUrl).",
-           response=JobOut, errors=(404, 429))
+           response=JobOut,
+           errors={404: "`not_found`: no such export of this user",
+                   503: "`storage_unavailable`: the download link could not be made; retry"})
 async def get_export(export_id: str) -> JobOut:
     svc = services()
     row = await user_job_or_404(svc.db, EXPORT_JOB, g.user_id, export_id, "Export")

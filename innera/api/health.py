@@ -22,6 +22,7 @@ import trio
 from quart import Blueprint, Response
 
 from innera.api.context import json_response, services
+from innera.api.operation import PlainOperation, declare_plain
 from innera.db.health import check_db_health
 from innera.observability.readiness import Observation, observe
 from innera.redis import check_redis_health
@@ -31,6 +32,30 @@ log = logging.getLogger("innera.health")
 
 CHECK_TIMEOUT_S = 1.0
 HEALTH_JSON = "application/health+json"
+
+#: the body of both answers (the IETF health-check draft's shape)
+HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
+    "status": {"enum": ["pass", "fail"]},
+    "output": {"type": "string"},
+    "checks": {"type": "object", "additionalProperties": {"type": "array", "items": {
+        "type": "object", "properties": {
+            "componentType": {"type": "string"}, "observedValue": {"type": "number"},
+            "observedUnit": {"const": "ms"}, "status": {"enum": ["pass", "fail"]},
+            "time": {"type": "string"}, "output": {"type": "string"}}}}},
+}}
+
+declare_plain(PlainOperation(
+    "GET", "/health", operation_id="getHealth", tag="operations", summary="Liveness",
+    description="200 while the process runs; no dependency is checked.",
+    responses={200: ("The process runs", HEALTH_JSON, HEALTH_SCHEMA)}))
+declare_plain(PlainOperation(
+    "GET", "/health/ready", operation_id="getReadiness", tag="operations",
+    summary="Readiness: PostgreSQL, Redis and storage answer",
+    description="Each dependency is checked under a 1 s deadline (the storage check is shared "
+                "for 1 s); 503 when one fails or while the process drains.",
+    responses={200: ("Ready", HEALTH_JSON, HEALTH_SCHEMA),
+               503: ("A dependency failed its check, or the server is draining", HEALTH_JSON,
+                     HEALTH_SCHEMA)}))
 
 
 @blueprint.get("/health")

@@ -44,7 +44,8 @@ def is_import_upload(method: str, path: str) -> bool:
     return method == "POST" and path.rstrip("/") == blueprint.url_prefix
 
 
-@operation(blueprint, "POST", "", summary="Import entries from a file (as a job)",
+@operation(blueprint, "POST", "", operation_id="createImport",
+           summary="Import entries from a file (as a job)",
            description="The raw body is the file: an innera export (`application/zip`, see "
                        "docs/export-format.md) or a Day One JSON export (its `.zip` as "
                        "`application/zip`, or its `Journal.json` as `application/json`), at "
@@ -52,7 +53,19 @@ def is_import_upload(method: str, path: str) -> bool:
                        "past the limit, 400 `empty_upload` for no body. 202: the job (poll "
                        "`Location`); entries already imported from the same source are "
                        "skipped, and a bad file fails the job without storing anything.",
-           response=JobOut, status=202, errors=(400, 408, 413, 415, 429),
+           raw_body={"application/zip": "An innera export, or a Day One export's `.zip`",
+                     "application/json": "A Day One export's `Journal.json`"},
+           response=JobOut, status=202,
+           response_headers={"Location": "The import's URL: `/v1/imports/{id}` (absolute on "
+                                         "PUBLIC_URL when it is set)"},
+           links={"getImport": {"import_id": "$response.body#/id"}},
+           errors={400: "`empty_upload`: the body is empty",
+                   408: "`request_timeout`: the upload stalled (no data for 60 s) or took "
+                        "longer than the transfer limit",
+                   413: "`payload_too_large`: the file is over IMPORT_MAX_BYTES",
+                   415: "`unsupported_media_type`: the Content-Type is neither "
+                        "`application/zip` nor `application/json`",
+                   503: "`storage_unavailable`: the file could not be stored; retry"},
            timeout_s=TRANSFER_TIMEOUT_S, streams_body=True)
 async def create_import() -> Response:
     svc = services()
@@ -68,10 +81,10 @@ async def create_import() -> Response:
                     headers={"Location": link(f"{blueprint.url_prefix}/{row['id']}")})
 
 
-@operation(blueprint, "GET", "/<job_id>", summary="An import job",
+@operation(blueprint, "GET", "/<import_id>", operation_id="getImport", summary="An import job",
            description="`result` (`{imported, skipped, format, attachments}`) once completed; "
                        "`error` names the problem of a file that could not be imported.",
-           response=JobOut, errors=(404, 429))
-async def read_import(job_id: str) -> JobOut:
-    row = await user_job_or_404(services().db, IMPORT_JOB, g.user_id, job_id, "Import")
+           response=JobOut, errors={404: "`not_found`: no such import of this user"})
+async def read_import(import_id: str) -> JobOut:
+    row = await user_job_or_404(services().db, IMPORT_JOB, g.user_id, import_id, "Import")
     return job_out(row, result=(row.get("payload") or {}).get("result"))

@@ -18,7 +18,7 @@ from quart import Blueprint, g
 
 from innera.api.context import services
 from innera.api.operation import operation
-from innera.api.schemas import Model
+from innera.api.schemas import Cursor, Model, NextCursor, QueryBool, QueryInt
 from innera.errors import NotFound
 from innera.notifications import inbox
 from innera.notifications.unread import unread_count
@@ -41,14 +41,13 @@ class NotificationOut(Model):
 
 class NotificationPage(Model):
     items: list[NotificationOut]
-    nextCursor: str | None = Field(description="Pass as ?cursor= for the next page; "
-                                               "null on the last page")
+    nextCursor: NextCursor
 
 
 class NotificationQuery(Model):
-    unread: bool = Field(False, description="true: unread notifications only")
-    cursor: str | None = Field(None, description="nextCursor of the previous page")
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    unread: QueryBool = Field(False, description="true: unread notifications only")
+    cursor: Cursor = None
+    limit: QueryInt = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
 class UnreadCountOut(Model):
@@ -62,10 +61,12 @@ class ReadAllOut(Model):
 # --- routes ---------------------------------------------------------------------------
 
 
-@operation(blueprint, "GET", "", summary="List notifications, newest first",
+@operation(blueprint, "GET", "", operation_id="listNotifications",
+           summary="List notifications, newest first",
            description="Query: unread=true (only unread), cursor (nextCursor of the previous "
                        f"page), limit (1-{MAX_LIMIT}, default {DEFAULT_LIMIT}).",
-           query=NotificationQuery, response=NotificationPage, errors=(400, 422, 429))
+           query=NotificationQuery, response=NotificationPage,
+           links={"markNotificationRead": {"notification_id": "$response.body#/items/0/id"}})
 async def list_notifications(query: NotificationQuery) -> NotificationPage:
     svc = services()
     items, next_cursor = await inbox.list_notifications(
@@ -74,28 +75,31 @@ async def list_notifications(query: NotificationQuery) -> NotificationPage:
     return NotificationPage(items=[NotificationOut(**n) for n in items], nextCursor=next_cursor)
 
 
-@operation(blueprint, "GET", "/unread-count", summary="How many notifications are unread",
+@operation(blueprint, "GET", "/unread-count", operation_id="countUnreadNotifications",
+           summary="How many notifications are unread",
            description="Cached in Redis for at most 5 minutes and invalidated by every "
                        "change, so never stale after a read or a new notification.",
-           response=UnreadCountOut, errors=(429,))
+           response=UnreadCountOut)
 async def get_unread_count() -> UnreadCountOut:
     svc = services()
     return UnreadCountOut(count=await unread_count(svc.db, svc.redis, g.user_id))
 
 
-@operation(blueprint, "POST", "/read-all", summary="Mark every notification read",
-           response=ReadAllOut, errors=(429,))
+@operation(blueprint, "POST", "/read-all", operation_id="markAllNotificationsRead",
+           summary="Mark every notification read", response=ReadAllOut)
 async def read_all() -> ReadAllOut:
     svc = services()
     return ReadAllOut(updated=await inbox.mark_all_read(svc.db, svc.redis, g.user_id))
 
 
-@operation(blueprint, "POST", "/<id>/read", summary="Mark a notification read",
+@operation(blueprint, "POST", "/<notification_id>/read", operation_id="markNotificationRead",
+           summary="Mark a notification read",
            description="Idempotent: reading it again returns it with the first readAt.",
-           response=NotificationOut, errors=(404, 429))
-async def read_one(id: str) -> NotificationOut:
+           response=NotificationOut,
+           errors={404: "`not_found`: no such notification of this user"})
+async def read_one(notification_id: str) -> NotificationOut:
     svc = services()
-    found = await inbox.mark_read(svc.db, svc.redis, g.user_id, id)
+    found = await inbox.mark_read(svc.db, svc.redis, g.user_id, notification_id)
     if found is None:
         raise NotFound("No such notification")
     return NotificationOut(**found)

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from innera.api.health import HEALTH_JSON
+from innera.api.operation import PlainOperation, declare_plain
 from innera.api.pipeline import Pipeline, error_json
 from innera.auth.access_tokens import bearer_token
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -38,6 +39,17 @@ METRICS_PATH = "/metrics"
 #: the 401's message, here and on the framework's ``/metrics`` route
 METRICS_UNAUTHORIZED = "GET /metrics needs the metrics token (Authorization: Bearer)"
 _LIVENESS = json.dumps({"status": "pass"}, separators=(",", ":")).encode()
+
+declare_plain(PlainOperation(
+    "GET", METRICS_PATH, operation_id="getMetrics", tag="operations",
+    summary="Prometheus metrics",
+    description="Open unless METRICS_TOKEN is set; then it needs `Authorization: Bearer "
+                "<METRICS_TOKEN>`. With METRICS_PORT set it is served on that port only "
+                "(here: 404).",
+    responses={200: ("The metrics, in Prometheus' text format", "text/plain",
+                     {"type": "string"})},
+    errors={401: "`unauthorized`: METRICS_TOKEN is set and the request does not carry it"},
+    bearer=True))
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -10,8 +10,8 @@ from quart import Blueprint, g
 
 from innera.api.context import services
 from innera.api.entries import EntryOut, entry_out
-from innera.api.operation import operation
-from innera.api.schemas import Model
+from innera.api.operation import KEY_SERVICE_UNAVAILABLE, operation
+from innera.api.schemas import Cursor, Model, NextCursor, QueryInt
 from innera.errors import AppError, ValidationFailed
 from innera.journal.search import parse_terms, search_entries, snippets
 
@@ -33,11 +33,11 @@ class SearchInProgress(AppError):
 
 class SearchQuery(Model):
     q: str = Field(min_length=1, max_length=200,
-                   description="Whitespace-separated terms; an entry must contain them all")
-    limit: int = Field(20, ge=1, le=100)
-    cursor: str | None = Field(None, max_length=200,
-                               description="nextCursor of a previous search: continue the "
-                                           "scan after the last entry it read")
+                   description="Whitespace-separated terms; an entry must contain them all. "
+                               "Needs a character other than whitespace and combining marks "
+                               "(else 422)")
+    limit: QueryInt = Field(20, ge=1, le=100)
+    cursor: Cursor = None
 
 
 class SearchHit(Model):
@@ -49,13 +49,19 @@ class SearchOut(Model):
     items: list[SearchHit]
     scanned: int = Field(description="Entries read by this scan")
     complete: bool = Field(description="False when the time limit cut the scan short")
-    nextCursor: str | None = Field(
-        description="Continue the scan after the last entry read (when it stopped at `limit` "
-                    "matches or at the time limit); null when every entry was read")
+    nextCursor: NextCursor = Field(
+        description="Opaque: pass it as `?cursor=` (with the same `q`) to continue the scan "
+                    "after the last entry read (when it stopped at `limit` matches or at the "
+                    "time limit); null when every entry was read")
 
 
-@operation(blueprint, "GET", "", summary="Search entries, newest first", query=SearchQuery,
-           response=SearchOut, errors=(400, 422, 429),
+@operation(blueprint, "GET", "", operation_id="searchEntries",
+           summary="Search entries, newest first", query=SearchQuery, response=SearchOut,
+           errors={422: "`validation_failed`: `q` has no searchable term (only whitespace "
+                        "or combining marks)",
+                   429: "`search_in_progress`: another search of this account is running "
+                        "(Retry-After: 1)",
+                   503: KEY_SERVICE_UNAVAILABLE},
            description="Case- and accent-insensitive; every term must match the title, the "
                        "body or a tag. The scan is bounded by SEARCH_TIMEOUT_S: past it, the "
                        "matches so far come back with `complete: false`. One search at a "

@@ -54,7 +54,10 @@ from innera.redis import UNAVAILABLE_ERRORS, Redis
 
 log = logging.getLogger("innera.guards.idempotency")
 
-_KEY_RE = re.compile(r"[\x20-\x7e]{1,255}")
+#: what an Idempotency-Key may be: 1–255 printable ASCII characters (the OpenAPI document
+#: states it with this pattern; a key ending in ``:lock`` is refused besides)
+KEY_PATTERN = "^[ -~]{1,255}$"
+_KEY_RE = re.compile(KEY_PATTERN)
 _LOCK_SUFFIX = ":lock"
 RETRY_AFTER_IN_PROGRESS_S = 1
 RETRY_AFTER_UNAVAILABLE_S = 5

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from innera.whitespace import NOT_WHITESPACE, trimmed
 
 TITLE_MAX = 200
 BODY_MAX = 100_000
 TAGS_MAX = 20
 TAG_MAX = 50
 MOOD_MAX = 32
+STRING_MAX = 100_000  # any string of a request (the models' str_max_length)
 
 #: checked before parsing: a fixed-shape pattern, linear in its input
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})")
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}"
+                        r"(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}:[0-9]{2})")
 
 
 def _occurred_at(value: Any) -> datetime | None:
@@ -37,7 +41,7 @@ def _occurred_at(value: Any) -> datetime | None:
 class _Strict(BaseModel):
     """Unknown fields are refused (the API's ``Model`` rule)."""
 
-    model_config = ConfigDict(extra="forbid", str_max_length=100_000)
+    model_config = ConfigDict(extra="forbid", str_max_length=STRING_MAX)
 
 
 class _EntryRules(_Strict):
@@ -87,26 +91,46 @@ _TAGS_TEXT = (f"≤ {TAGS_MAX} tags of 1..{TAG_MAX} characters (trimmed; duplica
               "keeping the first)")
 _MOOD_TEXT = f"A free label of 1..{MOOD_MAX} characters (trimmed), e.g. \"calm\" or an emoji"
 _OCCURRED_TEXT = "ISO 8601 date-time with offset (Z or ±hh:mm)"
+# What the validators above accept, as JSON Schema for the OpenAPI document (the validators
+# stay the rule; these state it exactly).
+_BODY = {"type": "string", "minLength": 1, "maxLength": BODY_MAX, "pattern": NOT_WHITESPACE}
+_TAGS = {"type": "array", "maxItems": TAGS_MAX, "items": {
+    "type": "string", "maxLength": STRING_MAX, "pattern": trimmed(TAG_MAX)}}
+_MOOD = {"type": "string", "maxLength": STRING_MAX, "pattern": trimmed(MOOD_MAX)}
+_OCCURRED = {"type": "string", "pattern": "^" + _DATE_TIME.pattern + "$"}
+_NULL = {"type": "null"}
+
+
+def _described(schema: dict[str, Any], text: str, *, nullable: bool = False
+               ) -> WithJsonSchema:
+    if nullable:
+        return WithJsonSchema({"anyOf": [schema, _NULL], "description": text})
+    return WithJsonSchema({**schema, "description": text})
 
 
 class EntryIn(_EntryRules):
     title: str | None = Field(None, max_length=TITLE_MAX)
-    body: str = Field(min_length=1, max_length=BODY_MAX,
-                      description="Required; may not be only whitespace")
-    tags: list[str] = Field(default_factory=list, max_length=TAGS_MAX, description=_TAGS_TEXT)
-    mood: str | None = Field(None, description=_MOOD_TEXT)
-    occurredAt: datetime | None = Field(None, description=_OCCURRED_TEXT + "; default now")
+    body: Annotated[str, _described(_BODY, "Required; may not be only whitespace")] = Field(
+        min_length=1, max_length=BODY_MAX)
+    tags: Annotated[list[str], _described(_TAGS, _TAGS_TEXT)] = Field(
+        default_factory=list, max_length=TAGS_MAX)
+    mood: Annotated[str | None, _described(_MOOD, _MOOD_TEXT, nullable=True)] = None
+    occurredAt: Annotated[datetime | None, _described(
+        _OCCURRED, _OCCURRED_TEXT + "; default now", nullable=True)] = None
 
 
 class EntryPatch(_EntryRules):
     """Only the fields present change; ``title`` and ``mood`` may be null (cleared)."""
 
+    # body, tags and occurredAt may be left out but not null: their schemas say so
     title: str | None = Field(None, max_length=TITLE_MAX)
-    body: str | None = Field(None, min_length=1, max_length=BODY_MAX,
-                             description="May not be null or only whitespace")
-    tags: list[str] | None = Field(None, max_length=TAGS_MAX, description=_TAGS_TEXT)
-    mood: str | None = Field(None, description=_MOOD_TEXT + "; null clears it")
-    occurredAt: datetime | None = Field(None, description=_OCCURRED_TEXT)
+    body: Annotated[str | None, _described(_BODY, "May not be only whitespace")] = Field(
+        None, min_length=1, max_length=BODY_MAX)
+    tags: Annotated[list[str] | None, _described(_TAGS, _TAGS_TEXT)] = Field(
+        None, max_length=TAGS_MAX)
+    mood: Annotated[str | None, _described(
+        _MOOD, _MOOD_TEXT + "; null clears it", nullable=True)] = None
+    occurredAt: Annotated[datetime | None, _described(_OCCURRED, _OCCURRED_TEXT)] = None
 
     @field_validator("body", "tags", "occurredAt", mode="before")
     @classmethod

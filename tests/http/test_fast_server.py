@@ -646,6 +646,9 @@ async def test_oversized_heads_are_431(head: bytes) -> None:
             await client.send(head)
         r = await client.response()
         assert r.status == 431 and r.headers["connection"] == "close"
+        error = json.loads(r.body)  # the error contract, request id included
+        assert error["error"]["code"] == "request_header_fields_too_large"
+        assert error["requestId"] == r.headers["x-request-id"]
         assert await client.closed_within(3)
 
 
@@ -810,8 +813,9 @@ async def test_an_app_error_before_the_response_is_a_500_without_internals() -> 
         await client.send(get("/boom"))
         r = await client.response()
         assert r.status == 500 and r.headers["connection"] == "close"
-        assert json.loads(r.body) == {"error": {"code": "internal_error",
-                                                "message": "Internal server error"}}
+        body = json.loads(r.body)
+        assert body == {"error": {"code": "internal_error", "message": "Internal server error"},
+                        "requestId": r.headers["x-request-id"]}
         assert await client.closed_within(3)
         for path in ("/nothing", "/injection"):  # no response at all; a header with CR LF
             client = await server.connect()

@@ -424,7 +424,7 @@ async def test_the_import_routes_are_in_the_openapi_document(server: RunningServ
     paths = r.json()["paths"]
     assert "202" in paths["/v1/imports"]["post"]["responses"]
     assert "413" in paths["/v1/imports"]["post"]["responses"]
-    assert "404" in paths["/v1/imports/{job_id}"]["get"]["responses"]
+    assert "404" in paths["/v1/imports/{import_id}"]["get"]["responses"]
 
 
 async def test_an_upload_slower_than_request_timeout_still_lands(

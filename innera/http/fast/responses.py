@@ -1,5 +1,5 @@
 """The response heads innera's fast server (:mod:`innera.http.fast`) writes itself: its
-status lines, its error responses (innera's JSON error body, ``Connection: close``) and the
+status lines, its error responses (innera's error contract, ``Connection: close``) and the
 head of a response given as ASGI headers."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from typing import Any
+
+from innera.ids import new_uuid4
 
 #: ``status`` → its ``HTTP/1.1`` status line
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii"))
@@ -24,13 +26,17 @@ _ERROR_CODES = {
 
 
 def error_response(status: int, message: str | None = None) -> bytes:
-    """A complete ``Connection: close`` response with innera's JSON error body."""
+    """A complete ``Connection: close`` response in the error contract: the JSON error body
+    with a fresh ``requestId``, also sent as ``X-Request-Id``, like every error the app
+    answers (the request never reached the app: no log line carries the id)."""
     code, default = _ERROR_CODES.get(status, ("http_error", "HTTP error"))
-    body = json.dumps({"error": {"code": code, "message": message or default}},
-                      separators=(",", ":")).encode()
+    request_id = new_uuid4()
+    body = json.dumps({"error": {"code": code, "message": message or default},
+                       "requestId": request_id}, separators=(",", ":")).encode()
     return b"".join((STATUS_LINES.get(status, b"HTTP/1.1 %d \r\n" % status),
                      b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-                     CONNECTION_CLOSE, b"\r\n", body))
+                     b"x-request-id: %s\r\n" % request_id.encode(), CONNECTION_CLOSE,
+                     b"\r\n", body))
 
 
 def response_head(status: int, headers: Any, extra: bytes = b"") -> bytes:
