@@ -1,7 +1,7 @@
 """What ``str.strip()`` removes, written as a regular-expression character class, for the
 JSON Schema ``pattern`` of fields the server trims (entry tags and mood, an entry body that
-must not be only whitespace, the email of sign-up and sign-in): the OpenAPI document then
-states exactly what the server accepts.
+must not be only whitespace, the email of sign-up and sign-in, an attachment's content type):
+the OpenAPI document then states exactly what the server accepts.
 
 The class is spelled out rather than ``\\s``, whose meaning differs between Python (what
 ``strip()`` removes: ``str.isspace()``), ECMA-262 (JSON Schema's dialect: no U+001C–U+001F
@@ -10,6 +10,9 @@ the document, never compiled by the server, which checks with ``strip()`` itself
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
 
 #: the characters ``str.strip()`` removes (``str.isspace()``), as the inside of a character
 #: class (to combine with others: ``[^@{CHARS}]``)
@@ -27,3 +30,12 @@ def trimmed(max_length: int) -> str:
         raise ValueError("max_length must be at least 2")
     w, c = WHITESPACE, NOT_WHITESPACE
     return f"^{w}*(?:{c}|{c}[\\s\\S]{{0,{max_length - 2}}}{c}){w}*$"
+
+
+def one_of(values: Iterable[str]) -> str:
+    """A pattern for one of ``values`` (ASCII) in any letter case, with any whitespace around:
+    what a field checked as ``value.strip().lower() in values`` accepts."""
+    alternatives = "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in value)
+        for value in sorted(values))
+    return f"^{WHITESPACE}*(?:{alternatives}){WHITESPACE}*$"

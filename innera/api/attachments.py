@@ -46,6 +46,7 @@ from innera.storage import TRANSFER_TIMEOUT_S
 from innera.storage.local import URL_PATH as LOCAL_URL_PATH
 from innera.storage.names import content_disposition, sanitize_filename
 from innera.timestamps import iso_utc
+from innera.whitespace import one_of
 
 blueprint = Blueprint("attachments", __name__, url_prefix="/v1")
 
@@ -66,7 +67,9 @@ class AttachmentIn(Model):
                           description="Sanitised: path and control characters removed, a safe "
                                       "character subset kept, at most 255 characters")
     contentType: str = Field(min_length=1, max_length=255,
-                             description="One of " + ", ".join(sorted(ALLOWED_CONTENT_TYPES)))
+                             description="One of " + ", ".join(sorted(ALLOWED_CONTENT_TYPES))
+                                         + " (any letter case)",
+                             json_schema_extra={"pattern": one_of(ALLOWED_CONTENT_TYPES)})
     size: int = Field(strict=True, ge=1, description="Exact size in bytes (at most "
                                                      "ATTACHMENT_MAX_BYTES, 25 MiB by default)")
 

@@ -65,8 +65,7 @@ class ReadAllOut(Model):
            summary="List notifications, newest first",
            description="Query: unread=true (only unread), cursor (nextCursor of the previous "
                        f"page), limit (1-{MAX_LIMIT}, default {DEFAULT_LIMIT}).",
-           query=NotificationQuery, response=NotificationPage,
-           links={"markNotificationRead": {"notification_id": "$response.body#/items/0/id"}})
+           query=NotificationQuery, response=NotificationPage)
 async def list_notifications(query: NotificationQuery) -> NotificationPage:
     svc = services()
     items, next_cursor = await inbox.list_notifications(
