@@ -383,5 +383,6 @@ def current_user_id() -> str:
     return g.user_id
 
 
-__all__ = ["KEY_SERVICE_UNAVAILABLE", "OPERATIONS", "PLAIN_OPERATIONS", "Operation", "PlainOperation", "Rate",
-           "RateLimited", "current_user_id", "declare_plain", "operation", "refusals"]
+__all__ = ["KEY_SERVICE_UNAVAILABLE", "OPERATIONS", "PLAIN_OPERATIONS", "Operation",
+           "PlainOperation", "Rate", "RateLimited", "current_user_id", "declare_plain",
+           "operation", "refusals"]

@@ -48,7 +48,8 @@ declare_plain(PlainOperation(
                 "(here: 404).",
     responses={200: ("The metrics, in Prometheus' text format", "text/plain",
                      {"type": "string"})},
-    errors={401: "`unauthorized`: METRICS_TOKEN is set and the request does not carry it"},
+    errors={401: "`unauthorized`: METRICS_TOKEN is set and the request does not carry it",
+            404: "`not_found`: METRICS_PORT is set: the metrics are served on that port"},
     bearer=True))
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
