@@ -63,14 +63,16 @@ def _user(row: dict[str, Any]) -> User:
                 row.get("session_generation", 0))
 
 
-async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_hash: str
-                      ) -> User:
-    """Insert the account (on ``conn``, inside the caller's transaction)."""
+async def create_user(conn: psycopg.AsyncConnection[Any], email: str, password_hash: str,
+                      user_id: str | None = None) -> User:
+    """Insert the account (on ``conn``, inside the caller's transaction), with ``user_id``
+    when the caller chose it (else PostgreSQL makes one)."""
     try:
         cur = await conn.cursor(row_factory=dict_row).execute(
-            "INSERT INTO users (email, password_hash) VALUES (%s, %s) "
-            "RETURNING id, email, status, created_at, session_generation", (email, password_hash),
-            name="accounts.create")
+            "INSERT INTO users (id, email, password_hash) "
+            "VALUES (coalesce(%s::uuid, gen_random_uuid()), %s, %s) "
+            "RETURNING id, email, status, created_at, session_generation",
+            (user_id, email, password_hash), name="accounts.create")
     except psycopg.errors.UniqueViolation:
         raise EmailTaken() from None
     row = await cur.fetchone()

@@ -263,6 +263,20 @@ async def test_shutdown_closes_v1_ws_with_4000(server: RunningServer) -> None:
     await client.aclose()
 
 
+async def test_a_socket_opened_after_the_close_of_all_is_closed_with_4000_too(
+    server: RunningServer,
+) -> None:
+    """During the drain a handshake can still be served (the listen backlog is accepted
+    before the listeners close): once the hub has closed every socket, a socket that opens
+    later is closed with 4000 as well, or it would hold the drain until the deadline."""
+    account = await signup(server.client)
+    with trio.fail_after(5):
+        await server.services.hub.close_all(4000, "Server restarting", timeout_s=1)
+    client = await connect(server.url, account.access)
+    assert await receive_close(client) == Closed(4000, "Server restarting")
+    await client.aclose()
+
+
 # --- Redis restart, several processes ---------------------------------------------------
 
 
@@ -284,16 +298,18 @@ async def test_delivery_resumes_after_a_redis_restart_without_reconnecting(
         errors_before = srv.services.metrics.redis_errors._value.get()
 
         await trio.to_thread.run_sync(redis_server.restart)
-        # keep publishing until one arrives: the listener resubscribes on its own
-        got = None
+        # keep publishing until one arrives: the listener resubscribes on its own. The socket
+        # is also told to resync: what was published while the channel was down went to the
+        # user's log, not to the socket
+        types: list[str] = []
         with trio.fail_after(10):
             n = 0
-            while got is None:
+            while "job.progress" not in types or "resync_required" not in types:
                 n += 1
                 await publish_to_user(srv.services.events, account.id, "job.progress", {"n": n})
                 with trio.move_on_after(0.3):
-                    got = await receive_json(client)
-        assert got["type"] == "job.progress"
+                    types.append((await receive_json(client))["type"])
+        assert types.count("resync_required") == 1
         assert srv.services.metrics.redis_errors._value.get() > errors_before
         assert gauge(srv) == 1  # the same socket all along
         await client.send_text('{"type":"ping"}')

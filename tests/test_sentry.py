@@ -533,6 +533,31 @@ async def test_a_job_continues_the_trace_its_payload_carries(
     assert tracing.trace_headers() is None  # outside a transaction: nothing to carry
 
 
+async def test_a_callers_trace_is_continued_but_not_its_sampling_decision(
+    sentry_init: Callable[..., CapturingTransport],
+) -> None:
+    """A client sending ``sentry-trace: …-1`` (and ``sentry-sample_rand=0`` in its baggage)
+    on every request must not get every request traced: the rate decides, not the caller."""
+    trace_id, span_id = "a" * 32, "b" * 16
+    headers = [(b"sentry-trace", f"{trace_id}-{span_id}-1".encode()),
+               (b"baggage", b"sentry-trace_id=" + trace_id.encode()
+                + b",sentry-sampled=true,sentry-sample_rand=0.000001,sentry-sample_rate=1")]
+    scope = {"type": "http", "method": "GET", "path": "/v1/entries/x", "headers": headers}
+    transport = sentry_init(traces_sample_rate=1e-9)
+    for _ in range(20):
+        with tracing.server_transaction(scope):
+            assert tracing.current_trace_id() == trace_id  # logs still join the caller's
+    sentry_sdk.flush()
+    assert transport.transactions == []
+    transport = sentry_init(traces_sample_rate=1.0)
+    with tracing.server_transaction(scope):
+        pass
+    sentry_sdk.flush()
+    [sent] = transport.transactions
+    assert sent["contexts"]["trace"]["trace_id"] == trace_id
+    assert sent["contexts"]["trace"]["parent_span_id"] == span_id
+
+
 async def test_tracing_off_makes_nothing(sentry_init: Callable[..., CapturingTransport]
                                          ) -> None:
     """Rate 0 (or no DSN): no transaction, no span object, no trace id, no headers."""

@@ -37,6 +37,7 @@ from innera.auth.sessions import SessionOwners, end_all_sessions
 from innera.crypto.data_keys import DataKeys
 from innera.errors import Unauthorized
 from innera.guards.login_attempts import LoginAttempts
+from innera.ids import new_uuid4
 
 
 class CredentialServices(SessionOwners, Protocol):
@@ -89,9 +90,12 @@ async def sign_up(svc: CredentialServices, email: str, password: str, client: st
     """A new account (with its data key, wrapped by the master key) and its first session;
     :class:`~innera.errors.Conflict` ``email_taken`` when the email is in use."""
     password_hash = await svc.passwords.hash(password)
+    user_id = new_uuid4()
+    # wrapped before the transaction: a slow key service (KMS) holds no pooled connection
+    new_key = await svc.data_keys.wrap_new(user_id)
     async with svc.db.connection() as conn, conn.transaction():
-        user = await create_user(conn, email, password_hash)
-        await svc.data_keys.create(conn, user.id)
+        user = await create_user(conn, email, password_hash, user_id)
+        await svc.data_keys.store(conn, user_id, new_key)
     return await _session(svc, user, client)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -47,6 +48,16 @@ async def unwrap_stored(provider: KeyProvider, version: int, stored_provider: st
     return await provider.unwrap(version, wrapped, dek_context(user_id))
 
 
+@dataclass(frozen=True)
+class NewKey:
+    """A new user's DEK, wrapped but not stored yet (:meth:`DataKeys.wrap_new`)."""
+
+    dek: bytes
+    version: int
+    provider: str
+    wrapped: bytes
+
+
 class DataKeys:
     def __init__(self, pool: Pool, provider: KeyProvider, metrics: Metrics, *,
                  cache_ttl_s: float = CACHE_TTL_S, cache_size: int = CACHE_SIZE) -> None:
@@ -58,7 +69,12 @@ class DataKeys:
         self._cache: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     async def create(self, conn: psycopg.AsyncConnection[Any], user_id: str) -> None:
-        """Make and store the user's DEK (call inside the sign-up transaction).
+        """Make, wrap and store the user's DEK (:meth:`wrap_new` then :meth:`store`)."""
+        await self.store(conn, user_id, await self.wrap_new(user_id))
+
+    async def wrap_new(self, user_id: str) -> NewKey:
+        """A new DEK for ``user_id``, wrapped by the current master key: call it before the
+        sign-up transaction, so a slow key service (KMS) holds no pooled connection.
         :class:`KeyServiceUnavailable` when the key service cannot wrap it now."""
         dek = os.urandom(DEK_BYTES)
         try:
@@ -67,12 +83,16 @@ class DataKeys:
             raise
         except Exception as exc:
             raise crypto_failed(self.metrics, "encrypt", exc, user_id=user_id) from exc
+        return NewKey(dek, version, self.provider.provider_name(version), wrapped)
+
+    async def store(self, conn: psycopg.AsyncConnection[Any], user_id: str, key: NewKey
+                    ) -> None:
+        """Store the wrapped DEK (inside the sign-up transaction) and cache it."""
         await conn.execute(
             "INSERT INTO user_keys (user_id, mek_version, mek_provider, wrapped_dek) "
-            "VALUES (%s, %s, %s, %s)",
-            (user_id, version, self.provider.provider_name(version), wrapped),
+            "VALUES (%s, %s, %s, %s)", (user_id, key.version, key.provider, key.wrapped),
             name="data_keys.insert")
-        self._remember(user_id, dek)
+        self._remember(user_id, key.dek)
 
     def cached(self, user_id: str) -> bytes | None:
         """The user's DEK if the cache holds it (no waiting), else None."""

@@ -108,17 +108,21 @@ async def certificate_problem(url: str, cafile: str, *, timeout_s: float = 3.0) 
             stream = await trio.open_tcp_stream(host, port)
         except OSError:
             return None
-        async with stream:
-            await stream.send_all(_SSL_REQUEST)
-            if await stream.receive_some(1) != b"S":
-                return None
-            tls = trio.SSLStream(stream, context, server_hostname=params.get("host") or host)
-            try:
-                await tls.do_handshake()
-            except trio.BrokenResourceError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, ssl.SSLCertVerificationError):
-                    return cause.verify_message
-                return None
-            await tls.aclose()
+        try:  # a reset or a closed connection: no diagnosis, libpq's own message stays
+            async with stream:
+                await stream.send_all(_SSL_REQUEST)
+                if await stream.receive_some(1) != b"S":
+                    return None
+                tls = trio.SSLStream(stream, context,
+                                     server_hostname=params.get("host") or host)
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    cause = exc.__cause__
+                    if isinstance(cause, ssl.SSLCertVerificationError):
+                        return cause.verify_message
+                    return None
+                await tls.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return None
     return None

@@ -67,8 +67,6 @@ __all__ = [
 DEFAULT_UNTRACED = ("/health", "/metrics")
 #: the key of a job payload holding the trace headers of the code that enqueued it
 PAYLOAD_KEY = "trace"
-#: the incoming headers a trace is continued from
-TRACE_HEADERS = (b"sentry-trace", b"baggage")
 
 OP_HTTP = "http.server"
 OP_WEBSOCKET = "websocket.server"
@@ -123,16 +121,31 @@ class _Served:
 _served: ContextVar[_Served | None] = ContextVar("innera_served_transaction", default=None)
 
 
+def _caller_trace(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The caller's trace to continue: its trace id and parent span from ``sentry-trace``,
+    without its sampling decision (``-1``/``-0``) and without its ``baggage`` (which carries
+    ``sentry-sample_rand``). Any client can send these headers: following its decision would
+    let it trace every request it makes, past ``SENTRY_TRACES_SAMPLE_RATE`` and the quota.
+    Jobs continue their own payload's trace whole (:func:`job_transaction`)."""
+    for name, value in raw_headers:
+        if name == b"sentry-trace":
+            trace_id, _, rest = value.decode("latin-1").strip().partition("-")
+            span_id = rest.partition("-")[0]
+            if trace_id and span_id:
+                return {"sentry-trace": f"{trace_id}-{span_id}"}
+    return {}
+
+
 @contextmanager
 def server_transaction(asgi_scope: Mapping[str, Any]) -> Iterator[None]:
     """The transaction of one HTTP request (op ``http.server``, named ``METHOD /path`` until
     :func:`set_request_outcome` names it by its route) or of one WebSocket session (op
-    ``websocket.server``, ``WS /path``), continuing the trace of incoming ``sentry-trace`` /
-    ``baggage`` headers. Call only when :data:`SWITCH` is on and the path is traced."""
+    ``websocket.server``, ``WS /path``), continuing the trace of an incoming
+    ``sentry-trace`` header (:func:`_caller_trace`: sampled at our rate, not the caller's).
+    Call only when :data:`SWITCH` is on and the path is traced."""
     websocket = asgi_scope["type"] == "websocket"
     path = asgi_scope["path"]
-    headers = {name.decode("latin-1"): value.decode("latin-1")
-               for name, value in asgi_scope["headers"] if name in TRACE_HEADERS}
+    headers = _caller_trace(asgi_scope["headers"])
     if websocket:
         op, name, source = OP_WEBSOCKET, f"WS {path}", TransactionSource.ROUTE
     else:

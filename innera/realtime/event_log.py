@@ -20,11 +20,12 @@ the Redis server's clock, strictly increasing per stream) is the event's ``id``:
 every instance, ordered per user. The published message carries it first:
 ``{"id":"1712345678901-0","type":…,"data":…}``.
 
-**Entries are sealed** (AES-256-GCM under a key derived from ``JWT_SECRET``, shared by every
-instance; the user id is the associated data, so an entry cannot be moved to another user's
-log): events carry journal content (``entry.created`` holds the entry), which innera keeps
-encrypted at rest everywhere else, and the log is kept for a day (with Redis' persistence, on
-disk). Pub/sub messages are transient and stay plain, as before.
+**Entries are sealed** (AES-256-GCM under a key of each user's own, derived with HKDF from a
+key derived from ``JWT_SECRET`` and shared by every instance; the user id is also the
+associated data, so an entry cannot be moved to another user's log, and no one key seals
+everyone's events): events carry journal content (``entry.created`` holds the entry), which
+innera keeps encrypted at rest everywhere else, and the log is kept for a day (with Redis'
+persistence, on disk). Pub/sub messages are transient and stay plain, as before.
 
 **Replay** (:meth:`EventLog.replay`, used by the ``/v1/ws`` endpoint for ``?since=<id>``):
 every event after ``since``, in order, read in pages of :data:`PAGE` (each page a bounded
@@ -55,8 +56,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from coredis.exceptions import ResponseError
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from innera.redis import UNAVAILABLE_ERRORS, Redis
 
@@ -134,16 +138,24 @@ class EventLog:
 
     def __init__(self, redis: Redis, key: bytes) -> None:
         self.redis = redis
-        self._aead = AESGCM(key)
+        self._key = key
         self._append = redis.client.register_script(_APPEND)
 
-    def _seal(self, user_id: str, event: str) -> bytes:
-        nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, event.encode(), user_id.encode())
+    def _cipher(self, user_id: str) -> AESGCM:
+        """The user's own sealing key (HKDF of the shared key, the user id as its info)."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"innera event log " + user_id.encode())
+        return AESGCM(hkdf.derive(self._key))
 
-    def _open(self, user_id: str, sealed: bytes) -> str:
-        return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:],
-                                  user_id.encode()).decode()
+    @staticmethod
+    def _seal(cipher: AESGCM, user_id: str, event: str) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + cipher.encrypt(nonce, event.encode(), user_id.encode())
+
+    @staticmethod
+    def _open(cipher: AESGCM, user_id: str, sealed: bytes) -> str:
+        return cipher.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:],
+                              user_id.encode()).decode()
 
     async def publish(self, user_id: str, channel: str, event_type: str,
                       data: dict[str, Any]) -> str | None:
@@ -151,7 +163,8 @@ class EventLog:
         ``channel`` (with its id); the id, or ``None`` when Redis is unavailable (counted and
         logged: events are best effort, what they announce is already committed)."""
         event = json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
-        kept = self._seal(user_id, event) if len(event) <= MAX_LOGGED_BYTES else b""
+        kept = (self._seal(self._cipher(user_id), user_id, event)
+                if len(event) <= MAX_LOGGED_BYTES else b"")
         try:
             with trio.move_on_after(PUBLISH_TIMEOUT_S) as scope:
                 event_id = await self._append(
@@ -162,6 +175,10 @@ class EventLog:
         except UNAVAILABLE_ERRORS as exc:
             self.redis.record_error(exc)
             log.warning("event %s for user %s not published: %s", event_type, user_id, exc)
+            return None
+        except ResponseError as exc:  # a Redis out of memory, or read-only in a failover
+            log.warning("event %s for user %s not published: Redis refused it: %s",
+                        event_type, user_id, exc)
             return None
         return str(event_id)
 
@@ -209,6 +226,10 @@ class EventLog:
             self.redis.record_error(exc)
             log.warning("event log of user %s unreadable: %s", user_id, exc)
             return None
+        except ResponseError as exc:
+            log.warning("event log of user %s unreadable: Redis refused it: %s", user_id, exc)
+            return None
+        cipher = self._cipher(user_id)
         page: list[tuple[str, str | None]] = []
         for entry in entries:
             event_id = entry.identifier
@@ -217,7 +238,7 @@ class EventLog:
             try:
                 if not isinstance(sealed, bytes):
                     raise ValueError("no sealed event")
-                page.append((event_id, self._open(user_id, sealed) if sealed else None))
+                page.append((event_id, self._open(cipher, user_id, sealed) if sealed else None))
             except (InvalidTag, ValueError) as exc:  # another JWT_SECRET; UnicodeDecodeError
                 log.warning("event %s of user %s cannot be opened (%s): resync",
                             event_id, user_id, type(exc).__name__)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import trio
 
 from innera.observability.metrics import Metrics
+from innera.realtime.event_log import RESYNC_REQUIRED
 
 log = logging.getLogger("innera.realtime")
 
@@ -113,6 +114,12 @@ class Hub:
         self.listener_online = False
         self._subscribed: set[str] = set()
         self._sub_waiters: dict[str, trio.Event] = {}
+        # (code, reason) once close_all ran: a socket that opens later (a handshake accepted
+        # from the listen backlog during the drain) is closed the same way at once
+        self._closing: tuple[int, str] | None = None
+        # users with a socket open while the listener was offline: events published then
+        # reached the log, not the socket; told to resync once their channel is back
+        self._missed: set[str] = set()
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_user.values())
@@ -132,7 +139,11 @@ class Hub:
         """A new socket of ``user_id`` for the handler's lifetime (it counts against
         :attr:`max_per_user` once admitted: :meth:`admit`)."""
         sock = Socket(user_id, hub=self)
+        if self._closing is not None:
+            sock.close(*self._closing)
         sockets = self._by_user.get(user_id)
+        if not self.listener_online:
+            self._missed.add(user_id)
         if sockets is None:
             sockets = self._by_user[user_id] = {}
             self._notify()
@@ -176,7 +187,9 @@ class Hub:
         return len(sockets)
 
     async def close_all(self, code: int, reason: str, *, timeout_s: float = 5.0) -> int:
-        """Close every socket with ``code``; wait (bounded) until their handlers are done."""
+        """Close every socket with ``code``, and every one opened from now on; wait (bounded)
+        until the handlers of those open now are done."""
+        self._closing = (code, reason)
         sockets = [s for group in self._by_user.values() for s in group]
         for sock in sockets:
             sock.close(code, reason)
@@ -194,13 +207,20 @@ class Hub:
             waiter = self._sub_waiters.pop(user_id, None)
             if waiter is not None:
                 waiter.set()
+            if user_id in self._missed:
+                self._missed.discard(user_id)
+                self.deliver(user_id, RESYNC_REQUIRED)
 
     def mark_unsubscribed(self, user_ids: set[str]) -> None:
         self._subscribed -= user_ids
 
     def mark_offline(self) -> None:
-        """The pub/sub connection is gone: nothing is subscribed; nobody waits for it."""
+        """The pub/sub connection is gone: nothing is subscribed; nobody waits for it. The
+        users with sockets open now (and those who connect before it is back) get
+        ``resync_required`` once their channel is subscribed again: what was published
+        meanwhile is in their log, not on their sockets."""
         self.listener_online = False
+        self._missed |= set(self._by_user)
         self._subscribed.clear()
         for waiter in self._sub_waiters.values():
             waiter.set()

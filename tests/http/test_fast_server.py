@@ -524,6 +524,31 @@ async def test_an_idle_keep_alive_connection_closes_at_the_timeout(
         assert 0.3 < trio.current_time() - started < 1.2
 
 
+async def test_bare_line_breaks_do_not_keep_an_idle_connection_open(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """httptools skips CRLFs before a request line: a client sending one now and then starts
+    no request, so the keep-alive timeout still closes its connection (else a few such
+    clients hold connections, and the metrics port's 16, for ever)."""
+    monkeypatch.setattr(fast_server, "KEEP_ALIVE_TIMEOUT_S", 0.4)
+    async with serving(App()) as server:
+        client = await server.connect()
+        await client.send(get("/echo"))
+        await client.response()
+
+        async def trickle() -> None:
+            for _ in range(40):
+                await trio.sleep(0.1)
+                try:
+                    await client.send(b"\r\n")
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            assert await client.closed_within(2)
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_request_crossing_the_keep_alive_close_meets_a_close_not_a_reset(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The classic keep-alive race: the client reuses its idle connection just as the server

@@ -232,6 +232,8 @@ class HTTPConnection:
         """The next request whose head is complete, or ``None``: close the connection."""
         waited = False
         transport = self.transport
+        idle_deadline = math.inf  # set once: bytes that start no request (bare CRLFs,
+        # which httptools skips) do not keep an idle connection open
         while True:
             pending = self.pending
             if pending:
@@ -248,7 +250,9 @@ class HTTPConnection:
                 if self.parse_error is not None:
                     await self._refuse(self.parse_error)
                     return None
-                deadline = trio.current_time() + self.settings.keep_alive_timeout_s
+                if idle_deadline == math.inf:
+                    idle_deadline = trio.current_time() + self.settings.keep_alive_timeout_s
+                deadline = idle_deadline
             if self.eof or self.stop_reading:
                 return None
             data = transport.recv_nowait()

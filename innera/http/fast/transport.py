@@ -170,4 +170,6 @@ class Transport:
                     break
                 if data is None:
                     await self.wait_readable()
+                else:  # a peer that keeps sending must not hold the loop past the timeout
+                    await trio.lowlevel.checkpoint()
         self.close()
