@@ -3,7 +3,7 @@
 (``json``, ``LOG_LEVEL=info``), from a Trio task with ``requestId`` (and ``userId``) bound,
 as a request's task has them.
 
-    .venv/bin/python bench/access_log.py [--lines 20000] [--rounds 5] [--before DIR]
+    .venv/bin/python bench/access_log.py [--lines 20000] [--rounds 5] [--before DIR] [--sentry]
 
 Each variant runs in a process of its own, rounds alternating their order; the figure is
 the median over rounds of CPU µs per line (``time.process_time``):
@@ -13,6 +13,9 @@ the median over rounds of CPU µs per line (``time.process_time``):
   through logging and the structlog chain (what ``console``, or a caller's own context
   variable, still costs);
 - ``before``: the checkout in ``DIR`` (``git worktree add --detach DIR main``), if given.
+
+``--sentry`` initialises Sentry in every variant as ``innera serve`` does with a DSN (tracing
+off, a transport that sends nothing): each line is then also a breadcrumb.
 
 Cases: ``entry`` (``GET /v1/entries/{id}``, signed in), ``list`` (``?limit=20``, signed in:
 the query is censored), ``health`` (anonymous). ``bind`` is the per-request cost of
@@ -43,14 +46,24 @@ CASES = [
 WARM_UP = 1000
 
 
-def worker(tree: str, chain: bool, lines: int) -> dict[str, float]:
+def worker(tree: str, chain: bool, lines: int, sentry: bool) -> dict[str, float]:
     """µs of CPU per line per case (and per bind), in this process, from ``tree``."""
     sys.path.insert(0, tree)
     import logging
 
     import trio
+    from sentry_sdk.transport import Transport
 
     from innera.observability import logging as innera_logging
+    from innera.observability.sentry import init_sentry
+
+    class Unsent(Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            pass
+
+    if sentry:
+        init_sentry("http://public@127.0.0.1:9/1", environment="bench", release="bench",
+                    traces_sample_rate=0.0, transport=Unsent())
 
     with open(os.devnull, "w") as devnull:
         innera_logging.configure_logging("info", devnull, log_format="json")
@@ -82,10 +95,12 @@ async def _measure(innera_logging: Any, lines: int) -> dict[str, float]:
     return out
 
 
-def run_variant(tree: Path, chain: bool, lines: int) -> dict[str, float]:
+def run_variant(tree: Path, chain: bool, lines: int, sentry: bool) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--worker", str(tree), "--lines", str(lines)]
     if chain:
         cmd.append("--chain")
+    if sentry:
+        cmd.append("--sentry")
     done = subprocess.run(cmd, cwd=tree, check=True, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tree)}, timeout=600)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -97,11 +112,13 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", type=Path, help="a checkout to compare with (DIR)")
+    parser.add_argument("--sentry", action="store_true",
+                        help="Sentry initialised (no tracing): each line is a breadcrumb too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--chain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.chain, args.lines)))
+        print(json.dumps(worker(args.worker, args.chain, args.lines, args.sentry)))
         return
 
     variants: list[tuple[str, Path, bool]] = [("after", ROOT, False), ("after, chain", ROOT, True)]
@@ -111,13 +128,14 @@ def main() -> None:
     for round_no in range(args.rounds):
         order = variants if round_no % 2 == 0 else variants[::-1]
         for label, tree, chain in order:
-            results[label].append(run_variant(tree, chain, args.lines))
+            results[label].append(run_variant(tree, chain, args.lines, args.sentry))
         print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
 
     names = [name for name, *_ in CASES] + ["bind"]
     median = {label: {name: statistics.median(r[name] for r in rounds) for name in names}
               for label, rounds in results.items()}
-    print(f"CPU µs per line, median of {args.rounds} rounds of {args.lines} lines "
+    print(f"CPU µs per line{' (Sentry on)' if args.sentry else ''}, median of {args.rounds} "
+          f"rounds of {args.lines} lines "
           f"({', '.join(f'{label}: {tree}' for label, tree, _ in variants)})")
     print(f"{'variant':<14}" + "".join(f"{name:>10}" for name in names))
     for label, values in median.items():

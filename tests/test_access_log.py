@@ -114,21 +114,31 @@ def both_lines(stream: io.StringIO, log: Callable[[], None]) -> tuple[str, str]:
     return lines[0], lines[1]
 
 
-class _Dropped(Transport):
-    """Sentry transport that sends nothing: the tests read trace ids from the log lines."""
+class _Kept(Transport):
+    """Sentry transport that keeps what would be sent, in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envelopes: list[Envelope] = []
 
     def capture_envelope(self, envelope: Envelope) -> None:
-        pass
+        self.envelopes.append(envelope)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [e for env in self.envelopes if (e := env.get_event()) is not None]
 
 
 @contextmanager
-def tracing_on() -> Iterator[None]:
-    """Sentry initialised at rate 1 (every request traced), reset afterwards."""
+def sentry_on(traces_sample_rate: float = 1.0) -> Iterator[_Kept]:
+    """Sentry initialised as ``innera serve`` does (at rate 1: every request traced), with a
+    transport that keeps what it would send; reset afterwards."""
+    transport = _Kept()
     assert init_sentry("http://public@127.0.0.1:9/1", environment="test",
-                       release="innera@0.0.0-test", traces_sample_rate=1.0,
-                       transport=_Dropped())
+                       release="innera@0.0.0-test", traces_sample_rate=traces_sample_rate,
+                       transport=transport)
     try:
-        yield
+        yield transport
     finally:
         client = sentry_sdk.get_client()
         if client.is_active():
@@ -166,7 +176,7 @@ async def test_the_direct_line_is_the_chains(method: str, path: str, query: byte
 
     with json_logging() as stream:
         if traced:
-            with tracing_on(), tracing.server_transaction(
+            with sentry_on(), tracing.server_transaction(
                     {"type": "http", "method": method, "path": path, "headers": []}):
                 trace_id = tracing.current_trace_id()
                 direct, chain = both_lines(stream, log)
@@ -223,6 +233,31 @@ async def test_a_callers_own_context_goes_through_the_chain_and_is_redacted() ->
     assert first["tenant"] == "acme" and first["apiKey"] == "[REDACTED]"
     assert first["nested"] == {"password": "[REDACTED]", "n": [1.5]}
     assert "secret" not in stream.getvalue()
+
+
+@pytest.mark.parametrize(("path", "query"), [("/v1/search", b"q=term-13&limit=5"),
+                                           ("/nowhere?token=t-14", b"sig=s-15")])
+async def test_the_sentry_breadcrumb_is_the_integrations(path: str, query: bytes) -> None:
+    """Sentry's logging integration makes every info record a breadcrumb: the line written
+    directly leaves the same one, which the next event of the scope carries."""
+    request_id = Pipeline.begin()
+    bind_user(USER)
+    with json_logging(), sentry_on(traces_sample_rate=0.0) as transport, \
+            sentry_sdk.isolation_scope():
+        log_request_completed("GET", path, query, request_id, USER, 200, 0.0042)
+        with through_the_chain():
+            log_request_completed("GET", path, query, request_id, USER, 200, 0.0042)
+        sentry_sdk.capture_exception(RuntimeError("after the request"))
+    [event] = transport.events
+    direct, chain = (crumb for crumb in event["breadcrumbs"]["values"]
+                     if crumb.get("category") == "innera.request")
+    assert ISO_UTC.fullmatch(direct["timestamp"]) and ISO_UTC.fullmatch(chain["timestamp"])
+    assert {**direct, "timestamp": None} == {**chain, "timestamp": None}
+    assert (direct["type"], direct["level"], direct["message"]) == ("log", "info",
+                                                                   "request completed")
+    assert direct["data"]["req"]["requestId"] == request_id
+    assert direct["data"]["res"] == {"statusCode": 200} and direct["data"]["responseTime"] == 4.2
+    assert not re.search(r"term-13|t-14|s-15", json.dumps(event["breadcrumbs"]))
 
 
 # --- what the direct line follows: configuration, level, format, handlers ----------------
@@ -318,7 +353,7 @@ async def test_a_servers_direct_lines_are_the_chains(server: RunningServer) -> N
         ("/nowhere?token=[REDACTED]", None, lambda: http("/nowhere%3Ftoken=secret-12")),
         ("/v1/ws?access_token=[REDACTED]", alice.id, websocket),
     ]
-    with json_logging() as stream, tracing_on():
+    with json_logging() as stream, sentry_on():
         for url, user_id, send in requests:
             lines = []
             for direct in (True, False):

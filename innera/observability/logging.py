@@ -52,8 +52,9 @@ is journal content), ``sig`` (a signed URL's signature) and of every name the ru
 The access line (:func:`log_request_completed`, one per request) skips the chain in ``json``:
 it is built as one dict and written with orjson straight to the configured handler's stream,
 under its lock (:func:`fast_access_handler` says when that is exactly what the chain would
-write; ``tests/test_access_log.py`` compares the two line for line). Its fixed keys are none
-the name rule matches; its ``url`` is censored as the chain censors it.
+write; ``tests/test_access_log.py`` compares the two line for line), and with Sentry on it
+leaves the breadcrumb Sentry's logging integration would make of its record. Its fixed keys
+are none the name rule matches; its ``url`` is censored as the chain censors it.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import orjson
+import sentry_sdk
 import structlog
+from sentry_sdk.integrations.logging import LoggingIntegration
 
 from innera.observability.tracing import current_trace_id
 
@@ -394,23 +397,34 @@ def fast_access_handler() -> logging.StreamHandler[TextIO] | None:
     return handler if found else None
 
 
-def _access_url(path: str, query_string: bytes) -> str:
-    """The ``url`` of the access line as the processor chain leaves it: :func:`loggable_url`,
-    which the chain's redaction passes through :func:`_censor_url` once more because the key
-    is ``url``. That second pass changes nothing unless the path itself holds a ``?`` (a
-    ``%3F`` in the request): the query :func:`loggable_url` made parses back to the same
-    pairs (``tests/test_access_log.py`` checks this for arbitrary paths and queries)."""
-    url = loggable_url(path, query_string)
-    return _censor_url(url) if "?" in path else url
+def _sentry_breadcrumbs() -> bool | None:
+    """Whether Sentry's logging integration makes the access line a breadcrumb, as it does
+    with every record at info and above (:func:`innera.observability.sentry.init_sentry`):
+    True when Sentry is initialised, False when not; None when a ``before_breadcrumb``
+    callback would be handed the ``LogRecord`` itself (innera sets none)."""
+    client = sentry_sdk.get_client()
+    if client.get_integration(LoggingIntegration) is None:
+        return False
+    return None if client.options.get("before_breadcrumb") is not None else True
 
 
-def _write_access_line(handler: logging.StreamHandler[TextIO], method: str, url: str,
-                       request_id: str, user_id: str | None, status: int,
+def _write_access_line(handler: logging.StreamHandler[TextIO], method: str, path: str,
+                       url: str, request_id: str, user_id: str | None, status: int,
                        response_time: float) -> bool:
     """The access line, built as one dict and written to ``handler``'s stream under its lock,
-    as the processor chain would render it (same keys, values and order); False, having
-    written nothing, when something the line cannot render exactly is bound: a context
-    variable besides ``requestId`` and ``userId``, or a string JSON cannot encode."""
+    as the processor chain would render it (same keys, values and order), and the Sentry
+    breadcrumb the logging integration would make of its record; False, having done nothing,
+    when something the line cannot render exactly is bound (a context variable besides
+    ``requestId`` and ``userId``), a string JSON cannot encode, or a ``before_breadcrumb``.
+
+    ``url`` is :func:`loggable_url`'s, as the record carries it. The chain's redaction passes
+    it through :func:`_censor_url` once more (the key is ``url``), which changes nothing
+    unless the path itself holds a ``?`` (a ``%3F`` in the request): the query
+    :func:`loggable_url` made parses back to the same pairs (``tests/test_access_log.py``
+    checks this for arbitrary paths and queries)."""
+    breadcrumbs = _sentry_breadcrumbs()
+    if breadcrumbs is None:
+        return False
     line = structlog.contextvars.get_contextvars()  # merge_contextvars' keys, in its order
     for key in line:
         if key != "requestId" and key != "userId":  # a caller's own: through the chain
@@ -418,12 +432,15 @@ def _write_access_line(handler: logging.StreamHandler[TextIO], method: str, url:
     trace_id = current_trace_id()
     if trace_id is not None:
         line["traceId"] = trace_id
+    now = datetime.datetime.now(tz=datetime.UTC)
+    req = {"method": method, "url": url, "requestId": request_id, "userId": user_id}
+    res = {"statusCode": status}
     line["level"] = "info"
     line["logger"] = access_log.name
-    line["req"] = {"method": method, "url": url, "requestId": request_id, "userId": user_id}
-    line["res"] = {"statusCode": status}
+    line["req"] = {**req, "url": _censor_url(url)} if "?" in path else req
+    line["res"] = res
     line["responseTime"] = response_time
-    line["time"] = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+    line["time"] = now.isoformat().replace("+00:00", "Z")
     line["msg"] = ACCESS_MESSAGE
     try:
         text = orjson.dumps(line).decode()
@@ -440,6 +457,11 @@ def _write_access_line(handler: logging.StreamHandler[TextIO], method: str, url:
             access_log.name, logging.INFO, __file__, 0, ACCESS_MESSAGE, (), None))
     finally:
         handler.release()
+    if breadcrumbs:  # what the integration's BreadcrumbHandler makes of the record
+        sentry_sdk.add_breadcrumb({
+            "type": "log", "level": "info", "category": access_log.name,
+            "message": ACCESS_MESSAGE, "timestamp": now,
+            "data": {"req": req, "res": res, "responseTime": response_time}})
     return True
 
 
@@ -449,21 +471,21 @@ def log_request_completed(method: str, path: str, query_string: bytes, request_i
     framework-free routes both write it); nothing is formatted when it is not logged.
 
     In ``json`` it is written straight to the configured handler (:func:`fast_access_handler`,
-    :func:`_write_access_line`): the same JSON object the processor chain renders, without a
-    ``LogRecord`` and the chain (about a tenth of the CPU: ``bench/access_log.py``), compact
-    (orjson) where the chain puts a space after ``:`` and ``,``. Everything else (``console``,
-    another handler or a filter, a caller's own context variable) goes through logging."""
+    :func:`_write_access_line`): the same JSON object the processor chain renders, and the
+    same Sentry breadcrumb, without a ``LogRecord`` and the chain (about a tenth of the CPU:
+    ``bench/access_log.py``), compact (orjson) where the chain puts a space after ``:`` and
+    ``,``. Everything else (``console``, another handler or a filter, a caller's own context
+    variable) goes through logging."""
     if not access_log.isEnabledFor(logging.INFO):
         return
+    url = loggable_url(path, query_string)
     response_time = round(elapsed_s * 1000, 2)
     handler = fast_access_handler()
     if handler is not None and _write_access_line(
-            handler, method, _access_url(path, query_string), request_id, user_id, status,
-            response_time):
+            handler, method, path, url, request_id, user_id, status, response_time):
         return
     access_log.info(ACCESS_MESSAGE, extra={
-        "req": {"method": method, "url": loggable_url(path, query_string),
-                "requestId": request_id, "userId": user_id},
+        "req": {"method": method, "url": url, "requestId": request_id, "userId": user_id},
         "res": {"statusCode": status},
         "responseTime": response_time,
     })
