@@ -20,8 +20,10 @@ once, in round order; the server's application pings (``{"type":"ping"}`` every 
 answered (also while the sockets are being opened, which can take longer than that). The
 server's CPU time in that window (``/proc/PID/task/*/schedstat``: nanoseconds, every thread)
 is printed too, and per socket, after the server's CPU over one idle second with every socket
-open (its background work, part of every window). On two or more CPUs the server runs on CPU
-0, the clients on CPU 1.
+open (its background work, part of every window); beside it the CPU of the kernel's
+``ksoftirqd`` threads (loopback work deferred there would be missing from the server's) and
+of the clients' reader (near the broadcast time: the clients were the limit). On two or more
+CPUs every thread of the server runs on CPU 0, the clients on CPU 1.
 
 Before/after in one run: ``--tree DIR`` (repeatable) runs the server from another checkout
 (``git worktree add --detach /tmp/before main``); without it, this checkout. Each pass starts
@@ -69,6 +71,9 @@ WARM = 10  # warm-up sockets, opened before the RSS baseline
 PONG_FRAME = b"\x81\x8f\x00\x00\x00\x00" + b'{"type":"pong"}'
 PING_TEXTS = (b'{"type": "ping"}', b'{"type":"ping"}')
 ROUND_TIMEOUT_S = 60.0
+#: the CPUs this script may use, before it pins itself to CPU 1 (a server started later
+#: inherits that pinning, and is pinned to CPU 0 again)
+CPUS = os.sched_getaffinity(0)
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Figures:
     latencies_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
     idle_ms_per_s: list[float] = field(default_factory=list)
+    softirq_ms: list[float] = field(default_factory=list)
     sockets: int = 0
 
 
@@ -97,6 +103,30 @@ def cpu_ns(pid: int) -> int:
         try:
             total += int((task / "schedstat").read_text().split()[0])
         except (FileNotFoundError, ProcessLookupError):  # a thread gone meanwhile
+            pass
+    return total
+
+
+def softirq_pids() -> list[int]:
+    """The kernel's ``ksoftirqd/N`` threads: loopback traffic the sending process's own
+    softirq processing could not finish in time is finished there, on the server's CPU, and
+    counted to neither process."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().startswith("ksoftirqd/"):
+                pids.append(int(comm.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def softirq_ns(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except OSError:
             pass
     return total
 
@@ -169,12 +199,16 @@ class Receiver:
     def close(self) -> None:
         self.epoll.close()
 
-    def round(self, expected: bytes, start: Callable[[], None]) -> float:
+    def round(self, expected: bytes, start: Callable[[], None]) -> tuple[float, float]:
         """Call ``start()`` (the publish), then read until every socket had ``expected``
-        once; the ``perf_counter`` when the last one had it."""
+        once; the ``perf_counter`` when the last one had it, and this thread's CPU seconds
+        meanwhile (near the broadcast time: the clients, not the server, were the limit)."""
         got: set[int] = set()
         n, last = len(self.fds), 0.0
         leftover, read = self.leftover, os.read
+        # the usual read: exactly the event's frame (compared whole, the quickest check)
+        whole = bytes((0x81, len(expected))) + expected if len(expected) < 126 else None
+        cpu0 = time.thread_time()
         start()
         deadline = time.monotonic() + ROUND_TIMEOUT_S
         while len(got) < n:
@@ -186,9 +220,12 @@ class Receiver:
                     data = read(fd, 65536)
                 except BlockingIOError:
                     continue
-                if not data:
-                    raise SystemExit("the server closed a socket")
-                frames, buf = split_frames(leftover.pop(fd, b"") + data)
+                if data == whole and fd not in leftover:
+                    frames, buf = [(0x81, expected)], b""
+                else:
+                    if not data:
+                        raise SystemExit("the server closed a socket")
+                    frames, buf = split_frames(leftover.pop(fd, b"") + data)
                 for kind, payload in frames:
                     if kind != 0x81:
                         check_frame(kind, payload)
@@ -205,7 +242,7 @@ class Receiver:
                         raise SystemExit(f"unexpected message {payload[:200]!r}")
                 if buf:
                     leftover[fd] = buf
-        return last
+        return last, time.thread_time() - cpu0
 
 
 def round_message(r: int) -> str:
@@ -253,7 +290,7 @@ async def bench(port: int, pid: int, token: str, user_id: str, redis_url: str, n
     # the measured window: keep the set-up out of the collector, as a real client would
     gc.collect()
     gc.freeze()
-    latencies, server_cpu = [], []
+    latencies, server_cpu, softirqs = [], [], []
     channel = f"ws:user:{user_id}"
     idle = cpu_ns(pid)
     await trio.sleep(1)
@@ -262,28 +299,34 @@ async def bench(port: int, pid: int, token: str, user_id: str, redis_url: str, n
     print(f"server CPU while idle with {len(everyone)} sockets: {idle_ms:.1f} ms/s (part of "
           "every figure below)", flush=True)
 
-    def one_round(r: int) -> tuple[float, float]:
+    softirqd = softirq_pids()
+
+    def one_round(r: int) -> tuple[float, float, float, float]:
         message = round_message(r)
         marks: list[float] = []
 
         def start() -> None:
-            marks.extend((time.perf_counter(), cpu_ns(pid)))
+            marks.extend((time.perf_counter(), cpu_ns(pid), softirq_ns(softirqd)))
             publish(redis_url, channel, message)
 
-        last = receiver.round(message.encode(), start)
-        return last - marks[0], (cpu_ns(pid) - marks[1]) / 1e6
+        last, client_cpu = receiver.round(message.encode(), start)
+        return (last - marks[0], (cpu_ns(pid) - marks[1]) / 1e6, client_cpu * 1000,
+                (softirq_ns(softirqd) - marks[2]) / 1e6)
 
     try:
         for r in range(rounds):
             await trio.sleep(0.3)
-            latency, cpu = await trio.to_thread.run_sync(one_round, r)
+            latency, cpu, client_cpu, softirq = await trio.to_thread.run_sync(one_round, r)
             latencies.append(latency * 1000)
             server_cpu.append(cpu)
+            softirqs.append(softirq)
             print(f"round {r}: all {len(everyone)} clients had the event after "
                   f"{latency * 1000:.0f} ms (server CPU meanwhile {cpu:.1f} ms: "
-                  f"{cpu * 1000 / len(everyone):.1f} µs per socket)", flush=True)
+                  f"{cpu * 1000 / len(everyone):.1f} µs per socket; ksoftirqd {softirq:.0f} ms;"
+                  f" the clients' reader {client_cpu:.0f} ms)", flush=True)
         figures.latencies_ms += latencies
         figures.cpu_ms += server_cpu
+        figures.softirq_ms += softirqs
         cpu = statistics.median(server_cpu)
         print(f"broadcast to {len(everyone)} sockets: median {statistics.median(latencies):.0f}"
               f" ms (min {min(latencies):.0f}, max {max(latencies):.0f}); server CPU"
@@ -327,8 +370,9 @@ def run_server(tree: Path, label: str, redis_url: str, args: argparse.Namespace,
     try:
         # keep reading: a full pipe would block the server's logging
         threading.Thread(target=lambda: proc.stdout and proc.stdout.read(), daemon=True).start()
-        if len(os.sched_getaffinity(0)) >= 2:  # as bench/http_load.py: one core each
-            os.sched_setaffinity(proc.pid, {0})
+        if len(CPUS) >= 2:  # as bench/http_load.py: one core each
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():  # every thread
+                os.sched_setaffinity(int(task.name), {0})
             os.sched_setaffinity(0, {1})
         port = int(sp.url.rsplit(":", 1)[1])
         print(f"\n=== {label}: server pid {proc.pid} on port {port} "
@@ -368,7 +412,7 @@ def flush(redis_url: str) -> None:
 def summary(trees: list[tuple[str, Path]], results: dict[str, Figures]) -> None:
     print("\n=== summary (medians over every pass)")
     print(f"{'tree':<40}{'sockets':>8}{'KiB/socket':>12}{'median ms':>11}{'CPU ms':>9}"
-          f"{'CPU µs/socket':>15}{'idle ms/s':>11}")
+          f"{'CPU µs/socket':>15}{'idle ms/s':>11}{'ksoftirqd ms':>14}")
     for label, _ in trees:
         f = results[label]
         if not f.latencies_ms:
@@ -376,7 +420,8 @@ def summary(trees: list[tuple[str, Path]], results: dict[str, Figures]) -> None:
         cpu = statistics.median(f.cpu_ms)
         print(f"{label:<40}{f.sockets:>8}{statistics.median(f.kib_per_socket):>12.1f}"
               f"{statistics.median(f.latencies_ms):>11.0f}{cpu:>9.1f}"
-              f"{cpu * 1000 / f.sockets:>15.1f}{statistics.median(f.idle_ms_per_s):>11.1f}")
+              f"{cpu * 1000 / f.sockets:>15.1f}{statistics.median(f.idle_ms_per_s):>11.1f}"
+              f"{statistics.median(f.softirq_ms):>14.1f}")
     first = results[trees[0][0]]
     for label, _ in trees[1:]:
         f = results[label]
