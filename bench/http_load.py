@@ -62,7 +62,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import AsyncExitStack, contextmanager, nullcontext
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -575,15 +575,15 @@ def run_subprocess_benches(args: argparse.Namespace, servers: list[str], redis_u
         runs.append(("queue_throughput", ["queue_throughput.py", "--redis-url", redis_url], {}))
     for title, argv, extra in runs:
         print(f"\n=== {title}", flush=True)
-        with redis_db([15]) if "ws" in title else nullcontext():  # ws_broadcast uses DB 15
-            done = subprocess.run([sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]],
-                                  cwd=ROOT, env={**os.environ, **extra}, capture_output=True,
-                                  text=True, timeout=600)
-            print(*(line for line in done.stdout.splitlines()
-                    if any(k in line for k in keys[title.split()[0]])), sep="\n")
-            if done.returncode:
-                print(f"!! exit code {done.returncode}:", *done.stderr.splitlines()[-5:],
-                      sep="\n   ")
+        # (ws_broadcast.py holds a Redis DB of its own, like this script)
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / argv[0]), *argv[1:]],
+                              cwd=ROOT, env={**os.environ, **extra}, capture_output=True,
+                              text=True, timeout=600)
+        print(*(line for line in done.stdout.splitlines()
+                if any(k in line for k in keys[title.split()[0]])), sep="\n")
+        if done.returncode:
+            print(f"!! exit code {done.returncode}:", *done.stderr.splitlines()[-5:],
+                  sep="\n   ")
 
 
 def main() -> None:

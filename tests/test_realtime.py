@@ -251,6 +251,90 @@ async def test_a_slow_client_is_closed_with_1013_and_a_fast_one_gets_everything(
         await fast.aclose()
 
 
+async def test_a_broadcast_reaches_each_socket_of_the_user_once_and_in_order(
+        server: RunningServer, http_server: str) -> None:
+    """Every event of a user reaches each of the user's sockets exactly once, in the order
+    published, and no other user's socket. On the fast server the hub writes each event to
+    the sockets itself (no task switch per socket); on Hypercorn each socket's writer does."""
+    alice, bob = await signup(server.client), await signup(server.client)
+    sockets = [await connect(server.url, alice.access) for _ in range(8)]
+    bob_ws = await connect(server.url, bob.access)
+    hub = server.services.hub
+    if http_server == "fast":  # what this test is about there: the write without a queue
+        await wait_for(lambda: len(hub.sockets_of(alice.id)) == 8
+                       and all(s.direct is not None for s in hub.sockets_of(alice.id)))
+    count = 50
+    for n in range(count):
+        await publish_to_user(server.services.events, alice.id, "job.progress", {"n": n})
+    for client in sockets:
+        events = [await receive_json(client) for _ in range(count)]
+        assert [e["data"]["n"] for e in events] == list(range(count))
+        ids = [tuple(map(int, e["id"].split("-"))) for e in events]
+        assert ids == sorted(set(ids))
+    for client in (*sockets, bob_ws):  # nothing else came: the next message answers a ping
+        await client.send_text('{"type":"ping"}')
+        assert await receive_json(client) == {"type": "pong"}
+    assert all(s.queued == 0 for s in hub.sockets_of(alice.id))
+    for client in (*sockets, bob_ws):
+        await client.aclose()
+
+
+async def test_a_socket_with_a_full_buffer_gets_its_events_later_in_order(
+        server: RunningServer) -> None:
+    """A client that stops reading until its buffers are full: its events wait in the hub's
+    queue for its socket (where the fast server's direct write falls back to), the user's
+    other socket keeps getting each event at once, and once the client reads again it gets
+    every event exactly once and in order, including those published while its queue was
+    being sent (a new event never overtakes a queued one); then events are written at once
+    again."""
+    account = await signup(server.client)
+    host, port = _hostport(server.url)
+    stalled = await WsClient.connect(host, port, f"/v1/ws?access_token={account.access}",
+                                     receive_buffer=4096)
+    live = await connect(server.url, account.access)
+    hub = server.services.hub
+    pad = "x" * 16 * 1024
+    sent = 0
+
+    async def publish_one() -> None:
+        nonlocal sent
+        await publish_to_user(server.services.events, account.id, "job.progress",
+                              {"n": sent, "pad": pad})
+        sent += 1
+        # the other socket is not held up by the stalled one
+        assert (await receive_json(live))["data"]["n"] == sent - 1
+
+    def waiting() -> int:
+        return max(s.queued for s in hub.sockets_of(account.id))
+
+    try:
+        while waiting() < 3:  # the stalled socket's buffers are full: events queue
+            assert sent < 200, "the stalled client's buffers never filled"
+            await publish_one()
+        for _ in range(5):
+            await publish_one()
+        assert waiting() >= 8 and hub.slow_closed == 0
+        got: list[int] = []
+        total = sent + 20
+
+        async def read_stalled() -> None:
+            while len(got) < total:
+                got.append((await receive_json(stalled, 20))["data"]["n"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_stalled)
+            for _ in range(20):  # while its queue is being sent
+                await publish_one()
+        assert got == list(range(total))
+        await wait_for(lambda: waiting() == 0)
+        await publish_one()  # its queue is empty again: the next event comes at once
+        assert (await receive_json(stalled))["data"]["n"] == sent - 1
+        assert hub.slow_closed == 0
+    finally:
+        await stalled.aclose()
+        await live.aclose()
+
+
 async def test_shutdown_closes_v1_ws_with_4000(server: RunningServer) -> None:
     account = await signup(server.client)
     client = await connect(server.url, account.access)

@@ -57,7 +57,11 @@ everywhere), 4003 "Account deleted", 4000 "Server restarting" on shutdown, and w
 :meth:`Hub.close_user` is given.
 
 One socket is two tasks: :func:`serve` reads; a writer owns every send (events, replies,
-pings) from the socket's bounded queue and also keeps the ping and expiry deadlines.
+pings) from the socket's bounded queue and also keeps the ping and expiry deadlines. On
+innera's fast server (its ``innera.websocket.send_nowait`` extension) a message is written at
+once from the task that offers it (the pub/sub listener, for an event) while the socket's
+buffer has room and nothing is queued before it, and only queued otherwise
+(:mod:`innera.realtime.hub`): a broadcast to many sockets costs no task switch per socket.
 """
 
 from __future__ import annotations
@@ -84,8 +88,10 @@ from innera.auth.authentication import authenticate
 from innera.errors import Unauthorized
 from innera.guards.client_ip import client_ip, rate_limit_client
 from innera.guards.ratelimit import Decision
+from innera.http import fast
+from innera.realtime import hub
 from innera.realtime.event_log import RESYNC_REQUIRED, EventId, EventLog, message_id
-from innera.realtime.hub import TOKEN_EXPIRED, UNAUTHORIZED, Socket
+from innera.realtime.hub import FLUSH, TOKEN_EXPIRED, UNAUTHORIZED, Socket
 from innera.services import Services
 
 log = logging.getLogger("innera.realtime")
@@ -108,6 +114,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 #: what a send to a peer that has gone raises (the connection is being torn down)
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+#: the fast server's ``send_nowait`` becomes the hub's Socket.direct as it is: same answers
+assert (fast.WROTE_NOTHING, fast.WROTE_ALL, fast.WROTE_PART) == (
+    hub.WROTE_NOTHING, hub.WROTE_ALL, hub.WROTE_PART)
+_FLUSH_MESSAGE = {"type": fast.FLUSH}
+DirectWrite = Callable[[str], int]
 
 
 def _error(code: str, message: str) -> str:
@@ -123,6 +134,13 @@ def _token(scope: Message) -> str:
                 return token
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     return (query.get("access_token") or [""])[0].strip()
+
+
+def _direct_write(scope: Message, send: Send) -> DirectWrite | None:
+    """The server's write without waiting (:data:`innera.http.fast.SEND_NOWAIT_EXTENSION`),
+    or None (Hypercorn: every message goes through the writer)."""
+    extension = (scope.get("extensions") or {}).get(fast.SEND_NOWAIT_EXTENSION)
+    return extension["send_nowait_of"](send) if extension else None
 
 
 def _since(scope: Message) -> str | None:
@@ -257,10 +275,13 @@ async def serve(svc: Services, pipeline: Pipeline, scope: Message, receive: Rece
             resume = None if since is None else _Resume(svc.events, since, subscribed)
             try:
                 with sock.scope:
-                    await _serve(sock, receive, send, expires_at, resume)
+                    await _serve(sock, receive, send, expires_at, resume,
+                                 _direct_write(scope, send))
             except Exception as exc:
                 report_socket_error(exc, user_id)
                 sock.close(*INTERNAL_ERROR)
+            finally:
+                sock.direct = None  # the writer is gone: nothing is written but the close
             if sock.close_code is not None:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
                     try:
@@ -299,12 +320,12 @@ class _Peer:
 
 
 async def _serve(sock: Socket, receive: Receive, send: Send, expires_at: float,
-                 resume: _Resume | None) -> None:
+                 resume: _Resume | None, direct: DirectWrite | None) -> None:
     """Read until the peer disconnects (the writer is then cancelled) or the socket's scope is
     cancelled (a close requested by the writer or the hub)."""
     peer = _Peer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_write, sock, send, peer, expires_at, resume)
+        nursery.start_soon(_write, sock, send, peer, expires_at, resume, direct)
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":  # websocket.disconnect
@@ -334,15 +355,18 @@ def _answer(message: str | bytes) -> str | None:
 
 
 async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float,
-                 resume: _Resume | None) -> None:
+                 resume: _Resume | None, direct: DirectWrite | None) -> None:
     """The socket's only sender: the replay of ``?since=`` first, then the queue (less the
     live events the replay already sent), the server's pings, the expiry.
 
-    A broadcast wakes the writer of every socket at once, so a message costs a writer no
-    cancel scope: the timer for pings and expiry is one scope per period, and a send needs no
-    deadline of its own because both HTTP servers bound every write (``SEND_TIMEOUT_S`` in
-    ``innera/http/``: a peer that reads nothing for that long is disconnected, which ends
-    the send with an error)."""
+    With ``direct`` (the fast server), messages offered while nothing is queued are written by
+    the task offering them (:attr:`Socket.direct`), from the moment the replay is over and the
+    live events no longer need the duplicate check; the writer sends what had to queue. A
+    broadcast to a server without it wakes the writer of every socket at once, so a message
+    costs a writer no cancel scope: the timer for pings and expiry is one scope per period,
+    and a send needs no deadline of its own because both HTTP servers bound every write
+    (``SEND_TIMEOUT_S`` in ``innera/http/``: a peer that reads nothing for that long is
+    disconnected, which ends the send with an error)."""
     outbox = sock.outbox
     replayed: EventId | None = None  # live events up to this id were replayed: dropped
     if resume is not None:
@@ -351,6 +375,8 @@ async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float,
         except _GONE:
             sock.scope.cancel()
             return
+    if replayed is None:
+        sock.direct = direct
     next_ping = trio.current_time() + PING_INTERVAL_S
     ping_sent: float | None = None
     while True:
@@ -361,17 +387,28 @@ async def _write(sock: Socket, send: Send, peer: _Peer, expires_at: float,
         with trio.move_on_at(deadline):
             while True:
                 message = await outbox.receive()
+                if message is FLUSH:  # the rest of a message the server wrote in part
+                    try:
+                        await send(_FLUSH_MESSAGE)
+                    except _GONE:
+                        sock.scope.cancel()
+                        return
+                    sock.sent()
+                    continue
                 if replayed is not None:
                     event_id = message_id(message)
                     if event_id is not None:
                         if event_id <= replayed:
+                            sock.sent()
                             continue
                         replayed = None  # the live events are in id order: all new now
+                        sock.direct = direct
                 try:
                     await send({"type": "websocket.send", "text": message})
                 except _GONE:  # the connection is gone: nothing more to send or read
                     sock.scope.cancel()
                     return
+                sock.sent()
         now = trio.current_time()
         if now >= expires_at:
             sock.close(*TOKEN_EXPIRED)

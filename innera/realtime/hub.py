@@ -11,6 +11,16 @@ never slows the listener nor the other clients. A socket whose queue is full is 
 1013 "Too slow" (counted in :attr:`Hub.slow_closed` and
 ``innera_ws_slow_clients_closed_total``, and logged).
 
+**Written at once where the socket has room.** When the HTTP server can write a message
+without waiting (:attr:`Socket.direct`, set by the endpoint's writer: innera's fast server),
+:meth:`Socket.offer` writes it from the caller's task (a broadcast writes every socket of the
+user in one loop, with no task switch per socket) whenever nothing of that socket is queued or
+being sent (:attr:`Socket.queued` is 0); otherwise, or when the socket's buffer is full, the
+message is queued as above and the writer sends it, in order. A frame the kernel took only in
+part is finished by the writer (:data:`FLUSH` is queued): until then every message queues
+behind it. So a message written at once never overtakes one queued before it, and a slow
+client's queue fills and is closed with 1013 exactly as before.
+
 **At most** ``WS_MAX_CONNECTIONS_PER_USER`` **sockets per user on this instance**
 (``max_per_user``): when the handler admits a user's socket past it (:meth:`Hub.admit`, once
 the handshake is authenticated, so a refused handshake never closes anything), the user's
@@ -32,7 +42,7 @@ wait (bounded) until its user's channel is subscribed before the handshake compl
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -50,13 +60,22 @@ TOO_SLOW = (1013, "Too slow")
 TOO_MANY_CONNECTIONS = (4008, "Too many connections")
 #: outbound messages buffered per socket before it counts as too slow
 QUEUE_SIZE = 256
+#: what :attr:`Socket.direct` answers: nothing written (queue the message), the whole
+#: message written, or part of it (the rest is owed: the writer sends it on :data:`FLUSH`)
+WROTE_NOTHING, WROTE_ALL, WROTE_PART = 0, 1, 2
+#: queued after a message written in part: the writer has the server write the rest
+FLUSH = None
 
 
-def _channel() -> tuple[trio.MemorySendChannel[str], trio.MemoryReceiveChannel[str]]:
-    return trio.open_memory_channel[str](QUEUE_SIZE)
+#: what a socket's queue holds: messages, and FLUSH
+Outgoing = str | None
 
 
-@dataclass(eq=False)
+def _channel() -> tuple[trio.MemorySendChannel[Outgoing], trio.MemoryReceiveChannel[Outgoing]]:
+    return trio.open_memory_channel[Outgoing](QUEUE_SIZE)
+
+
+@dataclass(eq=False, slots=True)
 class Socket:
     user_id: str
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -66,11 +85,16 @@ class Socket:
     hub: Hub | None = None
     #: authenticated and counted against the hub's per-user cap (:meth:`Hub.admit`)
     admitted: bool = False
-    queue: tuple[trio.MemorySendChannel[str], trio.MemoryReceiveChannel[str]] = field(
+    queue: tuple[trio.MemorySendChannel[Outgoing], trio.MemoryReceiveChannel[Outgoing]] = field(
         default_factory=_channel)
+    #: writes a message without waiting, when the server can (``WROTE_*``); set by the
+    #: writer while nothing it has to send first is pending (a resume's replay)
+    direct: Callable[[str], int] | None = None
+    #: messages queued and not yet sent by the writer (each one :meth:`sent`)
+    queued: int = 0
 
     @property
-    def outbox(self) -> trio.MemoryReceiveChannel[str]:
+    def outbox(self) -> trio.MemoryReceiveChannel[Outgoing]:
         """What the handler's writer sends, in order."""
         return self.queue[1]
 
@@ -81,11 +105,19 @@ class Socket:
         self.scope.cancel()
 
     def offer(self, message: str) -> bool:
-        """Queue ``message`` without waiting; a full queue closes the socket with 1013."""
+        """Write ``message`` now (:attr:`direct`, when nothing is queued before it) or queue
+        it, without waiting; a full queue closes the socket with 1013."""
         if self.close_code is not None:
             return False
+        queued: Outgoing = message
+        if self.direct is not None and not self.queued:
+            wrote = self.direct(message)
+            if wrote == WROTE_ALL:
+                return True
+            if wrote == WROTE_PART:  # the writer finishes it (the queue is empty: room)
+                queued = FLUSH
         try:
-            self.queue[0].send_nowait(message)
+            self.queue[0].send_nowait(queued)
         except trio.WouldBlock:
             log.warning("websocket of user %s too slow (%d messages queued): closing with 1013",
                         self.user_id, QUEUE_SIZE)
@@ -96,7 +128,12 @@ class Socket:
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
+        self.queued += 1
         return True
+
+    def sent(self) -> None:
+        """The writer is done with one queued message (sent, or dropped as a duplicate)."""
+        self.queued -= 1
 
 
 class Hub:
@@ -175,9 +212,15 @@ class Hub:
             old.close(*TOO_MANY_CONNECTIONS)
 
     def deliver(self, user_id: str, message: str) -> int:
-        """Queue ``message`` on every local socket of ``user_id`` (never waits); how many
-        took it."""
-        return sum(sock.offer(message) for sock in tuple(self._by_user.get(user_id, ())))
+        """Write or queue ``message`` on every local socket of ``user_id`` (never waits); how
+        many took it."""
+        sockets = self._by_user.get(user_id)
+        if not sockets:
+            return 0
+        taken = 0
+        for sock in tuple(sockets):
+            taken += sock.offer(message)
+        return taken
 
     def close_user(self, user_id: str, code: int, reason: str) -> int:
         """Close every local socket of ``user_id`` (account deletion, ...); how many."""

@@ -34,6 +34,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from innera.http import fast
 from innera.http.fast import server as fast_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,6 +56,7 @@ class App:
         self.ws_disconnects: list[int] = []
         self.scopes: list[dict[str, Any]] = []
         self.cancelled = trio.Event()
+        self.nowait_answers: list[int] = []  # what send_nowait answered (/ws/nowait)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scopes.append(scope)
@@ -190,6 +192,13 @@ class App:
             await send({"type": "websocket.send", "text": "bye"})
             await send({"type": "websocket.close", "code": 4000, "reason": "Server restarting"})
             return
+        if path == "/ws/nowait":  # three writes without waiting, the second too big for them
+            nowait = scope["extensions"][fast.SEND_NOWAIT_EXTENSION]["send_nowait_of"](send)
+            for text in ("first", BIG, "overtaking?"):
+                self.nowait_answers.append(nowait(text))
+            if scope["query_string"] == b"then=flush":  # the app finishes what is owed
+                await send({"type": fast.FLUSH})
+                await send({"type": "websocket.send", "text": "after"})
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -862,6 +871,10 @@ async def test_an_app_error_after_the_response_started_closes_the_connection() -
 # --- WebSocket ----------------------------------------------------------------------------
 
 
+#: a message larger than any socket buffer (tcp_wmem and tcp_rmem's maximum together)
+BIG = "0123456789abcdef" * (1024 * 1024)
+
+
 class Ws:
     """A WebSocket client (wsproto) over a raw stream; handshake result in ``accepted``."""
 
@@ -928,6 +941,36 @@ async def test_websocket_handshake_and_echo() -> None:
         assert await ws.message() == "héllo"
         await ws.send(BytesMessage(data=b"\x00\x01binary"))
         assert await ws.message() == b"\x00\x01binary"
+
+
+async def test_a_message_written_without_waiting_in_part_is_finished_before_the_next(
+) -> None:
+    """``send_nowait`` (the extension a broadcast writes with): a message the socket takes
+    at once is written whole; one larger than the buffers is written in part and the rest is
+    owed, so the next ``send_nowait`` writes nothing (it would split the frame); the app's
+    ``FLUSH`` writes the rest once the client reads, and the next message follows it."""
+    app = App()
+    async with serving(app) as server:
+        ws = await Ws.connect(server, "/ws/nowait?then=flush")
+        assert await ws.message() == "first"
+        assert await ws.message() == BIG
+        assert await ws.message() == "after"
+        assert app.nowait_answers == [fast.WROTE_ALL, fast.WROTE_PART, fast.WROTE_NOTHING]
+
+
+async def test_a_pong_waits_for_the_rest_of_a_message_written_in_part() -> None:
+    """The server's own writes (a pong answering the client's ping) go after what a
+    ``send_nowait`` owes, never into the middle of that frame."""
+    app = App()
+    async with serving(app) as server:
+        ws = await Ws.connect(server, "/ws/nowait")
+        await ws.send(Ping(payload=b"still there?"))
+        assert await ws.message() == "first"
+        assert await ws.message() == BIG
+        assert await ws.event() == Pong(payload=b"still there?")
+        await ws.send(TextMessage(data="echo me"))
+        assert await ws.message() == "echo me"
+        assert app.nowait_answers == [fast.WROTE_ALL, fast.WROTE_PART, fast.WROTE_NOTHING]
 
 
 async def test_websocket_handshake_by_hand_gets_the_rfc_accept_key() -> None:

@@ -9,6 +9,12 @@ is one system call and nothing else; only a read that has to wait parks the task
 (``wait_readable``), and only a write the kernel cannot take at once enters a shielded scope,
 bounded by ``send_timeout_s`` (a peer that stops reading is disconnected, never buffered for).
 Writes from several tasks (an app's sender and its reader answering a ping) take turns.
+
+:meth:`Transport.send_nowait` writes without waiting and from any task (a WebSocket broadcast
+writes every socket from the pub/sub listener's task): it writes nothing while another write
+is in progress, and when the kernel takes only part of the data the rest is *owed*: the next
+:meth:`~Transport.send_all` (``send_all(b"")`` to write only it) sends it before anything
+else, so no later write can split it.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class Transport:
     """A connected non-blocking socket. Reads return ``b""`` at end of stream (a reset counts
     as one); writes raise :class:`ClientDisconnected` once the connection is gone."""
 
-    __slots__ = ("_turn", "_writing", "closed", "send_timeout_s", "sock")
+    __slots__ = ("_owed", "_turn", "_writing", "closed", "send_timeout_s", "sock")
 
     def __init__(self, sock: socket.socket, send_timeout_s: float) -> None:
         self.sock = sock
@@ -60,6 +66,7 @@ class Transport:
         self.closed = False
         self._writing = False
         self._turn: trio.Event | None = None
+        self._owed: memoryview | None = None  # the rest of a send_nowait the kernel cut
 
     # --- reading ------------------------------------------------------------------------
 
@@ -106,6 +113,10 @@ class Transport:
             await self._turn.wait()
         if self.closed:
             raise ClientDisconnected("the connection is closed")
+        if self._owed is not None:  # the rest of a send_nowait goes first
+            data, self._owed = b"".join((self._owed, data)), None
+        if not data:
+            return
         try:
             sent = self.sock.send(data)
         except BlockingIOError:
@@ -115,6 +126,24 @@ class Transport:
             raise ClientDisconnected(str(exc)) from exc
         if sent < len(data):
             await self._send_rest(memoryview(data)[sent:])
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write ``data`` if the kernel takes it now; how many bytes it took. 0: nothing was
+        written (another write is in progress, the socket's buffer is full, or the connection
+        is gone; a later :meth:`send_all` tells which). Fewer than ``len(data)``: the rest is
+        owed, and the next :meth:`send_all` writes it first. Never waits."""
+        if self._writing or self._owed is not None or self.closed:
+            return 0
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:  # reset by the peer: the next send_all raises ClientDisconnected
+            self.close()
+            return 0
+        if sent < len(data):
+            self._owed = memoryview(data)[sent:]
+        return sent
 
     async def _send_rest(self, view: memoryview) -> None:
         self._writing = True
@@ -148,6 +177,7 @@ class Transport:
         if self.closed:
             return
         self.closed = True
+        self._owed = None
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 

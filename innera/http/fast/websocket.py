@@ -12,6 +12,19 @@ than the socket itself.
 
 The ``websocket.http.response`` extension is advertised: before accepting, an app may answer
 with a plain HTTP response (innera's ``/v1/ws`` answers 401 that way).
+
+So is :data:`SEND_NOWAIT_EXTENSION`, for an app that writes one message to many sockets
+(innera's hub broadcasting an event to a user's sockets, all from one task). Its
+``send_nowait_of(send)`` gives, for the ``send`` callable the app was called with, the
+session's ``send_nowait`` (``None`` for any other callable); ``send_nowait(text)`` writes a
+text message's frame at once when the socket's buffer has room, from the caller's task, with
+no task switch and no waiting, and answers how much it wrote: :data:`WROTE_NOTHING` (the
+buffer is full, another write is in progress, or the session is not open: send the message
+the ordinary way), :data:`WROTE_ALL`, or :data:`WROTE_PART`: the kernel took part of the
+frame and the rest is owed; every later write of the session sends it first, and the app
+sends ``{"type": FLUSH}`` to have it written when nothing else follows (the ordinary send
+path, bounded and shielded like every send). The app keeps the order: it must not call
+``send_nowait`` while a message it sent the ordinary way is not done.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import binascii
 import hashlib
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -34,7 +48,12 @@ from innera.http.fast.transport import ClientDisconnected, Settings, Transport
 log = logging.getLogger("innera.http")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_EXTENSIONS = {"websocket.http.response": {}}
+#: the websocket scope's extension ``{"send_nowait_of": callable}`` (see the module doc)
+SEND_NOWAIT_EXTENSION = "innera.websocket.send_nowait"
+#: the ASGI message type writing what ``send_nowait`` owes (the rest of a frame)
+FLUSH = "innera.websocket.flush"
+#: what ``send_nowait`` answers
+WROTE_NOTHING, WROTE_ALL, WROTE_PART = 0, 1, 2
 # session states
 _HANDSHAKE, _RESPONSE, _CONNECTED, _CLOSING, _CLOSED = range(5)
 
@@ -58,6 +77,17 @@ def _text_frame(text: str) -> bytes:
         _cached_frame = _frame(0x1, text.encode("utf-8"))
         _cached_text = text
     return _cached_frame
+
+
+def _send_nowait_of(send: Any) -> Callable[[str], int] | None:
+    """The :data:`SEND_NOWAIT_EXTENSION`: the ``send_nowait`` of the session whose ``send``
+    this is (nothing is kept per socket for the extension: the scope's dict is shared)."""
+    session = getattr(send, "__self__", None)
+    return session.send_nowait if isinstance(session, WebSocket) else None
+
+
+_EXTENSIONS = {"websocket.http.response": {},
+               SEND_NOWAIT_EXTENSION: {"send_nowait_of": _send_nowait_of}}
 
 
 def handshake_problem(request: Request) -> bytes | None:
@@ -265,6 +295,17 @@ class WebSocket:
 
     # --- send -----------------------------------------------------------------------------
 
+    def send_nowait(self, text: str) -> int:
+        """The :data:`SEND_NOWAIT_EXTENSION`: write ``text``'s frame if the socket takes it
+        now; :data:`WROTE_NOTHING`, :data:`WROTE_ALL` or :data:`WROTE_PART`."""
+        if self.state != _CONNECTED:
+            return WROTE_NOTHING
+        frame = _text_frame(text)
+        sent = self.transport.send_nowait(frame)
+        if sent == len(frame):
+            return WROTE_ALL
+        return WROTE_PART if sent else WROTE_NOTHING
+
     async def send(self, message: Message) -> None:
         kind = message["type"]
         state = self.state
@@ -278,6 +319,10 @@ class WebSocket:
                 await self.transport.send_all(_text_frame(message["text"]))
             else:
                 await self.transport.send_all(_frame(0x2, bytes(data)))
+        elif kind == FLUSH:  # what send_nowait owes (a close or a pong sent it already)
+            if state != _CONNECTED and state != _CLOSING:
+                raise ClientDisconnected("the websocket is closed")
+            await self.transport.send_all(b"")
         elif kind == "websocket.accept":
             if state != _HANDSHAKE:
                 raise RuntimeError("websocket.accept in the wrong state")
