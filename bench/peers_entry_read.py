@@ -21,9 +21,9 @@ All innera checkouts share one fresh database and one Redis DB (the schema must 
 seeded once through innera's services (``bench/mixed_load.py``'s seeding: its sign-up path
 hashes a password per account, which the peers' script does over the API 16 at a time and
 innera's bounded hashing queue refuses with 503 ``busy``): ``--users`` accounts with 2,000
-entries of ~1 KB in all, the same as the peers' script creates, and a token per account. After the rounds, every
-server is driven once more at ``--wide-conns`` (256) connections: its errors (non-2xx,
-connect/read/write errors, timeouts) and p99.
+entries of ~1 KB in all, the same as the peers' script creates, and a token per account.
+After the rounds, every server is driven once more at ``--wide-conns`` (256) connections:
+its errors (non-2xx, connect/read/write errors, timeouts) and p99.
 
 Prints every round, the medians, each server's ratio to Fastify and to Starlette, and the
 innera trees against each other.
@@ -32,8 +32,9 @@ innera trees against each other.
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 import importlib.util
+import math
 import os
 import re
 import signal
@@ -85,7 +86,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measured(proc: subprocess.Popen[bytes], run, sample: Path | None, secs: int  # noqa: ANN001
+def measured(proc: subprocess.Popen[bytes], run, sample: Path | None, secs: int
              ) -> Round:
     """``run()`` (a wrk round) with the server's CPU per request, sampled by py-spy into
     ``sample`` if given."""
@@ -96,7 +97,7 @@ def measured(proc: subprocess.Popen[bytes], run, sample: Path | None, secs: int 
     return result
 
 
-def load_peers(path: Path):  # noqa: ANN201 - the peers' module
+def load_peers(path: Path):
     spec = importlib.util.spec_from_file_location("peers_run", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -104,7 +105,7 @@ def load_peers(path: Path):  # noqa: ANN201 - the peers' module
     return module
 
 
-def wrk(peers, base: str, pairs: list[tuple[str, str]], conns: int, secs: int  # noqa: ANN001
+def wrk(peers, base: str, pairs: list[tuple[str, str]], conns: int, secs: int
         ) -> Round:
     """The peers' wrk command (their script of random pairs), with socket errors counted."""
     script = peers.lua_for(pairs)
@@ -134,7 +135,7 @@ def start_innera(tree: Path, http_server: str, env: dict[str, str]
     raise SystemExit(f"innera from {tree} did not start")
 
 
-def start_peer(peers, name: str) -> tuple[subprocess.Popen[bytes], int]:  # noqa: ANN001
+def start_peer(peers, name: str) -> tuple[subprocess.Popen[bytes], int]:
     here = os.path.dirname(peers.__file__)
     env = {**os.environ, "NODE_PATH": os.path.join(peers.NODE, "node_modules"),
            "PEER_WORKLOAD": peers.WORKLOAD}
@@ -214,9 +215,9 @@ def main() -> None:
                 proc, port = start_innera(tree, http_server, env)
                 sample = args.sample / f"{label}-round{rnd + 1}.txt" if args.sample else None
                 try:
-                    results.setdefault(label, []).append(measured(proc, lambda: wrk(
-                        peers, f"http://127.0.0.1:{port}", innera_pairs, args.conns, args.secs),
-                        sample, args.secs))
+                    results.setdefault(label, []).append(measured(proc, functools.partial(
+                        wrk, peers, f"http://127.0.0.1:{port}", innera_pairs, args.conns,
+                        args.secs), sample, args.secs))
                 finally:
                     stop_server(proc)
             print(f"round {rnd + 1}: " + "; ".join(
