@@ -29,8 +29,6 @@ import sentry_sdk
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import Transport
 
 from innera.api.pipeline import Pipeline
 from innera.observability import tracing
@@ -45,6 +43,7 @@ from innera.observability.logging import (
 )
 from innera.observability.sentry import init_sentry
 from tests.fixtures.accounts import signup
+from tests.fixtures.sentry_transport import CapturingTransport
 from tests.fixtures.server import RunningServer
 from tests.fixtures.ws import WsClient
 
@@ -114,26 +113,11 @@ def both_lines(stream: io.StringIO, log: Callable[[], None]) -> tuple[str, str]:
     return lines[0], lines[1]
 
 
-class _Kept(Transport):
-    """Sentry transport that keeps what would be sent, in memory."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.envelopes: list[Envelope] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [e for env in self.envelopes if (e := env.get_event()) is not None]
-
-
 @contextmanager
-def sentry_on(traces_sample_rate: float = 1.0) -> Iterator[_Kept]:
+def sentry_on(traces_sample_rate: float = 1.0) -> Iterator[CapturingTransport]:
     """Sentry initialised as ``innera serve`` does (at rate 1: every request traced), with a
     transport that keeps what it would send; reset afterwards."""
-    transport = _Kept()
+    transport = CapturingTransport()
     assert init_sentry("http://public@127.0.0.1:9/1", environment="test",
                        release="innera@0.0.0-test", traces_sample_rate=traces_sample_rate,
                        transport=transport)

@@ -16,8 +16,6 @@ import pytest
 import sentry_sdk
 import trio
 import trio.lowlevel
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import Transport
 from werkzeug.datastructures import Headers
 
 from innera.errors import AppError, NotFound
@@ -31,6 +29,7 @@ from innera.observability.sentry import (
     scrub_event,
     task_scope,
 )
+from tests.fixtures.sentry_transport import CapturingTransport as KeptTransport
 
 
 def _caught(make: Callable[[], BaseException] = lambda: RuntimeError("boom")) -> BaseException:
@@ -54,23 +53,8 @@ def _raise_with_local() -> None:
 DSN = "https://public@sentry.invalid/1"
 
 
-class CapturingTransport(Transport):
+class CapturingTransport(KeptTransport):
     """Keeps envelopes in memory; the SDK never opens a socket."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.envelopes: list[Envelope] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [e for env in self.envelopes if (e := env.get_event()) is not None]
-
-    @property
-    def transactions(self) -> list[dict[str, Any]]:
-        return [t for env in self.envelopes if (t := env.get_transaction_event()) is not None]
 
     def serialized(self) -> str:
         return b"".join(env.serialize() for env in self.envelopes).decode()
