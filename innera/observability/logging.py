@@ -408,18 +408,18 @@ def _sentry_breadcrumbs() -> bool | None:
     return None if client.options.get("before_breadcrumb") is not None else True
 
 
-def _write_access_line(handler: logging.StreamHandler[TextIO], method: str, path: str,
-                       url: str, request_id: str, user_id: str | None, status: int,
-                       response_time: float) -> bool:
+def _write_access_line(handler: logging.StreamHandler[TextIO], path: str,
+                       req: dict[str, Any], res: dict[str, Any], response_time: float) -> bool:
     """The access line, built as one dict and written to ``handler``'s stream under its lock,
     as the processor chain would render it (same keys, values and order), and the Sentry
     breadcrumb the logging integration would make of its record; False, having done nothing,
     when something the line cannot render exactly is bound (a context variable besides
     ``requestId`` and ``userId``), a string JSON cannot encode, or a ``before_breadcrumb``.
 
-    ``url`` is :func:`loggable_url`'s, as the record carries it. The chain's redaction passes
-    it through :func:`_censor_url` once more (the key is ``url``), which changes nothing
-    unless the path itself holds a ``?`` (a ``%3F`` in the request): the query
+    ``req`` and ``res`` are the record's (``req["url"]`` is :func:`loggable_url`'s). The
+    chain's redaction passes that URL through :func:`_censor_url` once more (the key is
+    ``url``), which changes nothing unless the path itself holds a ``?`` (a ``%3F`` in the
+    request): the query
     :func:`loggable_url` made parses back to the same pairs (``tests/test_access_log.py``
     checks this for arbitrary paths and queries)."""
     breadcrumbs = _sentry_breadcrumbs()
@@ -433,11 +433,9 @@ def _write_access_line(handler: logging.StreamHandler[TextIO], method: str, path
     if trace_id is not None:
         line["traceId"] = trace_id
     now = datetime.datetime.now(tz=datetime.UTC)
-    req = {"method": method, "url": url, "requestId": request_id, "userId": user_id}
-    res = {"statusCode": status}
     line["level"] = "info"
     line["logger"] = access_log.name
-    line["req"] = {**req, "url": _censor_url(url)} if "?" in path else req
+    line["req"] = {**req, "url": _censor_url(req["url"])} if "?" in path else req
     line["res"] = res
     line["responseTime"] = response_time
     line["time"] = now.isoformat().replace("+00:00", "Z")
@@ -478,17 +476,14 @@ def log_request_completed(method: str, path: str, query_string: bytes, request_i
     variable) goes through logging."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    url = loggable_url(path, query_string)
+    req = {"method": method, "url": loggable_url(path, query_string),
+           "requestId": request_id, "userId": user_id}
+    res = {"statusCode": status}
     response_time = round(elapsed_s * 1000, 2)
     handler = fast_access_handler()
-    if handler is not None and _write_access_line(
-            handler, method, path, url, request_id, user_id, status, response_time):
+    if handler is not None and _write_access_line(handler, path, req, res, response_time):
         return
-    access_log.info(ACCESS_MESSAGE, extra={
-        "req": {"method": method, "url": url, "requestId": request_id, "userId": user_id},
-        "res": {"statusCode": status},
-        "responseTime": response_time,
-    })
+    access_log.info(ACCESS_MESSAGE, extra={"req": req, "res": res, "responseTime": response_time})
 
 
 def bind_request(request_id: str) -> None:
