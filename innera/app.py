@@ -44,11 +44,16 @@ from innera.api import (
 )
 from innera.api.bodies import StreamingUploadRequest
 from innera.api.context import json_response, services
+from innera.api.direct import DirectRoutes
 from innera.api.framework import TrimmedQuart, current_g, current_request
-from innera.api.operation import PlainOperation, declare_plain
-from innera.api.pipeline import Pipeline, report_request_error
+from innera.api.operation import OPERATIONS, PlainOperation, declare_plain
+from innera.api.pipeline import (
+    Pipeline,
+    app_error_body,
+    internal_error_body,
+    report_request_error,
+)
 from innera.errors import AppError, InvalidJson, Unauthorized, error_body
-from innera.guards.client_ip import UntrustedForwardedFor
 from innera.ids import new_uuid4
 from innera.observability.logging import access_log, loggable_url
 from innera.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -167,9 +172,10 @@ def _url() -> str:
 
 class Router:
     """The ASGI application innera serves: ``/v1/ws`` sockets go straight to the realtime
-    endpoint (:mod:`innera.api.ws`, no framework per long-lived socket), ``/health`` and
-    ``/metrics`` to plain handlers (:mod:`innera.api.plain`); everything else to the Quart
-    app. Each request or socket runs in the pipeline's Sentry transaction, if traced."""
+    endpoint (:mod:`innera.api.ws`, no framework per long-lived socket), the hot reads
+    declared ``direct`` to :mod:`innera.api.direct`, ``/health`` and ``/metrics`` to plain
+    handlers (:mod:`innera.api.plain`); everything else to the Quart app. Each request or
+    socket runs in the pipeline's Sentry transaction, if traced."""
 
     def __init__(self, svc: Services, app: QuartTrio, pipeline: Pipeline) -> None:
         self.svc = svc
@@ -177,13 +183,20 @@ class Router:
         self.pipeline = pipeline
         #: ``/metrics`` is served here, not on METRICS_PORT
         self.metrics = svc.settings.observability.metrics_port is None
+        self.direct = DirectRoutes(svc, pipeline, OPERATIONS, app.url_map)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         with self.pipeline.transaction(scope):
-            if scope["type"] == "websocket" and scope["path"] == ws.PATH:
+            if scope["type"] == "http":
+                direct = self.direct.route(scope)
+                if direct is not None:
+                    await self.direct.serve(*direct, scope, send)
+                elif plain.handles(scope, metrics=self.metrics):
+                    await plain.serve(self.svc, self.pipeline, scope, send)
+                else:
+                    await self.app(scope, receive, send)
+            elif scope["type"] == "websocket" and scope["path"] == ws.PATH:
                 await ws.serve(self.svc, self.pipeline, scope, receive, send)
-            elif plain.handles(scope, metrics=self.metrics):
-                await plain.serve(self.svc, self.pipeline, scope, send)
             else:
                 await self.app(scope, receive, send)
 
@@ -229,8 +242,7 @@ def create_app(svc: Services, pipeline: Pipeline | None = None) -> QuartTrio:
     app.url_map.strict_slashes = False
 
     begin, complete, finish = pipeline.begin, pipeline.complete, pipeline.finish
-    #: one warning when X-Forwarded-For arrives while TRUST_PROXY=0 (the header is ignored)
-    forwarded_for = UntrustedForwardedFor(svc.settings.server.trust_proxy)
+    forwarded_for = pipeline.forwarded_for
 
     @app.before_request
     async def start_request() -> None:
@@ -280,9 +292,8 @@ def create_app(svc: Services, pipeline: Pipeline | None = None) -> QuartTrio:
 
     @app.errorhandler(AppError)
     async def app_error(error: AppError) -> Response:
-        if error.status >= 500:
-            log.warning("request failed: %s %s", error.code, error.message)
-        return _error_response(error.status, error.body(_request_id()), error.headers)
+        return _error_response(error.status, app_error_body(error, _request_id()),
+                               error.headers)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -299,8 +310,7 @@ def create_app(svc: Services, pipeline: Pipeline | None = None) -> QuartTrio:
         report_request_error(error, request_id=_request_id(), user_id=g.get("user_id"),
                              method=request.method, path=request.path, url=request.url,
                              headers=request.headers)
-        body = error_body("internal_error", "Internal server error", _request_id())
-        return _error_response(500, body)
+        return _error_response(500, internal_error_body(_request_id()))
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)

@@ -22,7 +22,7 @@ from quart import Blueprint, g
 
 from innera.api.bodies import storage_errors
 from innera.api.context import services
-from innera.api.operation import KEY_SERVICE_UNAVAILABLE, operation
+from innera.api.operation import KEY_SERVICE_UNAVAILABLE, Caller, operation
 from innera.api.schemas import Cursor, Model, NextCursor, QueryInt
 from innera.attachments import delete_entry_objects
 from innera.errors import NotFound
@@ -124,10 +124,10 @@ async def list_entries_route(query: ListQuery) -> EntryPage:
 
 
 @operation(blueprint, "GET", "/<entry_id>", operation_id="getEntry", summary="Read an entry",
-           response=EntryOut, errors={404: NO_ENTRY, 503: KEY_SERVICE_UNAVAILABLE})
-async def read_entry(entry_id: str) -> EntryOut:
-    svc = services()
-    entry = await svc.entry_reads.get(g.user_id, _entry_id(entry_id))
+           response=EntryOut, errors={404: NO_ENTRY, 503: KEY_SERVICE_UNAVAILABLE},
+           direct=True)
+async def read_entry(caller: Caller, entry_id: str) -> EntryOut:
+    entry = await caller.svc.entry_reads.get(caller.user_id, _entry_id(entry_id))
     if entry is None:
         raise NotFound("No such entry")
     return entry_out(entry)

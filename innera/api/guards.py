@@ -10,9 +10,10 @@ from typing import Literal
 
 from quart import Response, g, request
 
+from innera.accounts import User
 from innera.api.bodies import body_chunks
 from innera.api.context import services
-from innera.auth.access_tokens import bearer_token
+from innera.auth.access_tokens import AccessClaims, bearer_token
 from innera.auth.authentication import authenticate
 from innera.errors import AppError, PayloadTooLarge, RateLimited, Unauthorized
 from innera.guards.client_ip import client_ip, rate_limit_client
@@ -22,7 +23,9 @@ from innera.guards.idempotency import (
     fingerprint,
     validate_key,
 )
+from innera.guards.ratelimit import Decision
 from innera.observability.logging import bind_user
+from innera.services import Services
 
 #: an operation's rate limit: a named one of the settings, or (requests, window in seconds)
 Rate = Literal["auth", "user", "anon"] | tuple[int, int]
@@ -33,21 +36,30 @@ class ReauthRequired(AppError):
     message = "This operation needs a fresh re-authentication token in x-reauth-token"
 
 
-async def require_user() -> None:
-    """``Authorization: Bearer <access token>`` → an active user
-    (:func:`innera.auth.authentication.authenticate`), else 401 ``unauthorized``. The
-    user's status and session generation are read on every request (concurrent requests
-    share one query), so a disabled or deleted user's tokens, and tokens of sessions that
-    ended, stop working at once."""
-    svc = services()
-    token = bearer_token(request.headers.get("authorization"))
+async def authenticated(svc: Services, authorization: str | None
+                        ) -> tuple[AccessClaims, User]:
+    """``authorization`` (the request's ``Authorization`` header) → the verified claims of
+    its bearer access token and the active user they name
+    (:func:`innera.auth.authentication.authenticate`), else 401 ``unauthorized`` with
+    ``WWW-Authenticate: Bearer``. Shared by :func:`require_user` and the operations served
+    without the framework (:mod:`innera.api.direct`)."""
+    token = bearer_token(authorization)
     if token is None:
         raise Unauthorized("Missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    claims = svc.access_tokens.verify_claims(token)
     try:
+        claims = svc.access_tokens.verify_claims(token)
         user = await authenticate(svc.active_users, claims, svc.active_user_counter)
     except Unauthorized as exc:
         raise Unauthorized(exc.message, headers={"WWW-Authenticate": "Bearer"}) from None
+    return claims, user
+
+
+async def require_user() -> None:
+    """``Authorization: Bearer <access token>`` → an active user (:func:`authenticated`),
+    else 401 ``unauthorized``. The user's status and session generation are read on every
+    request (concurrent requests share one query), so a disabled or deleted user's tokens,
+    and tokens of sessions that ended, stop working at once."""
+    claims, user = await authenticated(services(), request.headers.get("authorization"))
     g.user_id = claims.user_id
     g.user = user
     g.session_id = claims.session_id
@@ -60,28 +72,40 @@ def request_client_ip() -> str:
                      svc.settings.server.trust_proxy)
 
 
-async def limit_rate(path: str, rate: Rate) -> None:
-    """Count the request against the operation's limit (``path``: its route template) per
-    user when authenticated, else per client IP (always per IP for ``"auth"``); past it
-    429 ``rate_limited``."""
-    svc = services()
+async def count_request(svc: Services, path: str, rate: Rate, client: str
+                        ) -> Decision | None:
+    """Count a request of ``client`` against the limit ``rate`` of the operation ``path``
+    (its route template): the limiter's decision, None when Redis is unavailable (fail
+    open: counted and warned by the limiter). Past the limit, :func:`refuse_past_limit`
+    refuses."""
     limits = svc.settings.limits
     if isinstance(rate, tuple):
         limit, window = rate
     else:
         limit, window = {"auth": limits.rate_limit_auth, "user": limits.rate_limit_user,
                          "anon": limits.rate_limit_anon}[rate]
+    return await svc.rate_limiter.hit(path, client, limit, window)
+
+
+def refuse_past_limit(decision: Decision | None) -> None:
+    """429 ``rate_limited`` (with the decision's headers) when ``decision`` refuses."""
+    if decision is not None and not decision.allowed:
+        raise RateLimited(f"Too many requests; retry in {decision.reset_s} s",
+                          headers=decision.headers())
+
+
+async def limit_rate(path: str, rate: Rate) -> None:
+    """Count the request against the operation's limit (``path``: its route template) per
+    user when authenticated, else per client IP (always per IP for ``"auth"``); past it
+    429 ``rate_limited``."""
     user_id = g.get("user_id")
     # a client IP counts as itself, an IPv6 one as its /64 (rate_limit_client)
     client = (user_id if user_id and rate != "auth"
               else rate_limit_client(request_client_ip()))
-    decision = await svc.rate_limiter.hit(path, client, limit, window)
-    if decision is None:  # Redis unavailable: fail open (counted and warned by the limiter)
-        return
-    g.rate_limit = decision
-    if not decision.allowed:
-        raise RateLimited(f"Too many requests; retry in {decision.reset_s} s",
-                          headers=decision.headers())
+    decision = await count_request(services(), path, rate, client)
+    if decision is not None:
+        g.rate_limit = decision
+    refuse_past_limit(decision)
 
 
 async def require_reauth() -> None:

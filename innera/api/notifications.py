@@ -17,7 +17,7 @@ from pydantic import Field
 from quart import Blueprint, g
 
 from innera.api.context import services
-from innera.api.operation import operation
+from innera.api.operation import Caller, operation
 from innera.api.schemas import Cursor, Model, NextCursor, QueryBool, QueryInt
 from innera.errors import NotFound
 from innera.notifications import inbox
@@ -78,10 +78,10 @@ async def list_notifications(query: NotificationQuery) -> NotificationPage:
            summary="How many notifications are unread",
            description="Cached in Redis for at most 5 minutes and invalidated by every "
                        "change, so never stale after a read or a new notification.",
-           response=UnreadCountOut)
-async def get_unread_count() -> UnreadCountOut:
-    svc = services()
-    return UnreadCountOut(count=await unread_count(svc.db, svc.redis, g.user_id))
+           response=UnreadCountOut, direct=True)
+async def get_unread_count(caller: Caller) -> UnreadCountOut:
+    svc = caller.svc
+    return UnreadCountOut(count=await unread_count(svc.db, svc.redis, caller.user_id))
 
 
 @operation(blueprint, "POST", "/read-all", operation_id="markAllNotificationsRead",

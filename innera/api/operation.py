@@ -45,6 +45,7 @@ from innera import json_input
 from innera.api.context import services
 from innera.api.guards import Rate, idempotent, limit_rate, require_reauth, require_user
 from innera.errors import InvalidJson, RateLimited, ServiceUnavailable, ValidationFailed
+from innera.services import Services
 
 
 class RequestTimeout(ServiceUnavailable):
@@ -105,6 +106,11 @@ class Operation:
     path_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: parameters the handler reads itself (OpenAPI Parameter Objects)
     parameters: Sequence[Mapping[str, Any]] = ()
+    #: also served without the framework (:mod:`innera.api.direct`); the handler then takes
+    #: its :class:`Caller` first
+    direct: bool = False
+    #: the handler the declaration wraps (set when the route is registered)
+    handler: Callable[..., Awaitable[Any]] | None = None
 
     @property
     def idempotent(self) -> bool:
@@ -118,6 +124,16 @@ class Operation:
 
 #: Every declared operation, for the OpenAPI document.
 OPERATIONS: list[Operation] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a direct operation's handler serves: the app's services and the authenticated
+    user, passed in, so the framework's route and :mod:`innera.api.direct` call the same
+    handler."""
+
+    svc: Services
+    user_id: str
 
 
 @dataclass(frozen=True)
@@ -259,11 +275,18 @@ def operation(
     streams_body: bool = False,
     path_params: Mapping[str, Mapping[str, Any]] | None = None,
     parameters: Sequence[Mapping[str, Any]] = (),
+    direct: bool = False,
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Response]]]:
     """Declare the operation ``method path`` (``path`` under the blueprint's prefix) and
     register its route: see the module documentation. ``operation_id`` is lowerCamelCase
-    and unique among the operations."""
+    and unique among the operations. ``direct``: also served without the framework
+    (:mod:`innera.api.direct`): only an authenticated GET whose handler takes no body and
+    no query, and takes its :class:`Caller` first."""
     _check_operation_id(operation_id)
+    if direct and (method != "GET" or not auth or reauth or rate == "auth"
+                   or body is not None or query is not None or raw_body or status != 200):
+        raise ValueError(f"{operation_id}: only an authenticated GET without a body or a "
+                         "query, limited per user, can be served directly")
     full_path = (bp.url_prefix or "") + path
     op = Operation(
         method=method, path=full_path, operation_id=operation_id, summary=summary,
@@ -273,11 +296,12 @@ def operation(
         body_required=body_required, raw_body=dict(raw_body or {}), also=dict(also or {}),
         links={target: dict(params) for target, params in (links or {}).items()},
         response_headers=dict(response_headers or {}),
-        path_params=dict(path_params or {}), parameters=tuple(parameters),
+        path_params=dict(path_params or {}), parameters=tuple(parameters), direct=direct,
     )
     OPERATIONS.append(op)
 
     def decorate(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Response]]:
+        op.handler = fn
         @wraps(fn)
         async def handler(**path_args: Any) -> Response:
             timeout_s = op.timeout_s or services().settings.server.request_timeout_s
@@ -300,6 +324,8 @@ def operation(
 async def _run(fn: Callable[..., Awaitable[Any]], op: Operation, path_args: dict[str, Any]
                ) -> Response:
     kwargs = dict(path_args)
+    if op.direct:
+        kwargs["caller"] = Caller(services(), g.user_id)
     if op.body is not None:
         kwargs["body"] = await parse_body(op.body, required=op.body_required)
     if op.query is not None:
@@ -371,11 +397,15 @@ def render(result: Any, op: Operation) -> Response:
         return result
     if result is None:
         return Response(b"", status=204 if op.status == 200 else op.status)
+    return Response(json_payload(result), status=op.status, content_type="application/json")
+
+
+def json_payload(result: Any) -> bytes:
+    """A handler's result as the response body: a model through its serializer (by alias),
+    anything else as compact JSON."""
     if isinstance(result, BaseModel):
-        payload = result.model_dump_json(by_alias=True)
-    else:
-        payload = json.dumps(result, separators=(",", ":"))
-    return Response(payload, status=op.status, content_type="application/json")
+        return result.__pydantic_serializer__.to_json(result, by_alias=True)
+    return json.dumps(result, separators=(",", ":")).encode()
 
 
 def current_user_id() -> str:
@@ -383,6 +413,6 @@ def current_user_id() -> str:
     return g.user_id
 
 
-__all__ = ["KEY_SERVICE_UNAVAILABLE", "OPERATIONS", "PLAIN_OPERATIONS", "Operation",
+__all__ = ["KEY_SERVICE_UNAVAILABLE", "OPERATIONS", "PLAIN_OPERATIONS", "Caller", "Operation",
            "PlainOperation", "Rate", "RateLimited", "current_user_id", "declare_plain",
            "operation", "refusals"]

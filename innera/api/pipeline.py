@@ -47,7 +47,8 @@ from quart import Request, Response
 
 from innera.api.framework import extend_headers
 from innera.config import Settings
-from innera.errors import error_body
+from innera.errors import AppError, error_body
+from innera.guards.client_ip import UntrustedForwardedFor
 from innera.guards.ratelimit import Decision
 from innera.ids import new_uuid4
 from innera.observability import sentry, tracing
@@ -55,8 +56,8 @@ from innera.observability.logging import bind_request, log_request_completed
 from innera.observability.metrics import Metrics
 
 __all__ = ["CORS_ALLOWED_HEADERS", "CORS_EXPOSED", "SECURITY_HEADERS", "Pipeline",
-           "asgi_json_headers", "error_json", "report_request_error", "report_socket_error",
-           "security_headers", "socket_scope"]
+           "app_error_body", "asgi_json_headers", "error_json", "internal_error_body",
+           "report_request_error", "report_socket_error", "security_headers", "socket_scope"]
 
 log = logging.getLogger("innera.app")
 log_socket = logging.getLogger("innera.realtime")
@@ -107,7 +108,8 @@ class Pipeline:
     """The rules of :mod:`innera.api.pipeline` for one app: what depends on the settings is
     computed here once."""
 
-    __slots__ = ("_observe", "asgi_security", "cors_origins", "security")
+    __slots__ = ("_observe", "asgi_api_security", "asgi_security", "cors_origins",
+                 "forwarded_for", "security")
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         #: (name, value, lower-case name) per "is this an API path" (under ``/v1/``)
@@ -118,6 +120,11 @@ class Pipeline:
         #: the security headers of a non-API path as ASGI headers (``/health``, ``/metrics``)
         self.asgi_security: list[tuple[bytes, bytes]] = [
             (lower.encode(), value.encode()) for _, value, lower in self.security[False]]
+        #: those of an API path (under ``/v1/``) as ASGI headers
+        self.asgi_api_security: list[tuple[bytes, bytes]] = [
+            (lower.encode(), value.encode()) for _, value, lower in self.security[True]]
+        #: one warning when X-Forwarded-For arrives while TRUST_PROXY=0 (it is ignored)
+        self.forwarded_for = UntrustedForwardedFor(settings.server.trust_proxy)
         self.cors_origins: tuple[str, ...] = settings.server.cors_origins
         self._observe = metrics.observe_request
 
@@ -195,6 +202,19 @@ class Pipeline:
             headers["Access-Control-Allow-Methods"] = CORS_ALLOWED_METHODS
             headers["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
             headers["Access-Control-Max-Age"] = CORS_MAX_AGE_S
+
+
+def app_error_body(error: AppError, request_id: str) -> dict[str, Any]:
+    """The body of an :class:`~innera.errors.AppError`'s answer; a 5xx one is logged as a
+    warning (no traceback: it is an expected refusal, e.g. a dependency that timed out)."""
+    if error.status >= 500:
+        log.warning("request failed: %s %s", error.code, error.message)
+    return error.body(request_id)
+
+
+def internal_error_body(request_id: str) -> dict[str, Any]:
+    """The body of an unexpected error's 500: it reveals nothing."""
+    return error_body("internal_error", "Internal server error", request_id)
 
 
 def report_request_error(error: BaseException, *, request_id: str, user_id: str | None,
