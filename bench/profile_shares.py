@@ -4,8 +4,9 @@ functions with the most self time.
 
     .venv/bin/python bench/profile_shares.py DIR/after-round1.txt [more files of one tree]
 
-The parts are matched on the frames' file paths and function names (``PARTS``); a sample
-counts once per part however many of its frames match. Samples are summed over the files
+The parts are matched on the frames' ``function (path:line)`` text (``PARTS``: a package's
+path as py-spy prints it, relative to site-packages, e.g. ``(quart/``); a sample counts once
+per part however many of its frames match. Samples are summed over the files
 given (e.g. every round of one tree from ``bench/peers_entry_read.py --sample DIR``).
 """
 
@@ -20,19 +21,19 @@ from pathlib import Path
 
 #: part → (substrings of a frame, any of which puts the sample in the part)
 PARTS: dict[str, tuple[str, ...]] = {
-    "Quart and quart-trio": ("/quart/", "/quart_trio/"),
-    "werkzeug": ("/werkzeug/",),
+    "Quart and quart-trio": ("(quart/", "(quart_trio/"),
+    "werkzeug": ("(werkzeug/",),
     "direct path (innera/api/direct.py)": ("innera/api/direct.py",),
     "authentication and rate limit": ("authenticated (", "count_request (",
                                       "innera/auth/", "innera/guards/ratelimit.py"),
-    "entry read (batcher, PostgreSQL, decryption)": ("innera/entries/", "/psycopg/",
+    "entry read (batcher, PostgreSQL, decryption)": ("innera/entries/", "(psycopg/",
                                                      "innera/db/", "innera/crypto/"),
     "serialization (json_payload, entry_out)": ("json_payload (", "entry_out (",
                                                 "model_dump_json (", "iso_utc ("),
     "access log line": ("log_request_completed (",),
-    "metrics": ("observe_request (", "/prometheus_client/"),
+    "metrics": ("observe_request (", "(prometheus_client/"),
     "fast server (innera/http/fast)": ("innera/http/fast/",),
-    "Trio's run loop and I/O": ("/trio/",),
+    "Trio's run loop and I/O": ("(trio/",),
 }
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
