@@ -48,6 +48,9 @@ PostgreSQL and Redis float). ``NAME@DIR`` runs ``INNERA_HTTP_SERVER=NAME`` from 
 in ``DIR`` (before/after in one run: ``--servers fast,fast@/tmp/base``). Each round starts
 every server in turn (order reversed every other round) and runs every workload on it for
 ``--duration`` s after 0.5 s of warm-up; the first server is compared with each other one.
+The entries a workload created (``mix``, ``create``) are deleted after it, so every server
+and round reads and scans the seeded entries only (search's scan half reads all of an
+account's entries: without it, whichever server ran later paid for the earlier creates).
 The database, the Redis server and the temporary files go at the end, also on Ctrl-C.
 
 ``--pgbouncer``: the servers reach PostgreSQL through a private PgBouncer (the Debian
@@ -323,6 +326,18 @@ async def seed(env: dict[str, str], accounts: int, entries: int) -> list[Account
         return result
 
 
+def seeded_at(database_url: str) -> datetime:
+    """The database's clock after seeding: every entry created later is the load's."""
+    with psycopg.connect(database_url) as c:
+        return c.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+
+
+def undo_creates(database_url: str, since: datetime) -> int:
+    """Delete the entries created after ``since`` (by a workload's creates); how many."""
+    with psycopg.connect(database_url, autocommit=True) as c:
+        return c.execute("DELETE FROM entries WHERE created_at > %s", (since,)).rowcount
+
+
 def table_sizes(database_url: str) -> list[str]:
     """Bytes per row of the seeded tables (heap + TOAST + indexes): the database's disk."""
     lines = []
@@ -467,6 +482,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], database_url: str,
             ) -> dict[tuple[str, str], Result]:
     """Every (workload, server) over the rounds. ``watched``: processes whose CPU is measured
     beside the PostgreSQL backends (``{"redis": pid}``, and PgBouncer's)."""
+    since = seeded_at(database_url)
     results: dict[tuple[str, str], Result] = {}
     failed: set[str] = set()
     for round_ in range(args.rounds):
@@ -486,6 +502,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], database_url: str,
                 if "pgbouncer" in watched:
                     # PgBouncer opens its server connections on demand: warm them first
                     run_load(proc, port, "mix", accounts, {}, args, workdir)
+                    undo_creates(database_url, since)
                 backends = backend_pids(database_url,
                                         None if "pgbouncer" in watched else "innera")
                 watch = {"postgres": backends, **{k: [v] for k, v in watched.items()}}
@@ -498,6 +515,8 @@ def measure(args: argparse.Namespace, env: dict[str, str], database_url: str,
                           f"{result.rates[-1]:>7,.0f} req/s  "
                           f"{1000 * report['server_cpu_s'] / max(report['count'], 1):.2f} "
                           "ms CPU/request", flush=True)
+                    if workload in ("mix", "create"):
+                        undo_creates(database_url, since)
             finally:
                 stop_server(proc)
     return results
