@@ -56,6 +56,12 @@ async def ask_both(server: RunningServer, path: str, headers: dict[str, str] | N
     return direct, framework
 
 
+def _header_shape(r: httpx.Response) -> list[tuple[str, str]]:
+    """Every header of an answer, the values that differ per request blanked."""
+    return sorted((name, "" if name in _PER_REQUEST else value)
+                  for name, value in r.headers.multi_items())
+
+
 def assert_alike(direct: httpx.Response, framework: httpx.Response) -> dict[str, Any]:
     """The two answers are the same but for what differs per request; the direct one's
     body is returned."""
@@ -67,9 +73,7 @@ def assert_alike(direct: httpx.Response, framework: httpx.Response) -> dict[str,
     if "error" in body:
         assert body["requestId"] == direct.headers["x-request-id"]
         body["requestId"] = None
-    shapes = [sorted((name, "" if name in _PER_REQUEST else value)
-                     for name, value in r.headers.multi_items()) for r in (direct, framework)]
-    assert shapes[0] == shapes[1]
+    assert _header_shape(direct) == _header_shape(framework)
     assert direct.headers["x-request-id"] != framework.headers["x-request-id"]
     uuid.UUID(direct.headers["x-request-id"])
     if "ratelimit-remaining" in direct.headers:  # the same count, one request later
@@ -218,9 +222,7 @@ def assert_alike_refusal(direct: httpx.Response, framework: httpx.Response) -> N
     """Two refusals past the limit (their remaining count is 0 on both)."""
     assert direct.json()["error"]["message"].split(";")[0] == \
         framework.json()["error"]["message"].split(";")[0]
-    shapes = [sorted((name, "" if name in _PER_REQUEST else value)
-                     for name, value in r.headers.multi_items()) for r in (direct, framework)]
-    assert shapes[0] == shapes[1]
+    assert _header_shape(direct) == _header_shape(framework)
 
 
 async def test_a_read_stuck_on_the_database_is_503_alike(

@@ -27,7 +27,6 @@ request whose client hung up (Hypercorn: Quart-trio watches for the disconnect i
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -38,11 +37,13 @@ import trio
 from werkzeug.routing import Map
 from werkzeug.sansio.utils import get_current_url
 
+from innera.api.framework import header_pairs
 from innera.api.guards import authenticated, count_request, refuse_past_limit
 from innera.api.operation import Caller, Operation, RequestTimeout, json_payload
 from innera.api.pipeline import (
     Pipeline,
     app_error_body,
+    asgi_json_headers,
     internal_error_body,
     report_request_error,
 )
@@ -55,8 +56,6 @@ from innera.services import Services
 __all__ = ["DirectRoutes"]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-_JSON = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,13 +191,13 @@ class DirectRoutes:
                 raise RequestTimeout()
         except AppError as error:
             status, extra = error.status, error.headers or {}
-            body = _compact(app_error_body(error, request_id))
+            body = json_payload(app_error_body(error, request_id))
         except Exception as error:  # the contract's 500, as the framework's handler answers
             report_request_error(error, request_id=request_id, user_id=user_id, method="GET",
                                  path=scope["path"], url=_url(scope),
                                  headers=_reported_headers(scope))
-            status, body = 500, _compact(internal_error_body(request_id))
-        headers = [_JSON, (b"content-length", str(len(body)).encode())]
+            status, body = 500, json_payload(internal_error_body(request_id))
+        headers = asgi_json_headers(body)
         present = {b"content-type", b"content-length", b"x-request-id"}
         for name, value in extra.items():
             headers.append((name.lower().encode(), value.encode("latin-1")))
@@ -214,10 +213,6 @@ class DirectRoutes:
         await send({"type": "http.response.body", "body": body})
 
 
-def _compact(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 def _url(scope: Mapping[str, Any]) -> str:
     host = next((value.decode("latin-1") for name, value in scope["headers"]
                  if name == b"host"), "")
@@ -226,9 +221,9 @@ def _url(scope: Mapping[str, Any]) -> str:
 
 
 def _reported_headers(scope: Mapping[str, Any]) -> dict[str, str]:
-    """The request's headers as the framework reports them to Sentry (title-case names,
-    the peer's address as ``Remote-Addr``; the report scrubs what is secret)."""
-    headers = {"Remote-Addr": (scope.get("client") or ["<local>"])[0]}
-    for name, value in scope["headers"]:
-        headers.setdefault(name.decode("latin-1").title(), value.decode("latin-1"))
+    """The request's headers as the framework reports them to Sentry (:func:`header_pairs`,
+    the first value of a repeated one; the report scrubs what is secret)."""
+    headers: dict[str, str] = {}
+    for name, value in header_pairs(scope):
+        headers.setdefault(name, value)
     return headers

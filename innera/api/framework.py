@@ -23,7 +23,7 @@ from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -45,7 +45,7 @@ from innera.compat.werkzeug import RequestHeaders, extend_headers
 from innera.http.fast import HANGUP_EXTENSION
 
 __all__ = ["BodylessFastPath", "NoSessions", "RequestHeaders", "RouteMap", "TrimmedQuart",
-           "current_g", "current_request", "extend_headers"]
+           "current_g", "current_request", "extend_headers", "header_pairs"]
 
 
 class BodylessFastPath(HTTPConnectionBase):
@@ -79,10 +79,7 @@ class BodylessFastPath(HTTPConnectionBase):
         """Quart's, with :class:`RequestHeaders` filled in one step (the servers have
         already refused header values holding CR or LF, which werkzeug checks per add)."""
         scope, config = self.scope, self.app.config
-        pairs = [("Remote-Addr", (scope.get("client") or ["<local>"])[0])]
-        pairs += [(name.decode("latin1").title(), value.decode("latin1"))
-                  for name, value in scope["headers"]]
-        headers = RequestHeaders.from_pairs(pairs)
+        headers = RequestHeaders.from_pairs(header_pairs(scope))
         if scope["http_version"] < "1.1" and "host" not in headers:
             extend_headers(headers, [("Host", config["SERVER_NAME"] or "")])
         path = scope["path"]
@@ -111,6 +108,15 @@ class BodylessFastPath(HTTPConnectionBase):
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": encode_headers(response.headers)})
         await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def header_pairs(scope: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A request's headers as the framework's request holds them: title-case names, the
+    peer's address first as ``Remote-Addr``."""
+    pairs = [("Remote-Addr", (scope.get("client") or ["<local>"])[0])]
+    pairs += [(name.decode("latin1").title(), value.decode("latin1"))
+              for name, value in scope["headers"]]
+    return pairs
 
 
 class NoSessions(SessionInterface):
